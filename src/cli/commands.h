@@ -1,0 +1,6 @@
+#ifndef ENVICUTOR_COMMANDS_H
+#define ENVICUTOR_COMMANDS_H
+
+int cmd_sandbox(int argc, char **argv);
+
+#endif

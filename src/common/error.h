@@ -1,0 +1,24 @@
+/* One error convention for the whole project.
+ *
+ * A function that can fail takes `struct ev_err *err` as its last argument and returns a
+ * negative value on failure after filling it with ev_fail(). The message names the thing that
+ * failed (a path, a value) and the reason, so the caller can pass it up unchanged. */
+#ifndef ENVICUTOR_ERROR_H
+#define ENVICUTOR_ERROR_H
+
+#include <stddef.h>
+
+struct ev_err {
+    int errnum; /* errno value, or 0 when the failure is not a system call's */
+    char msg[512];
+};
+
+/* Fills err (when not NULL) with the formatted message, followed by ": strerror(errnum)" when
+ * errnum is non-zero. Always returns -1, so callers can write `return ev_fail(...)`. */
+int ev_fail(struct ev_err *err, int errnum, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Prefixes an existing message with more context ("box 3: " + message). Returns -1. */
+int ev_wrap(struct ev_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,136 @@
+#include "common/fileutil.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+
+ssize_t write_full(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, p + done, len - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+ssize_t read_full(int fd, void *buf, size_t len)
+{
+    char *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = read(fd, p + done, len - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+int write_file_at(int dirfd, const char *name, const char *value, struct ev_err *err)
+{
+    cleanup_close int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return ev_fail(err, errno, "open %s", name);
+    if (write_full(fd, value, strlen(value)) < 0)
+        return ev_fail(err, errno, "write '%s' to %s", value, name);
+    return 0;
+}
+
+int create_file_at(int dirfd, const char *name, mode_t mode, const void *buf, size_t len,
+                   struct ev_err *err)
+{
+    cleanup_close int fd =
+        openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0)
+        return ev_fail(err, errno, "create %s", name);
+    if (write_full(fd, buf, len) < 0)
+        return ev_fail(err, errno, "write %s", name);
+    return 0;
+}
+
+ssize_t read_file_at(int dirfd, const char *name, char *buf, size_t size, struct ev_err *err)
+{
+    cleanup_close int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return ev_fail(err, errno, "open %s", name);
+    ssize_t n = read_full(fd, buf, size - 1);
+    if (n < 0)
+        return ev_fail(err, errno, "read %s", name);
+    buf[n] = '\0';
+    return n;
+}
+
+int parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int read_u64_at(int dirfd, const char *name, uint64_t *out, struct ev_err *err)
+{
+    char buf[64];
+    if (read_file_at(dirfd, name, buf, sizeof(buf), err) < 0)
+        return -1;
+    buf[strcspn(buf, "\n")] = '\0';
+    if (strcmp(buf, "max") == 0) {
+        *out = UINT64_MAX;
+        return 0;
+    }
+    if (parse_u64(buf, out) < 0)
+        return ev_fail(err, 0, "%s: not a number: '%s'", name, buf);
+    return 0;
+}
+
+int read_keyed_u64_at(int dirfd, const char *name, const char *key, uint64_t *out,
+                      struct ev_err *err)
+{
+    char buf[4096];
+    if (read_file_at(dirfd, name, buf, sizeof(buf), err) < 0)
+        return -1;
+    size_t klen = strlen(key);
+    for (char *line = buf; line && *line;) {
+        char *next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        if (strncmp(line, key, klen) == 0 && line[klen] == ' ') {
+            if (parse_u64(line + klen + 1, out) < 0)
+                return ev_fail(err, 0, "%s: bad value for %s", name, key);
+            return 0;
+        }
+        line = next;
+    }
+    return ev_fail(err, ENOENT, "%s: no key %s", name, key);
+}
+
+uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,41 @@
+/* Small file helpers: every call checks its result, retries on EINTR and opens with O_CLOEXEC. */
+#ifndef ENVICUTOR_FILEUTIL_H
+#define ENVICUTOR_FILEUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/error.h"
+
+/* write(2)/read(2) that retry on EINTR and short counts. read_full stops at end of file and
+ * returns the number of bytes read. */
+ssize_t write_full(int fd, const void *buf, size_t len);
+ssize_t read_full(int fd, void *buf, size_t len);
+
+/* Writes a whole string to dirfd/name (no O_CREAT: for kernel control files such as cgroup
+ * knobs). `what` names the file in the error message. */
+int write_file_at(int dirfd, const char *name, const char *value, struct ev_err *err);
+
+/* Creates (or truncates) dirfd/name with `mode` and writes len bytes, without following a
+ * link at name. */
+int create_file_at(int dirfd, const char *name, mode_t mode, const void *buf, size_t len,
+                   struct ev_err *err);
+
+/* Reads at most size-1 bytes of dirfd/name into buf and NUL-terminates it; returns the length. */
+ssize_t read_file_at(int dirfd, const char *name, char *buf, size_t size, struct ev_err *err);
+
+/* Reads a file holding one unsigned decimal number ("max" reads as UINT64_MAX). */
+int read_u64_at(int dirfd, const char *name, uint64_t *out, struct ev_err *err);
+
+/* Finds "key value" in a flat-keyed file such as cpu.stat or memory.events. */
+int read_keyed_u64_at(int dirfd, const char *name, const char *key, uint64_t *out,
+                      struct ev_err *err);
+
+/* Parses a whole string as a decimal number; rejects signs, junk and overflow. */
+int parse_u64(const char *s, uint64_t *out);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t monotonic_ns(void);
+
+#endif

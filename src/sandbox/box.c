@@ -1,0 +1,145 @@
+/* Boxes: a uid/gid from the reserved range, a lock that proves ownership, and the directory
+ * that becomes /box.
+ *
+ * The lock is an flock on run_dir/locks/N, held for the box's life. The kernel drops it when
+ * the owner dies, even by kill -9, so the next owner of N knows the box may hold residue and
+ * cleans it (cgroups, the tmpfs mount, the directory) before use. Two live boxes therefore
+ * never share a uid, across any number of servers and `envicutor sandbox` commands. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/rmtree.h"
+#include "sandbox/sandbox.h"
+
+static int clean_residue(struct sbx_host *host, int id, struct ev_err *err)
+{
+    char name[32], boxes[320];
+    snprintf(name, sizeof(name), "box-%d", id);
+    if (cg_remove_stale(&host->cg, name, err) < 0)
+        return -1;
+    snprintf(boxes, sizeof(boxes), "%s/boxes", host->run_dir);
+    cleanup_close int bfd = open(boxes, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (bfd < 0)
+        return ev_fail(err, errno, "open %s", boxes);
+    snprintf(name, sizeof(name), "%d", id);
+    char path[400];
+    snprintf(path, sizeof(path), "%s/%s", boxes, name);
+    /* A killed owner may have left its tmpfs mounted (possibly more than once). */
+    for (int i = 0; i < 16 && umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) == 0; i++)
+        ;
+    return rmtree_at(bfd, name, err);
+}
+
+static int try_lock(struct sbx_host *host, int id)
+{
+    char path[320];
+    snprintf(path, sizeof(path), "%s/locks/%d", host->run_dir, id);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -1;
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int setup_dir(struct sbx_host *host, const struct sbx_box_options *opt, struct sbx_box *box,
+                     struct ev_err *err)
+{
+    if (opt && opt->external_dir) {
+        cleanup_close int fd =
+            open(opt->external_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return ev_fail(err, errno, "box directory %s", opt->external_dir);
+        if (fchown(fd, box->uid, box->gid) < 0 || fchmod(fd, 0755) < 0)
+            return ev_fail(err, errno, "chown box directory %s", opt->external_dir);
+        if (!realpath(opt->external_dir, box->dir))
+            return ev_fail(err, errno, "realpath %s", opt->external_dir);
+        box->own_tmpfs = false;
+        return 0;
+    }
+    snprintf(box->dir, sizeof(box->dir), "%s/boxes/%d", host->run_dir, box->id);
+    if (mkdir(box->dir, 0700) < 0)
+        return ev_fail(err, errno, "mkdir %s", box->dir);
+    /* A tmpfs of its own bounds the box's total disk usage and inode count, and its removal
+     * is one unmount that cannot be misled by anything the program left inside. */
+    char opts[160];
+    snprintf(opts, sizeof(opts), "size=%lluk,nr_inodes=%llu,mode=0755,uid=%u,gid=%u",
+             (unsigned long long)(opt && opt->disk_kb ? opt->disk_kb : 262144),
+             (unsigned long long)(opt && opt->max_inodes ? opt->max_inodes : 16384),
+             (unsigned)box->uid, (unsigned)box->gid);
+    if (mount("tmpfs", box->dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0) {
+        int e = errno;
+        rmdir(box->dir);
+        return ev_fail(err, e, "mount tmpfs on %s (%s)", box->dir, opts);
+    }
+    box->own_tmpfs = true;
+    return 0;
+}
+
+int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struct sbx_box *box,
+                 struct ev_err *err)
+{
+    memset(box, 0, sizeof(*box));
+    box->lock_fd = -1;
+    /* Start the search at a place that depends on the pid, so concurrent owners rarely race
+     * for the same lock. */
+    unsigned start = (unsigned)getpid() % host->n_boxes;
+    for (unsigned i = 0; i < host->n_boxes; i++) {
+        int id = (int)((start + i) % host->n_boxes);
+        int fd = try_lock(host, id);
+        if (fd < 0)
+            continue;
+        box->id = id;
+        box->lock_fd = fd;
+        box->uid = host->first_uid + (uid_t)id;
+        box->gid = (gid_t)box->uid;
+        if (clean_residue(host, id, err) < 0 || setup_dir(host, opt, box, err) < 0) {
+            ev_wrap(err, "box %d: ", id);
+            close(fd);
+            box->lock_fd = -1;
+            return -1;
+        }
+        return 0;
+    }
+    return ev_fail(err, EAGAIN, "all %u boxes are in use", host->n_boxes);
+}
+
+void sbx_box_close(struct sbx_host *host, struct sbx_box *box)
+{
+    if (box->lock_fd < 0)
+        return;
+    if (box->own_tmpfs) {
+        if (umount2(box->dir, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+            fprintf(stderr, "envicutor: unmount %s: %s\n", box->dir, strerror(errno));
+        else if (rmdir(box->dir) < 0)
+            fprintf(stderr, "envicutor: rmdir %s: %s\n", box->dir, strerror(errno));
+    }
+    (void)host;
+    close(box->lock_fd);
+    box->lock_fd = -1;
+}
+
+int sbx_cleanup_stale(struct sbx_host *host, struct ev_err *err)
+{
+    int cleaned = 0;
+    for (unsigned id = 0; id < host->n_boxes; id++) {
+        int fd = try_lock(host, (int)id);
+        if (fd < 0)
+            continue; /* in use by a live owner, or never used */
+        int r = clean_residue(host, (int)id, err);
+        close(fd);
+        if (r < 0)
+            return ev_wrap(err, "box %u: ", id);
+        cleaned++;
+    }
+    return cleaned;
+}

@@ -1,0 +1,523 @@
+#include "sandbox/cgroup.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/fileutil.h"
+
+#define SUBTREE "envicutor"
+
+const char *cg_mode_name(enum cg_mode m)
+{
+    return m == CG_V2 ? "v2" : m == CG_V1 ? "v1" : "none";
+}
+
+void cg_host_describe(const struct cg_host *h, char *buf, size_t size)
+{
+    snprintf(buf, size, "memory=%s pids=%s cpu=%s kill=%s", cg_mode_name(h->memory),
+             cg_mode_name(h->pids), cg_mode_name(h->cpu),
+             h->v2_kill ? "cgroup.kill" : "pid-namespace");
+}
+
+/* ---- detection ------------------------------------------------------------------------- */
+
+struct hier {
+    char mountpoint[256];
+    char root[256];
+    char self[256]; /* our cgroup path, from /proc/self/cgroup */
+};
+
+static bool has_option(const char *opts, const char *want)
+{
+    size_t n = strlen(want);
+    for (const char *p = opts; p && *p;) {
+        if (strncmp(p, want, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+            return true;
+        p = strchr(p, ',');
+        if (p)
+            p++;
+    }
+    return false;
+}
+
+/* Finds the mount of the v1 hierarchy holding `controller`, or the v2 one when controller is
+ * NULL. */
+static bool find_mount(const char *controller, struct hier *out)
+{
+    cleanup_fclose FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return false;
+    char line[1024];
+    while (fgets(line, sizeof(line), f)) {
+        char root[256], mnt[256], fstype[64], superopts[512];
+        char *dash = strstr(line, " - ");
+        if (!dash)
+            continue;
+        if (sscanf(line, "%*s %*s %*s %255s %255s", root, mnt) != 2)
+            continue;
+        if (sscanf(dash + 3, "%63s %*s %511s", fstype, superopts) != 2)
+            continue;
+        if (controller ? strcmp(fstype, "cgroup") == 0 && has_option(superopts, controller)
+                       : strcmp(fstype, "cgroup2") == 0) {
+            snprintf(out->mountpoint, sizeof(out->mountpoint), "%s", mnt);
+            snprintf(out->root, sizeof(out->root), "%s", root);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Our own cgroup in the hierarchy of `controller` (NULL: the v2 "0::" line). */
+static bool find_self(const char *controller, struct hier *out)
+{
+    cleanup_fclose FILE *f = fopen("/proc/self/cgroup", "re");
+    if (!f)
+        return false;
+    char line[1024];
+    while (fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = '\0';
+        const char *list = c1 + 1;
+        bool match = controller ? has_option(list, controller) : (*list == '\0' && line[0] == '0');
+        if (match) {
+            snprintf(out->self, sizeof(out->self), "%s", c2 + 1);
+            return true;
+        }
+    }
+    return false;
+}
+
+static int mkdir_p(const char *path, struct ev_err *err)
+{
+    char buf[512];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+            return ev_fail(err, errno, "mkdir %s", buf);
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "mkdir %s", buf);
+    return 0;
+}
+
+/* mountpoint + (self relative to the mount's root) */
+static void hier_path(const struct hier *h, const char *suffix, char *out, size_t size)
+{
+    const char *rel = h->self;
+    size_t rl = strlen(h->root);
+    if (strcmp(h->root, "/") != 0 && strncmp(rel, h->root, rl) == 0)
+        rel += rl;
+    if (strcmp(rel, "/") == 0)
+        rel = "";
+    snprintf(out, size, "%s%s%s%s", h->mountpoint, rel, suffix ? "/" : "", suffix ? suffix : "");
+}
+
+static bool file_exists(const char *dir, const char *name)
+{
+    char p[600];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
+}
+
+static int detect_v1(const char *controller, char *base, size_t size, struct ev_err *err)
+{
+    struct hier h;
+    if (!find_mount(controller, &h) || !find_self(controller, &h))
+        return 0;
+    hier_path(&h, SUBTREE, base, size);
+    if (mkdir_p(base, err) < 0)
+        return -1;
+    return 1;
+}
+
+int cg_v2_delegate(int dirfd, const char *controllers, const char *leaf, struct ev_err *err)
+{
+    struct ev_err e;
+    if (write_file_at(dirfd, "cgroup.subtree_control", controllers, &e) == 0)
+        return 0;
+    if (e.errnum != EBUSY) {
+        *err = e;
+        return -1;
+    }
+    /* "No internal processes": a non-root cgroup with processes cannot hand controllers to
+     * its children. Move this process into a leaf of its own, then enable them. */
+    if (mkdirat(dirfd, leaf, 0755) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "mkdir %s", leaf);
+    cleanup_close int lfd = openat(dirfd, leaf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (lfd < 0)
+        return ev_fail(err, errno, "open %s", leaf);
+    if (write_file_at(lfd, "cgroup.procs", "0", err) < 0)
+        return ev_wrap(err, "moving the server into %s: ", leaf);
+    return write_file_at(dirfd, "cgroup.subtree_control", controllers, err);
+}
+
+static bool v2_controller_available(const char *dir, const char *name)
+{
+    char buf[512];
+    cleanup_close int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || read_file_at(fd, "cgroup.controllers", buf, sizeof(buf), NULL) < 0)
+        return false;
+    for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n"))
+        if (strcmp(tok, name) == 0)
+            return true;
+    return false;
+}
+
+int cg_host_detect(struct cg_host *h, struct ev_err *err)
+{
+    memset(h, 0, sizeof(*h));
+    struct hier v2;
+    char self_dir[512] = "";
+    if (find_mount(NULL, &v2) && find_self(NULL, &v2)) {
+        h->v2 = true;
+        hier_path(&v2, NULL, self_dir, sizeof(self_dir));
+        hier_path(&v2, SUBTREE, h->v2_base, sizeof(h->v2_base));
+    }
+
+    bool v2_mem = h->v2 && v2_controller_available(self_dir, "memory");
+    bool v2_pids = h->v2 && v2_controller_available(self_dir, "pids");
+    if (h->v2) {
+        if (v2_mem || v2_pids) {
+            char ctl[64];
+            snprintf(ctl, sizeof(ctl), "%s%s", v2_mem ? "+memory " : "", v2_pids ? "+pids" : "");
+            cleanup_close int self_fd = open(self_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (self_fd < 0)
+                return ev_fail(err, errno, "open %s", self_dir);
+            if (cg_v2_delegate(self_fd, ctl, SUBTREE "-server", err) < 0)
+                return ev_wrap(err, "cgroup v2 delegation at %s: ", self_dir);
+            if (mkdir_p(h->v2_base, err) < 0)
+                return -1;
+            cleanup_close int base_fd = open(h->v2_base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (base_fd < 0)
+                return ev_fail(err, errno, "open %s", h->v2_base);
+            if (write_file_at(base_fd, "cgroup.subtree_control", ctl, err) < 0)
+                return ev_wrap(err, "cgroup v2 delegation at %s: ", h->v2_base);
+        } else if (mkdir_p(h->v2_base, err) < 0) {
+            return -1;
+        }
+        h->v2_kill = file_exists(h->v2_base, "cgroup.kill");
+        h->v2_peak = v2_mem && file_exists(h->v2_base, "memory.peak");
+        h->cpu = CG_V2;
+    }
+    if (v2_mem)
+        h->memory = CG_V2;
+    if (v2_pids)
+        h->pids = CG_V2;
+
+    int r;
+    if (!v2_mem) {
+        if ((r = detect_v1("memory", h->v1_memory, sizeof(h->v1_memory), err)) < 0)
+            return -1;
+        if (r) {
+            h->memory = CG_V1;
+            h->v1_memsw = file_exists(h->v1_memory, "memory.memsw.limit_in_bytes");
+        }
+    }
+    if (!v2_pids) {
+        if ((r = detect_v1("pids", h->v1_pids, sizeof(h->v1_pids), err)) < 0)
+            return -1;
+        if (r)
+            h->pids = CG_V1;
+    }
+    if (!h->v2) {
+        if ((r = detect_v1("cpuacct", h->v1_cpuacct, sizeof(h->v1_cpuacct), err)) < 0)
+            return -1;
+        if (r)
+            h->cpu = CG_V1;
+    }
+    if (h->memory == CG_NONE)
+        return ev_fail(err, 0, "no memory cgroup controller: neither cgroup v2 with memory "
+                               "delegated to us nor a v1 memory hierarchy is mounted");
+    if (h->pids == CG_NONE)
+        return ev_fail(err, 0, "no pids cgroup controller (v2 or v1) is available");
+    if (h->cpu == CG_NONE)
+        return ev_fail(err, 0, "no CPU accounting: neither cgroup v2 nor v1 cpuacct is mounted");
+    return 0;
+}
+
+/* ---- the v2 file protocol ---------------------------------------------------------------- */
+
+int cg_v2_set_limits(int dirfd, const struct cg_limits *l, bool memory, bool pids,
+                     struct ev_err *err)
+{
+    char num[32];
+    if (memory) {
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)l->memory_bytes);
+        if (write_file_at(dirfd, "memory.max", num, err) < 0)
+            return -1;
+        /* No swap: a box over its memory is killed, not slowed down. The file is missing
+         * when the kernel has no swap accounting, and then there is nothing to limit. */
+        struct ev_err e;
+        if (write_file_at(dirfd, "memory.swap.max", "0", &e) < 0 && e.errnum != ENOENT) {
+            *err = e;
+            return -1;
+        }
+    }
+    if (pids) {
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)l->pids);
+        if (write_file_at(dirfd, "pids.max", num, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+int cg_v2_read_cpu_usec(int dirfd, uint64_t *usec, struct ev_err *err)
+{
+    return read_keyed_u64_at(dirfd, "cpu.stat", "usage_usec", usec, err);
+}
+
+int cg_v2_read_memory(int dirfd, bool have_peak, uint64_t sampled, uint64_t *peak, bool *oom,
+                      struct ev_err *err)
+{
+    uint64_t v = 0;
+    if (have_peak) {
+        if (read_u64_at(dirfd, "memory.peak", &v, err) < 0)
+            return -1;
+    } else {
+        /* Kernels before 5.19 have no memory.peak: the best we have is the largest
+         * memory.current seen while the run was monitored. */
+        if (read_u64_at(dirfd, "memory.current", &v, err) < 0)
+            return -1;
+        if (sampled > v)
+            v = sampled;
+    }
+    *peak = v;
+    uint64_t kills = 0;
+    if (read_keyed_u64_at(dirfd, "memory.events", "oom_kill", &kills, err) < 0)
+        return -1;
+    *oom = kills > 0;
+    return 0;
+}
+
+/* ---- per run ------------------------------------------------------------------------------- */
+
+static int open_dir(const char *base, const char *name, bool create, struct ev_err *err)
+{
+    cleanup_close int bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (bfd < 0)
+        return ev_fail(err, errno, "open %s", base);
+    if (create && mkdirat(bfd, name, 0755) < 0)
+        return ev_fail(err, errno, "mkdir %s/%s", base, name);
+    int fd = openat(bfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return ev_fail(err, errno, "open %s/%s", base, name);
+    return fd;
+}
+
+static int add_join(struct cg_run *r, int dirfd, struct ev_err *err)
+{
+    int fd = openat(dirfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ev_fail(err, errno, "open cgroup.procs of %s", r->name);
+    r->join_fds[r->n_join++] = fd;
+    return 0;
+}
+
+static void run_close(struct cg_run *r)
+{
+    int *fds[] = {&r->v2_fd, &r->mem_fd, &r->pids_fd, &r->cpu_fd};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
+    for (int i = 0; i < r->n_join; i++)
+        close(r->join_fds[i]);
+    r->n_join = 0;
+    if (r->v2_procs_fd >= 0)
+        close(r->v2_procs_fd);
+    r->v2_procs_fd = -1;
+}
+
+int cg_run_create(const struct cg_host *h, const char *name, const struct cg_limits *l,
+                  struct cg_run *r, struct ev_err *err)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->name, sizeof(r->name), "%s", name);
+    r->v2_fd = r->mem_fd = r->pids_fd = r->cpu_fd = r->v2_procs_fd = -1;
+    char num[32];
+
+    if (h->v2) {
+        if ((r->v2_fd = open_dir(h->v2_base, name, true, err)) < 0)
+            goto fail;
+        r->v2_procs_fd = openat(r->v2_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+        if (r->v2_procs_fd < 0) {
+            ev_fail(err, errno, "open cgroup.procs");
+            goto fail;
+        }
+        if (cg_v2_set_limits(r->v2_fd, l, h->memory == CG_V2, h->pids == CG_V2, err) < 0)
+            goto fail;
+    }
+    if (h->memory == CG_V1) {
+        if ((r->mem_fd = open_dir(h->v1_memory, name, true, err)) < 0)
+            goto fail;
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)l->memory_bytes);
+        /* memsw (memory + swap) must not be below the memory limit, so memory goes first. */
+        if (write_file_at(r->mem_fd, "memory.limit_in_bytes", num, err) < 0)
+            goto fail;
+        if (h->v1_memsw && write_file_at(r->mem_fd, "memory.memsw.limit_in_bytes", num, err) < 0)
+            goto fail;
+        if (!h->v1_memsw && write_file_at(r->mem_fd, "memory.swappiness", "0", err) < 0)
+            goto fail;
+        if (add_join(r, r->mem_fd, err) < 0)
+            goto fail;
+    }
+    if (h->pids == CG_V1) {
+        if ((r->pids_fd = open_dir(h->v1_pids, name, true, err)) < 0)
+            goto fail;
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)l->pids);
+        if (write_file_at(r->pids_fd, "pids.max", num, err) < 0)
+            goto fail;
+        if (add_join(r, r->pids_fd, err) < 0)
+            goto fail;
+    }
+    if (h->cpu == CG_V1) {
+        if ((r->cpu_fd = open_dir(h->v1_cpuacct, name, true, err)) < 0)
+            goto fail;
+        if (add_join(r, r->cpu_fd, err) < 0)
+            goto fail;
+    }
+    return 0;
+fail:
+    ev_wrap(err, "cgroup %s: ", name);
+    cg_run_destroy(h, r, NULL);
+    return -1;
+}
+
+int cg_run_cpu_usec(const struct cg_host *h, struct cg_run *r, uint64_t *usec, struct ev_err *err)
+{
+    if (h->cpu == CG_V2)
+        return cg_v2_read_cpu_usec(r->v2_fd, usec, err);
+    uint64_t ns;
+    if (read_u64_at(r->cpu_fd, "cpuacct.usage", &ns, err) < 0)
+        return -1;
+    *usec = ns / 1000;
+    return 0;
+}
+
+void cg_run_sample_memory(const struct cg_host *h, struct cg_run *r)
+{
+    if (h->memory != CG_V2 || h->v2_peak)
+        return;
+    uint64_t cur;
+    if (read_u64_at(r->v2_fd, "memory.current", &cur, NULL) == 0 && cur > r->peak_sampled)
+        r->peak_sampled = cur;
+}
+
+int cg_run_memory(const struct cg_host *h, struct cg_run *r, uint64_t *peak, bool *oom,
+                  struct ev_err *err)
+{
+    if (h->memory == CG_V2)
+        return cg_v2_read_memory(r->v2_fd, h->v2_peak, r->peak_sampled, peak, oom, err);
+    if (read_u64_at(r->mem_fd, "memory.max_usage_in_bytes", peak, err) < 0)
+        return -1;
+    uint64_t kills = 0;
+    if (read_keyed_u64_at(r->mem_fd, "memory.oom_control", "oom_kill", &kills, err) < 0)
+        return -1;
+    *oom = kills > 0;
+    return 0;
+}
+
+void cg_run_kill(const struct cg_host *h, struct cg_run *r)
+{
+    if (h->v2_kill && r->v2_fd >= 0)
+        write_file_at(r->v2_fd, "cgroup.kill", "1", NULL);
+}
+
+/* rmdir fails with EBUSY while the last tasks are still being torn down after SIGKILL; that
+ * takes microseconds to a few milliseconds. */
+static int rmdir_retry(const char *base, const char *name, struct ev_err *err)
+{
+    cleanup_close int bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (bfd < 0)
+        return ev_fail(err, errno, "open %s", base);
+    for (int i = 0;; i++) {
+        if (unlinkat(bfd, name, AT_REMOVEDIR) == 0 || errno == ENOENT)
+            return 0;
+        if (errno != EBUSY || i >= 2000)
+            return ev_fail(err, errno, "rmdir %s/%s", base, name);
+        struct timespec ts = {0, 500000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int kill_procs_in(const char *base, const char *name)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/%s/cgroup.procs", base, name);
+    int killed = 0;
+    for (int round = 0; round < 100; round++) {
+        cleanup_fclose FILE *f = fopen(path, "re");
+        if (!f)
+            return killed;
+        int pid, n = 0;
+        while (fscanf(f, "%d", &pid) == 1) {
+            kill(pid, SIGKILL);
+            n++;
+        }
+        if (n == 0)
+            return killed;
+        killed += n;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return killed;
+}
+
+int cg_run_destroy(const struct cg_host *h, struct cg_run *r, struct ev_err *err)
+{
+    bool v2 = r->v2_fd >= 0, mem = r->mem_fd >= 0, pids = r->pids_fd >= 0, cpu = r->cpu_fd >= 0;
+    run_close(r);
+    int rc = 0;
+    if (v2 && rmdir_retry(h->v2_base, r->name, err) < 0)
+        rc = -1;
+    if (mem && rmdir_retry(h->v1_memory, r->name, err) < 0)
+        rc = -1;
+    if (pids && rmdir_retry(h->v1_pids, r->name, err) < 0)
+        rc = -1;
+    if (cpu && rmdir_retry(h->v1_cpuacct, r->name, err) < 0)
+        rc = -1;
+    return rc;
+}
+
+int cg_remove_stale(const struct cg_host *h, const char *name, struct ev_err *err)
+{
+    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
+                            h->pids == CG_V1 ? h->v1_pids : NULL,
+                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    int rc = 0;
+    for (int i = 0; i < 4; i++) {
+        if (!bases[i])
+            continue;
+        char path[700];
+        snprintf(path, sizeof(path), "%s/%s", bases[i], name);
+        if (access(path, F_OK) != 0)
+            continue;
+        if (i == 0 && h->v2_kill) {
+            cleanup_close int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (fd >= 0)
+                write_file_at(fd, "cgroup.kill", "1", NULL);
+        }
+        kill_procs_in(bases[i], name);
+        if (rmdir_retry(bases[i], name, err) < 0)
+            rc = -1;
+    }
+    return rc;
+}

@@ -1,0 +1,106 @@
+/* What the sandbox learns about the host once: cgroup layout, the seccomp program, the /etc
+ * entries to show, and the directories it works in. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "sandbox/mounts.h"
+#include "sandbox/sandbox.h"
+#include "sandbox/seccomp.h"
+
+void sbx_limits_default(struct sbx_limits *l)
+{
+    *l = (struct sbx_limits){
+        .wall_time_us = 60 * 1000000ull,
+        .cpu_time_us = 30 * 1000000ull,
+        .extra_time_us = 5 * 1000000ull,
+        .memory_kb = 1000000,
+        .max_open_files = 64,
+        .max_file_size_kb = 100000,
+        .max_processes = 64,
+        .stack_kb = 0,
+        .max_output_bytes = 16u << 20,
+        .tmp_kb = 65536,
+    };
+}
+
+static int make_dir(const char *path, mode_t mode, struct ev_err *err)
+{
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "mkdir %s", path);
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return ev_fail(err, errno, "stat %s", path);
+    if (!S_ISDIR(st.st_mode) || st.st_uid != 0)
+        return ev_fail(err, 0, "%s must be a directory owned by root", path);
+    if (chmod(path, mode) < 0)
+        return ev_fail(err, errno, "chmod %s", path);
+    return 0;
+}
+
+int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, struct ev_err *err)
+{
+    memset(host, 0, sizeof(*host));
+    if (geteuid() != 0)
+        return ev_fail(err, 0, "the sandbox must run as root (it creates namespaces, cgroups "
+                               "and mounts); run it with sudo or as root");
+    const char *run_dir = cfg && cfg->run_dir ? cfg->run_dir : "/run/envicutor";
+    if (run_dir[0] != '/' || strlen(run_dir) > 200)
+        return ev_fail(err, 0, "run directory '%s' must be an absolute path of at most 200 bytes",
+                       run_dir);
+    snprintf(host->run_dir, sizeof(host->run_dir), "%s", run_dir);
+    snprintf(host->root_dir, sizeof(host->root_dir), "%s/root", run_dir);
+    host->first_uid = cfg && cfg->first_uid ? cfg->first_uid : 60000;
+    host->n_boxes = cfg && cfg->n_boxes ? cfg->n_boxes : 1000;
+
+    char path[320];
+    if (make_dir(run_dir, 0711, err) < 0)
+        return -1;
+    const char *subdirs[] = {"locks", "boxes", "root"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", run_dir, subdirs[i]);
+        if (make_dir(path, 0700, err) < 0)
+            return -1;
+    }
+    if (cg_host_detect(&host->cg, err) < 0)
+        return -1;
+    if (seccomp_build(&host->bpf, &host->bpf_len, err) < 0)
+        return -1;
+    if (mounts_scan_host(host, err) < 0) {
+        sbx_host_free(host);
+        return -1;
+    }
+    return 0;
+}
+
+void sbx_host_free(struct sbx_host *host)
+{
+    free(host->bpf);
+    host->bpf = NULL;
+}
+
+void sbx_result_free(struct sbx_result *res)
+{
+    free(res->out.data);
+    free(res->err.data);
+    res->out.data = res->err.data = NULL;
+}
+
+const char *sbx_status_name(enum sbx_status s)
+{
+    switch (s) {
+    case SBX_RE:
+        return "RE";
+    case SBX_SG:
+        return "SG";
+    case SBX_TO:
+        return "TO";
+    case SBX_XX:
+        return "XX";
+    default:
+        return NULL;
+    }
+}

@@ -1,0 +1,310 @@
+#include "sandbox/mounts.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/fileutil.h"
+
+/* /etc entries a program may need. Everything else stays out, secrets above all (shadow,
+ * gshadow, ssh keys, sudoers, machine-id, the host's passwd with its real users). passwd,
+ * group, hosts, hostname and nsswitch.conf are written fresh for each box. */
+static const char *const etc_allowed[] = {
+    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+    "ssl", "ca-certificates", "ca-certificates.conf", "java-*", "python3*", "perl", "ruby*",
+    "php", "R", "mono", "mime.types", "bash.bashrc", "profile", "inputrc", "locale.alias",
+    "locale.conf", "gai.conf", "protocols", "services", "magic", "magic.mime", "fonts",
+    "debian_version", "os-release", "lsb-release", "gprolog", "gdb", "valgrind", "gcc",
+    "emacs", "vim", "nanorc", "xml", "sgml",
+};
+
+static const char *const top_candidates[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
+
+int mounts_scan_host(struct sbx_host *host, struct ev_err *err)
+{
+    cleanup_closedir DIR *d = opendir("/etc");
+    if (!d)
+        return ev_fail(err, errno, "opendir /etc");
+    struct dirent *de;
+    host->n_etc = 0;
+    while ((de = readdir(d))) {
+        bool ok = false;
+        for (size_t i = 0; i < sizeof(etc_allowed) / sizeof(etc_allowed[0]) && !ok; i++)
+            ok = fnmatch(etc_allowed[i], de->d_name, 0) == 0;
+        if (!ok || strlen(de->d_name) >= sizeof(host->etc_names[0]))
+            continue;
+        if (host->n_etc == SBX_MAX_ETC)
+            break;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        unsigned i = host->n_etc;
+        if (S_ISLNK(st.st_mode)) {
+            ssize_t n = readlinkat(dirfd(d), de->d_name, host->etc_links[i],
+                                   sizeof(host->etc_links[i]) - 1);
+            if (n <= 0 || (size_t)n >= sizeof(host->etc_links[i]) - 1)
+                continue;
+            host->etc_links[i][n] = '\0';
+            host->etc_types[i] = DT_LNK;
+        } else if (S_ISDIR(st.st_mode)) {
+            host->etc_types[i] = DT_DIR;
+        } else if (S_ISREG(st.st_mode)) {
+            host->etc_types[i] = DT_REG;
+        } else {
+            continue;
+        }
+        snprintf(host->etc_names[i], sizeof(host->etc_names[i]), "%s", de->d_name);
+        host->n_etc++;
+    }
+
+    host->n_top = 0;
+    for (size_t i = 0; i < sizeof(top_candidates) / sizeof(top_candidates[0]); i++) {
+        char path[32];
+        snprintf(path, sizeof(path), "/%s", top_candidates[i]);
+        struct stat st;
+        if (lstat(path, &st) < 0)
+            continue;
+        unsigned n = host->n_top;
+        snprintf(host->top_names[n], sizeof(host->top_names[n]), "%s", top_candidates[i]);
+        host->top_links[n][0] = '\0';
+        if (S_ISLNK(st.st_mode)) {
+            ssize_t len = readlink(path, host->top_links[n], sizeof(host->top_links[n]) - 1);
+            if (len <= 0 || (size_t)len >= sizeof(host->top_links[n]) - 1)
+                continue;
+            host->top_links[n][len] = '\0';
+        } else if (!S_ISDIR(st.st_mode)) {
+            continue;
+        }
+        host->n_top++;
+    }
+    return 0;
+}
+
+static const char *const reserved_targets[] = {"/", "/usr", "/etc", "/dev", "/proc", "/tmp",
+                                               "/box", "/bin", "/sbin", "/lib", "/lib32",
+                                               "/lib64", "/libx32"};
+
+int mounts_check_target(const char *t, struct ev_err *err)
+{
+    if (!t || t[0] != '/' || strlen(t) > 200)
+        return ev_fail(err, 0, "mount target '%s' must be an absolute path", t ? t : "");
+    if (strstr(t, "//") || strstr(t, "/./") || strstr(t, "/../") ||
+        (strlen(t) > 1 && t[strlen(t) - 1] == '/'))
+        return ev_fail(err, 0, "mount target '%s' must be a normalised path", t);
+    size_t n = strlen(t);
+    if ((n >= 2 && strcmp(t + n - 2, "/.") == 0) || (n >= 3 && strcmp(t + n - 3, "/..") == 0))
+        return ev_fail(err, 0, "mount target '%s' must be a normalised path", t);
+    for (size_t i = 0; i < sizeof(reserved_targets) / sizeof(reserved_targets[0]); i++) {
+        size_t rl = strlen(reserved_targets[i]);
+        if (strcmp(t, reserved_targets[i]) == 0 ||
+            (rl > 1 && strncmp(t, reserved_targets[i], rl) == 0 && t[rl] == '/'))
+            return ev_fail(err, 0, "mount target '%s' is inside %s, which the sandbox builds", t,
+                           reserved_targets[i]);
+    }
+    return 0;
+}
+
+/* ---- child side: no allocation from here on ---------------------------------------------- */
+
+#define RO_FLAGS (MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+static int bind(const char *src, const char *dst, unsigned long flags, struct ev_err *err)
+{
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
+        return ev_fail(err, errno, "bind %s on %s", src, dst);
+    /* A bind mount takes its flags only from a remount. */
+    if (mount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | flags, NULL) < 0)
+        return ev_fail(err, errno, "remount %s", dst);
+    return 0;
+}
+
+static int make_dir(const char *path, mode_t mode, struct ev_err *err)
+{
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "mkdir %s", path);
+    return 0;
+}
+
+static int make_file(const char *path, struct ev_err *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return ev_fail(err, errno, "create %s", path);
+    close(fd);
+    return 0;
+}
+
+static int make_dirs(const char *root, const char *target, struct ev_err *err)
+{
+    char path[512];
+    int n = snprintf(path, sizeof(path), "%s%s", root, target);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return ev_fail(err, ENAMETOOLONG, "%s", target);
+    for (char *p = path + strlen(root) + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (make_dir(path, 0755, err) < 0)
+            return -1;
+        *p = '/';
+    }
+    return make_dir(path, 0755, err);
+}
+
+static int write_generated(const char *root, const char *name, const char *text,
+                           struct ev_err *err)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/etc/%s", root, name);
+    return create_file_at(AT_FDCWD, path, 0644, text, strlen(text), err);
+}
+
+static int build_etc(const struct root_plan *p, const char *root, struct ev_err *err)
+{
+    const struct sbx_host *h = p->host;
+    char path[512], src[128];
+    snprintf(path, sizeof(path), "%s/etc", root);
+    if (make_dir(path, 0755, err) < 0)
+        return -1;
+    for (unsigned i = 0; i < h->n_etc; i++) {
+        snprintf(path, sizeof(path), "%s/etc/%s", root, h->etc_names[i]);
+        snprintf(src, sizeof(src), "/etc/%s", h->etc_names[i]);
+        if (h->etc_types[i] == DT_LNK) {
+            if (symlink(h->etc_links[i], path) < 0)
+                return ev_fail(err, errno, "symlink %s", path);
+            continue;
+        }
+        if ((h->etc_types[i] == DT_DIR ? make_dir(path, 0755, err) : make_file(path, err)) < 0)
+            return -1;
+        if (bind(src, path, RO_FLAGS, err) < 0)
+            return -1;
+    }
+    char text[512];
+    snprintf(text, sizeof(text),
+             "root:x:0:0:root:/root:/bin/sh\n"
+             "box:x:%u:%u:box:/box:/bin/sh\n"
+             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+             (unsigned)p->uid, (unsigned)p->gid);
+    if (write_generated(root, "passwd", text, err) < 0)
+        return -1;
+    snprintf(text, sizeof(text), "root:x:0:\nbox:x:%u:\nnogroup:x:65534:\n", (unsigned)p->gid);
+    if (write_generated(root, "group", text, err) < 0 ||
+        write_generated(root, "hosts", "127.0.0.1\tlocalhost box\n::1\tlocalhost box\n", err) < 0 ||
+        write_generated(root, "hostname", "box\n", err) < 0 ||
+        write_generated(root, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n",
+                        err) < 0)
+        return -1;
+    return 0;
+}
+
+static int build_dev(const char *root, struct ev_err *err)
+{
+    static const char *const devices[] = {"null", "zero", "full", "random", "urandom"};
+    char dev[512], path[600], src[32];
+    snprintf(dev, sizeof(dev), "%s/dev", root);
+    if (make_dir(dev, 0755, err) < 0)
+        return -1;
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755") < 0)
+        return ev_fail(err, errno, "mount tmpfs on /dev");
+    for (size_t i = 0; i < sizeof(devices) / sizeof(devices[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dev, devices[i]);
+        snprintf(src, sizeof(src), "/dev/%s", devices[i]);
+        if (make_file(path, err) < 0)
+            return -1;
+        /* The one exception to nodev: these five nodes, bound one by one. No other device
+         * can appear (no CAP_MKNOD, and /dev is read-only). */
+        if (bind(src, path, MS_NOSUID | MS_NOEXEC, err) < 0)
+            return -1;
+    }
+    static const char *const links[][2] = {
+        {"fd", "/proc/self/fd"},   {"stdin", "/proc/self/fd/0"}, {"stdout", "/proc/self/fd/1"},
+        {"stderr", "/proc/self/fd/2"}, {"shm", "/tmp"}, /* POSIX shm lives in the box's /tmp */
+    };
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dev, links[i][0]);
+        if (symlink(links[i][1], path) < 0)
+            return ev_fail(err, errno, "symlink %s", path);
+    }
+    if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) < 0)
+        return ev_fail(err, errno, "remount /dev read-only");
+    return 0;
+}
+
+int mounts_build_root(const struct root_plan *p, struct ev_err *err)
+{
+    const struct sbx_host *h = p->host;
+    const char *root = h->root_dir;
+    char path[512], opts[96];
+
+    /* Nothing we mount may propagate back to the host, nor host mounts into the box. */
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        return ev_fail(err, errno, "make / private");
+    if (mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755") <
+        0)
+        return ev_fail(err, errno, "mount tmpfs on %s", root);
+
+    snprintf(path, sizeof(path), "%s/usr", root);
+    if (make_dir(path, 0755, err) < 0 || bind("/usr", path, RO_FLAGS, err) < 0)
+        return -1;
+    for (unsigned i = 0; i < h->n_top; i++) {
+        snprintf(path, sizeof(path), "%s/%s", root, h->top_names[i]);
+        if (h->top_links[i][0]) {
+            if (symlink(h->top_links[i], path) < 0)
+                return ev_fail(err, errno, "symlink %s", path);
+        } else {
+            char src[32];
+            snprintf(src, sizeof(src), "/%s", h->top_names[i]);
+            if (make_dir(path, 0755, err) < 0 || bind(src, path, RO_FLAGS, err) < 0)
+                return -1;
+        }
+    }
+    if (build_etc(p, root, err) < 0 || build_dev(root, err) < 0)
+        return -1;
+
+    snprintf(path, sizeof(path), "%s/proc", root);
+    if (make_dir(path, 0555, err) < 0)
+        return -1;
+    if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        return ev_fail(err, errno, "mount /proc");
+
+    snprintf(path, sizeof(path), "%s/tmp", root);
+    snprintf(opts, sizeof(opts), "size=%lluk,mode=1777", (unsigned long long)p->tmp_kb);
+    if (make_dir(path, 01777, err) < 0)
+        return -1;
+    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+        return ev_fail(err, errno, "mount tmpfs on /tmp (%s)", opts);
+
+    snprintf(path, sizeof(path), "%s/box", root);
+    if (make_dir(path, 0755, err) < 0 || bind(p->box_dir, path, MS_NOSUID | MS_NODEV, err) < 0)
+        return -1;
+
+    for (size_t i = 0; i < p->n_mounts; i++) {
+        if (make_dirs(root, p->mounts[i].target, err) < 0)
+            return -1;
+        snprintf(path, sizeof(path), "%s%s", root, p->mounts[i].target);
+        if (bind(p->mounts[i].source, path, RO_FLAGS, err) < 0)
+            return -1;
+    }
+
+    /* pivot_root(".", ".") stacks the old root under the new one at the same place; the
+     * lazy unmount then takes the whole host tree away. */
+    if (chdir(root) < 0)
+        return ev_fail(err, errno, "chdir %s", root);
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        return ev_fail(err, errno, "pivot_root");
+    if (umount2(".", MNT_DETACH) < 0)
+        return ev_fail(err, errno, "detach the host root");
+    if (chdir("/") < 0)
+        return ev_fail(err, errno, "chdir /");
+    if (mount(NULL, "/", NULL, MS_REMOUNT | RO_FLAGS, NULL) < 0)
+        return ev_fail(err, errno, "remount / read-only");
+    return 0;
+}

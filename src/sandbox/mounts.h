@@ -1,0 +1,31 @@
+/* The box's file system view, built inside the child's new mount namespace. */
+#ifndef ENVICUTOR_MOUNTS_H
+#define ENVICUTOR_MOUNTS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "sandbox/sandbox.h"
+
+struct root_plan {
+    const struct sbx_host *host;
+    const char *box_dir; /* host path bound read-write at /box */
+    uid_t uid;
+    gid_t gid;
+    uint64_t tmp_kb;
+    const struct sbx_mount *mounts;
+    size_t n_mounts;
+};
+
+/* Finds, once, which /etc entries and top-level links the box gets. */
+int mounts_scan_host(struct sbx_host *host, struct ev_err *err);
+
+/* Validates a caller's extra mount target: absolute, normalised, and not inside a place the
+ * sandbox itself builds. */
+int mounts_check_target(const char *target, struct ev_err *err);
+
+/* Runs in the child, as root in its new mount namespace: builds the tree on a tmpfs, switches
+ * the root to it with pivot_root and detaches the host's. Allocates no memory. */
+int mounts_build_root(const struct root_plan *p, struct ev_err *err);
+
+#endif

@@ -1,0 +1,652 @@
+/* One run: clone into fresh namespaces, set the box up, exec the program, watch it, measure it,
+ * tear everything down.
+ *
+ * Process layout. The caller clones `init` into new PID, mount, IPC, UTS, network and cgroup
+ * namespaces, born inside the run's cgroup. init builds the file system view and brings up
+ * loopback, then forks `main`, which drops every privilege and execs the command. init stays
+ * as PID 1 of the box: it reaps orphans, reports main's wait status to the caller over a pipe,
+ * and exits, and its exit makes the kernel kill every process left in the PID namespace —
+ * daemonised children and background children holding the output pipes included. A limit kill
+ * is a SIGKILL to init, with the same effect.
+ *
+ * Timing. main's exec-report pipe is close-on-exec: the caller sees end-of-file at the moment
+ * execve succeeds, and the wall clock and the CPU baseline start there, so none of the
+ * sandbox's set-up is counted.
+ *
+ * The child side runs between clone and execve in a copy of a possibly multi-threaded
+ * process: it allocates nothing and calls only system calls and snprintf on stack buffers. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <grp.h>
+#include <linux/capability.h>
+
+#include "common/cleanup.h"
+#include "common/fileutil.h"
+#include "sandbox/mounts.h"
+#include "sandbox/sandbox.h"
+
+/* CLONE_NEWCGROUP is not among them: init unshares it once it sits in all its cgroups. */
+#define NS_FLAGS (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
+
+enum report_kind { REPORT_SETUP = 1, REPORT_EXEC = 2 };
+
+/* What the child sends back when it fails before execve. */
+struct report {
+    int kind;
+    int errnum;
+    char msg[400];
+};
+
+struct child_ctx {
+    const struct sbx_host *host;
+    const struct sbx_box *box;
+    const struct sbx_run_config *cfg;
+    struct root_plan plan;
+    const struct cg_run *cg;
+    bool joined;  /* born in its v2 cgroup by clone3 */
+    int stdin_fd; /* the ends the program gets */
+    int out_w, err_w;
+    int report_w; /* close-on-exec: EOF at execve */
+    int status_w; /* init -> caller: main's wait status */
+    const char *workdir;
+};
+
+/* ---- child side ------------------------------------------------------------------------- */
+
+static __attribute__((noreturn)) void child_fail(const struct child_ctx *c, int kind,
+                                                   const struct ev_err *e)
+{
+    struct report r = {.kind = kind, .errnum = e->errnum};
+    snprintf(r.msg, sizeof(r.msg), "%s", e->msg);
+    write_full(c->report_w, &r, sizeof(r));
+    _exit(127);
+}
+
+static int loopback_up(struct ev_err *err)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return ev_fail(err, errno, "socket for loopback");
+    struct ifreq ifr = {0};
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+    int r = ioctl(fd, SIOCGIFFLAGS, &ifr);
+    if (r == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        r = ioctl(fd, SIOCSIFFLAGS, &ifr);
+    }
+    int e = errno;
+    close(fd);
+    return r < 0 ? ev_fail(err, e, "bring loopback up") : 0;
+}
+
+static int set_limit(int resource, uint64_t value, const char *name, struct ev_err *err)
+{
+    struct rlimit cur;
+    if (getrlimit(resource, &cur) < 0)
+        return ev_fail(err, errno, "getrlimit %s", name);
+    /* Without CAP_SYS_RESOURCE a hard limit can be lowered, never raised: clamp to it. */
+    rlim_t v = value >= (uint64_t)RLIM_INFINITY ? RLIM_INFINITY : (rlim_t)value;
+    if (cur.rlim_max != RLIM_INFINITY && (v == RLIM_INFINITY || v > cur.rlim_max))
+        v = cur.rlim_max;
+    struct rlimit rl = {v, v};
+    if (setrlimit(resource, &rl) < 0)
+        return ev_fail(err, errno, "setrlimit %s=%llu", name, (unsigned long long)v);
+    return 0;
+}
+
+static int apply_rlimits(const struct sbx_limits *l, struct ev_err *err)
+{
+    uint64_t stack_kb = l->stack_kb ? l->stack_kb : l->memory_kb;
+    if (set_limit(RLIMIT_NOFILE, l->max_open_files, "RLIMIT_NOFILE", err) < 0 ||
+        set_limit(RLIMIT_FSIZE, l->max_file_size_kb * 1024, "RLIMIT_FSIZE", err) < 0 ||
+        set_limit(RLIMIT_STACK, stack_kb * 1024, "RLIMIT_STACK", err) < 0 ||
+        set_limit(RLIMIT_CORE, 0, "RLIMIT_CORE", err) < 0 ||
+        set_limit(RLIMIT_MEMLOCK, 0, "RLIMIT_MEMLOCK", err) < 0 ||
+        set_limit(RLIMIT_MSGQUEUE, 0, "RLIMIT_MSGQUEUE", err) < 0)
+        return -1;
+    return 0;
+}
+
+static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
+{
+    for (int cap = 0; cap <= 63; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            return ev_fail(err, errno, "drop capability %d from the bounding set", cap);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return ev_fail(err, errno, "clear ambient capabilities");
+    if (setgroups(0, NULL) < 0)
+        return ev_fail(err, errno, "setgroups");
+    if (setresgid(gid, gid, gid) < 0)
+        return ev_fail(err, errno, "setresgid %u", (unsigned)gid);
+    if (setresuid(uid, uid, uid) < 0)
+        return ev_fail(err, errno, "setresuid %u", (unsigned)uid);
+    /* setresuid away from 0 already empties the permitted and effective sets; clearing all
+     * three explicitly leaves no doubt about the inheritable one. */
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {{0}};
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        return ev_fail(err, errno, "capset");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return ev_fail(err, errno, "no_new_privs");
+    return 0;
+}
+
+static const char *env_path(char *const *envp)
+{
+    for (char *const *e = envp; e && *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            return *e + 5;
+    return "/usr/local/bin:/usr/bin:/bin";
+}
+
+/* execvpe would search the caller's PATH; the program's own environment is the one that
+ * counts. */
+static int exec_search(char *const *argv, char *const *envp)
+{
+    const char *file = argv[0];
+    if (strchr(file, '/')) {
+        execve(file, argv, envp);
+        return -1;
+    }
+    const char *p = env_path(envp);
+    int first_errno = ENOENT;
+    while (*p) {
+        const char *end = strchr(p, ':');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        char path[4096];
+        if (n + strlen(file) + 2 <= sizeof(path)) {
+            memcpy(path, p, n);
+            path[n] = '\0';
+            snprintf(path + n, sizeof(path) - n, "%s%s", n ? "/" : "", file);
+            execve(path, argv, envp);
+            if (errno != ENOENT && errno != ENOTDIR)
+                first_errno = errno;
+        }
+        p += n;
+        if (*p == ':')
+            p++;
+    }
+    errno = first_errno;
+    return -1;
+}
+
+static __attribute__((noreturn)) void run_main(const struct child_ctx *c)
+{
+    struct ev_err e = {0};
+    if (dup2(c->stdin_fd, 0) < 0 || dup2(c->out_w, 1) < 0 || dup2(c->err_w, 2) < 0) {
+        ev_fail(&e, errno, "dup2 stdio");
+        child_fail(c, REPORT_SETUP, &e);
+    }
+    if (apply_rlimits(&c->cfg->limits, &e) < 0)
+        child_fail(c, REPORT_SETUP, &e);
+    if (chdir(c->workdir) < 0) {
+        ev_fail(&e, errno, "working directory %s", c->workdir);
+        child_fail(c, REPORT_SETUP, &e);
+    }
+    if (drop_privileges(c->box->uid, c->box->gid, &e) < 0)
+        child_fail(c, REPORT_SETUP, &e);
+    /* Every descriptor but stdio goes at execve, the report pipe included (it already has
+     * O_CLOEXEC; that is the point of it). */
+    if (syscall(SYS_close_range, 3, ~0u, CLOSE_RANGE_CLOEXEC) < 0) {
+        ev_fail(&e, errno, "close_range");
+        child_fail(c, REPORT_SETUP, &e);
+    }
+    struct sock_fprog prog = {.len = c->host->bpf_len, .filter = c->host->bpf};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) {
+        ev_fail(&e, errno, "install the seccomp filter");
+        child_fail(c, REPORT_SETUP, &e);
+    }
+    exec_search(c->cfg->argv, c->cfg->envp);
+    ev_fail(&e, errno, "cannot execute '%s'", c->cfg->argv[0]);
+    child_fail(c, REPORT_EXEC, &e);
+}
+
+static void reset_signals(void)
+{
+    struct sigaction sa = {.sa_handler = SIG_DFL};
+    for (int sig = 1; sig < NSIG; sig++)
+        sigaction(sig, &sa, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
+{
+    struct ev_err e = {0};
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    reset_signals();
+    /* v1 hierarchies (and v2 when clone3 could not place us) are joined by writing "0",
+     * which moves the writer. */
+    if (!c->joined && c->cg->v2_procs_fd >= 0 && write_full(c->cg->v2_procs_fd, "0", 1) < 0) {
+        ev_fail(&e, errno, "join cgroup %s", c->cg->name);
+        child_fail(c, REPORT_SETUP, &e);
+    }
+    for (int i = 0; i < c->cg->n_join; i++) {
+        if (write_full(c->cg->join_fds[i], "0", 1) < 0) {
+            ev_fail(&e, errno, "join cgroup %s", c->cg->name);
+            child_fail(c, REPORT_SETUP, &e);
+        }
+    }
+    /* The cgroup namespace is rooted where the process is when it is created, so it is
+     * created only now that we are in the run's cgroups. */
+    if (unshare(CLONE_NEWCGROUP) < 0) {
+        ev_fail(&e, errno, "cgroup namespace");
+        child_fail(c, REPORT_SETUP, &e);
+    }
+    if (mounts_build_root(&c->plan, &e) < 0 || loopback_up(&e) < 0)
+        child_fail(c, REPORT_SETUP, &e);
+    if (sethostname("box", 3) < 0) {
+        ev_fail(&e, errno, "sethostname");
+        child_fail(c, REPORT_SETUP, &e);
+    }
+    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+    if (pid < 0) {
+        ev_fail(&e, errno, "fork the program");
+        child_fail(c, REPORT_SETUP, &e);
+    }
+    if (pid == 0)
+        run_main(c);
+    close(c->report_w);
+    close(c->stdin_fd);
+    close(c->out_w);
+    close(c->err_w);
+    for (;;) {
+        int status;
+        pid_t r = waitpid(-1, &status, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            _exit(1);
+        if (r == pid) {
+            write_full(c->status_w, &status, sizeof(status));
+            _exit(0); /* and the kernel kills whatever is left in the namespace */
+        }
+    }
+}
+
+/* ---- caller side ------------------------------------------------------------------------ */
+
+static pid_t clone_init(const struct cg_run *cg, bool *joined)
+{
+    *joined = false;
+    if (cg->v2_fd >= 0) {
+        struct clone_args args = {
+            .flags = NS_FLAGS | CLONE_INTO_CGROUP,
+            .exit_signal = SIGCHLD,
+            .cgroup = (uint64_t)cg->v2_fd,
+        };
+        pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+        if (pid >= 0) {
+            *joined = true;
+            return pid;
+        }
+        if (errno != ENOSYS && errno != E2BIG && errno != EINVAL)
+            return -1;
+    }
+    return (pid_t)syscall(SYS_clone, NS_FLAGS | SIGCHLD, 0, 0, 0, 0);
+}
+
+static int append_output(struct sbx_output *o, const char *buf, size_t n, uint64_t cap)
+{
+    if (o->len >= cap) {
+        o->truncated = true;
+        return 0;
+    }
+    if (n > cap - o->len) {
+        n = (size_t)(cap - o->len);
+        o->truncated = true;
+    }
+    char *p = realloc(o->data, o->len + n + 1);
+    if (!p)
+        return -1;
+    memcpy(p + o->len, buf, n);
+    o->data = p;
+    o->len += n;
+    o->data[o->len] = '\0';
+    return 0;
+}
+
+struct watch {
+    int out_r, err_r, report_r, status_r;
+    bool exec_seen, main_done, report_failed;
+    struct report report;
+    size_t report_got;
+    int status;
+    uint64_t t_start, t_end, cpu0;
+    bool cpu_killed, wall_killed;
+};
+
+/* Reads what is available on an output pipe; returns false at end of file. */
+static bool drain(int *fd, struct sbx_output *o, uint64_t cap, bool *oom_out)
+{
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(*fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return true;
+        if (n <= 0) {
+            close(*fd);
+            *fd = -1;
+            return false;
+        }
+        if (append_output(o, buf, (size_t)n, cap) < 0)
+            *oom_out = true;
+        if ((size_t)n < sizeof(buf))
+            return true;
+    }
+}
+
+static int set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_config *cfg,
+            struct sbx_result *res, struct ev_err *err)
+{
+    memset(res, 0, sizeof(*res));
+    res->exit_code = res->exit_signal = -1;
+    res->status = SBX_XX;
+    const struct sbx_limits *l = &cfg->limits;
+    cleanup_close int stdin_fd = -1;
+
+    if (!cfg->argv || !cfg->argv[0] || !cfg->argv[0][0]) {
+        ev_fail(err, 0, "no command to run");
+        goto fail_early;
+    }
+    if (cfg->n_mounts > SBX_MAX_MOUNTS) {
+        ev_fail(err, 0, "at most %d extra mounts", SBX_MAX_MOUNTS);
+        goto fail_early;
+    }
+    for (size_t i = 0; i < cfg->n_mounts; i++)
+        if (mounts_check_target(cfg->mounts[i].target, err) < 0)
+            goto fail_early;
+    if (!l->wall_time_us || !l->cpu_time_us || !l->memory_kb || !l->max_processes ||
+        !l->max_open_files || !l->tmp_kb) {
+        ev_fail(err, 0, "wall time, CPU time, memory, processes, open files and /tmp size "
+                        "must all be positive");
+        goto fail_early;
+    }
+
+    stdin_fd = open(cfg->stdin_path ? cfg->stdin_path : "/dev/null", O_RDONLY | O_CLOEXEC);
+    if (stdin_fd < 0) {
+        ev_fail(err, errno, "stdin file %s", cfg->stdin_path ? cfg->stdin_path : "/dev/null");
+        goto fail_early;
+    }
+    int out[2] = {-1, -1}, errp[2] = {-1, -1}, rep[2] = {-1, -1}, st[2] = {-1, -1};
+    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 || pipe2(rep, O_CLOEXEC) < 0 ||
+        pipe2(st, O_CLOEXEC) < 0) {
+        ev_fail(err, errno, "pipe");
+        int *all[] = {out, errp, rep, st};
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 2; j++)
+                if (all[i][j] >= 0)
+                    close(all[i][j]);
+        goto fail_early;
+    }
+
+    char cg_name[32];
+    snprintf(cg_name, sizeof(cg_name), "box-%d", box->id);
+    struct cg_limits cgl = {
+        .memory_bytes = l->memory_kb * 1024,
+        /* init, PID 1 of the box, is one more task than the program's own */
+        .pids = l->max_processes + 1,
+    };
+    struct cg_run cg;
+    if (cg_run_create(&host->cg, cg_name, &cgl, &cg, err) < 0) {
+        close(out[0]), close(out[1]), close(errp[0]), close(errp[1]);
+        close(rep[0]), close(rep[1]), close(st[0]), close(st[1]);
+        goto fail_early;
+    }
+
+    struct child_ctx c = {
+        .host = host,
+        .box = box,
+        .cfg = cfg,
+        .plan = {.host = host, .box_dir = box->dir, .uid = box->uid, .gid = box->gid,
+                 .tmp_kb = l->tmp_kb, .mounts = cfg->mounts, .n_mounts = cfg->n_mounts},
+        .cg = &cg,
+        .stdin_fd = stdin_fd,
+        .out_w = out[1],
+        .err_w = errp[1],
+        .report_w = rep[1],
+        .status_w = st[1],
+        .workdir = cfg->workdir ? cfg->workdir : "/box",
+    };
+    bool joined;
+    pid_t init = clone_init(&cg, &joined);
+    if (init == 0) {
+        c.joined = joined;
+        run_init(&c);
+    }
+    int clone_errno = errno;
+    close(out[1]), close(errp[1]), close(rep[1]), close(st[1]);
+
+    struct watch w = {.out_r = out[0], .err_r = errp[0], .report_r = rep[0], .status_r = st[0]};
+    int rc = 0;
+    if (init < 0) {
+        ev_fail(err, clone_errno, "clone the box");
+        rc = -1;
+        goto teardown;
+    }
+    set_nonblock(w.out_r);
+    set_nonblock(w.err_r);
+
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ncpu < 1)
+        ncpu = 1;
+    uint64_t cpu_kill_at = l->cpu_time_us + l->extra_time_us;
+    uint64_t setup_deadline = monotonic_ns() + 30ull * 1000000000ull;
+    bool alloc_failed = false;
+
+    while (!w.main_done) {
+        uint64_t now = monotonic_ns();
+        uint64_t wait_us = 1000000;
+        if (w.exec_seen) {
+            uint64_t elapsed = (now - w.t_start) / 1000;
+            if (elapsed >= l->wall_time_us) {
+                w.wall_killed = true;
+                break;
+            }
+            uint64_t used = 0;
+            if (cg_run_cpu_usec(&host->cg, &cg, &used, err) < 0) {
+                rc = -1;
+                break;
+            }
+            used = used > w.cpu0 ? used - w.cpu0 : 0;
+            if (used >= cpu_kill_at) {
+                w.cpu_killed = true;
+                break;
+            }
+            cg_run_sample_memory(&host->cg, &cg);
+            /* CPU time grows at most ncpu times faster than the wall clock: no need to look
+             * again before the remaining budget could be spent. */
+            uint64_t cpu_wait = (cpu_kill_at - used) / (uint64_t)ncpu;
+            uint64_t wall_wait = l->wall_time_us - elapsed;
+            wait_us = cpu_wait < wall_wait ? cpu_wait : wall_wait;
+            if (wait_us > 1000000)
+                wait_us = 1000000;
+        } else if (now >= setup_deadline) {
+            ev_fail(err, ETIMEDOUT, "the box did not start within 30 seconds");
+            rc = -1;
+            break;
+        }
+        if (wait_us < 1000)
+            wait_us = 1000;
+
+        struct pollfd pfd[4] = {{w.out_r, POLLIN, 0}, {w.err_r, POLLIN, 0},
+                                {w.report_r, POLLIN, 0}, {w.status_r, POLLIN, 0}};
+        int n = poll(pfd, 4, (int)((wait_us + 999) / 1000));
+        if (n < 0 && errno != EINTR) {
+            ev_fail(err, errno, "poll");
+            rc = -1;
+            break;
+        }
+        if (n <= 0)
+            continue;
+        if (pfd[2].revents && w.report_r >= 0) {
+            ssize_t r = read(w.report_r, (char *)&w.report + w.report_got,
+                             sizeof(w.report) - w.report_got);
+            if (r > 0) {
+                w.report_got += (size_t)r;
+            } else if (r == 0 || (r < 0 && errno != EINTR)) {
+                close(w.report_r);
+                w.report_r = -1;
+                if (w.report_got == 0) {
+                    /* end of file without a report: execve succeeded */
+                    w.exec_seen = true;
+                    w.t_start = monotonic_ns();
+                    if (cg_run_cpu_usec(&host->cg, &cg, &w.cpu0, err) < 0) {
+                        rc = -1;
+                        break;
+                    }
+                } else {
+                    w.report_failed = true;
+                }
+            }
+        }
+        if (pfd[0].revents && w.out_r >= 0)
+            drain(&w.out_r, &res->out, l->max_output_bytes, &alloc_failed);
+        if (pfd[1].revents && w.err_r >= 0)
+            drain(&w.err_r, &res->err, l->max_output_bytes, &alloc_failed);
+        if (pfd[3].revents) {
+            ssize_t r = read_full(w.status_r, &w.status, sizeof(w.status));
+            w.t_end = monotonic_ns();
+            if (r == (ssize_t)sizeof(w.status)) {
+                w.main_done = true;
+            } else {
+                if (!w.report_failed)
+                    ev_fail(err, 0, "the box's init process died unexpectedly");
+                rc = w.report_failed ? 0 : -1;
+                break;
+            }
+        }
+    }
+    if (!w.t_end)
+        w.t_end = monotonic_ns();
+
+teardown:
+    if (init > 0) {
+        cg_run_kill(&host->cg, &cg);
+        kill(init, SIGKILL);
+        int ist;
+        while (waitpid(init, &ist, 0) < 0 && errno == EINTR)
+            ;
+    }
+    /* Every writer is dead now; read what is left in the pipes. */
+    while (w.out_r >= 0)
+        drain(&w.out_r, &res->out, l->max_output_bytes, &alloc_failed);
+    while (w.err_r >= 0)
+        drain(&w.err_r, &res->err, l->max_output_bytes, &alloc_failed);
+    if (w.report_r >= 0) {
+        /* the box died before exec or before we read the report */
+        ssize_t r = read_full(w.report_r, (char *)&w.report + w.report_got,
+                              sizeof(w.report) - w.report_got);
+        if (r > 0)
+            w.report_got += (size_t)r;
+        if (w.report_got)
+            w.report_failed = true;
+        close(w.report_r);
+    }
+    close(w.status_r);
+
+    uint64_t cpu_end = w.cpu0, peak = 0;
+    bool oom = false;
+    struct ev_err merr;
+    if (rc == 0 && init > 0) {
+        if (cg_run_cpu_usec(&host->cg, &cg, &cpu_end, &merr) < 0 ||
+            cg_run_memory(&host->cg, &cg, &peak, &oom, &merr) < 0) {
+            *err = merr;
+            rc = -1;
+        }
+    }
+    struct ev_err derr;
+    if (cg_run_destroy(&host->cg, &cg, &derr) < 0 && rc == 0) {
+        *err = derr;
+        rc = -1;
+    }
+    if (alloc_failed && rc == 0) {
+        ev_fail(err, ENOMEM, "buffering the program's output");
+        rc = -1;
+    }
+
+    if (w.report_failed && w.report.kind == REPORT_SETUP && rc == 0) {
+        w.report.msg[sizeof(w.report.msg) - 1] = '\0';
+        ev_fail(err, 0, "setting the box up: %s", w.report.msg);
+        rc = -1;
+    }
+    if (rc < 0) {
+        res->status = SBX_XX;
+        snprintf(res->message, sizeof(res->message), "%s", err->msg);
+        return -1;
+    }
+
+    res->cpu_time_us = w.exec_seen && cpu_end > w.cpu0 ? cpu_end - w.cpu0 : 0;
+    res->wall_time_us = w.exec_seen ? (w.t_end - w.t_start) / 1000 : 0;
+    res->memory_kb = peak / 1024;
+    res->memory_limit_exceeded = oom;
+    if (w.main_done) {
+        if (WIFEXITED(w.status))
+            res->exit_code = WEXITSTATUS(w.status);
+        else if (WIFSIGNALED(w.status))
+            res->exit_signal = WTERMSIG(w.status);
+    } else {
+        res->exit_signal = SIGKILL; /* we killed it */
+    }
+    res->cpu_limit_exceeded = w.cpu_killed || res->cpu_time_us > l->cpu_time_us;
+    res->wall_limit_exceeded = w.wall_killed || res->wall_time_us > l->wall_time_us;
+
+    if (w.report_failed) { /* execve failed: reported like a shell would */
+        res->status = SBX_RE;
+        res->exit_code = 127;
+        res->exit_signal = -1;
+        w.report.msg[sizeof(w.report.msg) - 1] = '\0';
+        snprintf(res->message, sizeof(res->message), "%s", w.report.msg);
+    } else if (res->cpu_limit_exceeded) {
+        res->status = SBX_TO;
+        snprintf(res->message, sizeof(res->message), "Time limit exceeded");
+    } else if (res->wall_limit_exceeded) {
+        res->status = SBX_TO;
+        snprintf(res->message, sizeof(res->message), "Time limit exceeded (wall clock)");
+    } else if (res->exit_signal >= 0) {
+        res->status = SBX_SG;
+        if (oom && res->exit_signal == SIGKILL)
+            snprintf(res->message, sizeof(res->message), "Memory limit exceeded");
+        else
+            snprintf(res->message, sizeof(res->message), "Caught fatal signal %d",
+                     res->exit_signal);
+    } else if (res->exit_code != 0) {
+        res->status = SBX_RE;
+        snprintf(res->message, sizeof(res->message), "Exited with error status %d",
+                 res->exit_code);
+    } else {
+        res->status = SBX_OK;
+        res->message[0] = '\0';
+    }
+    return 0;
+
+fail_early:
+    snprintf(res->message, sizeof(res->message), "%s", err->msg);
+    return -1;
+}

@@ -1,0 +1,154 @@
+/* The sandbox: runs one command in a fresh, limited, isolated box and measures it.
+ *
+ * This is the whole interface of the layer. It knows nothing of HTTP, JSON or runtimes: a plain
+ * struct describing one run goes in, a plain struct of metrics comes out.
+ *
+ *   struct sbx_host host;      sbx_host_init(&host, NULL, &err);      once per process
+ *   struct sbx_box box;        sbx_box_open(&host, &box_opts, &box, &err);
+ *   struct sbx_result res;     sbx_run(&host, &box, &run, &res, &err);  any number of times
+ *   sbx_result_free(&res);     sbx_box_close(&host, &box);
+ *
+ * A box is a uid/gid pair from a reserved range plus a working directory; it is held (through
+ * a lock file) by one owner at a time, so two live boxes never share a uid. Every run is a new
+ * set of namespaces and a new cgroup; only the box directory carries over between runs. */
+#ifndef ENVICUTOR_SANDBOX_H
+#define ENVICUTOR_SANDBOX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/error.h"
+#include "sandbox/cgroup.h"
+
+#define SBX_MAX_ETC 96
+#define SBX_MAX_MOUNTS 16
+
+struct sbx_host_config {
+    const char *run_dir; /* lock files, box directories, the root staging point */
+    uid_t first_uid;     /* box N runs as first_uid + N, gid likewise */
+    unsigned n_boxes;
+    const char *cgroup_root; /* for tests: a fake cgroup v2 tree; NULL = detect */
+};
+
+/* What sbx_host_init learns once about the host. */
+struct sbx_host {
+    char run_dir[256];
+    char root_dir[300]; /* run_dir/root: mount point of each run's new root */
+    uid_t first_uid;
+    unsigned n_boxes;
+    struct cg_host cg;
+    /* The seccomp program, compiled once in the parent: a child of a multi-threaded server may
+     * not allocate memory, so it only installs this ready BPF. */
+    void *bpf;
+    unsigned short bpf_len;
+    /* /etc entries that programs need, found once on the host (SPEC §2: never secrets). */
+    char etc_names[SBX_MAX_ETC][64];
+    unsigned char etc_types[SBX_MAX_ETC]; /* DT_DIR, DT_REG or DT_LNK */
+    char etc_links[SBX_MAX_ETC][128];      /* target of DT_LNK entries */
+    unsigned n_etc;
+    /* How the host lays out /bin, /lib, ...: a link (Debian's merged /usr) or a directory. */
+    char top_names[8][16];
+    char top_links[8][64]; /* empty: a directory to bind */
+    unsigned n_top;
+};
+
+struct sbx_box_options {
+    /* NULL: the box directory is a fresh tmpfs of disk_kb and max_inodes, removed on close.
+     * Otherwise an existing directory that becomes /box (its size is then the caller's
+     * business; it is chowned to the box user). */
+    const char *external_dir;
+    uint64_t disk_kb;
+    uint64_t max_inodes;
+};
+
+struct sbx_box {
+    int id;
+    uid_t uid;
+    gid_t gid;
+    int lock_fd;
+    bool own_tmpfs;
+    char dir[320]; /* host path of the directory that becomes /box */
+};
+
+struct sbx_limits {
+    uint64_t wall_time_us;  /* elapsed time from execve */
+    uint64_t cpu_time_us;   /* all processes and threads (cgroup) */
+    uint64_t extra_time_us; /* grace on cpu_time before the kill */
+    uint64_t memory_kb;     /* whole run, no swap */
+    uint64_t max_open_files;
+    uint64_t max_file_size_kb;
+    uint64_t max_processes; /* processes and threads alive at once */
+    uint64_t stack_kb;      /* 0: same as memory_kb */
+    uint64_t max_output_bytes; /* per stream; the rest is read and dropped */
+    uint64_t tmp_kb;           /* size of the private /tmp */
+};
+
+struct sbx_mount {
+    const char *source; /* host path */
+    const char *target; /* absolute path inside the box, outside /usr, /etc, /box, ... */
+};
+
+struct sbx_run_config {
+    char *const *argv;      /* argv[0] is searched in the PATH of envp when it has no '/' */
+    char *const *envp;      /* exactly the environment of the program */
+    const char *stdin_path; /* host path read as the program's stdin; NULL = /dev/null */
+    const char *workdir;    /* inside the box; NULL = /box */
+    const struct sbx_mount *mounts; /* extra read-only bind mounts */
+    size_t n_mounts;
+    struct sbx_limits limits;
+};
+
+enum sbx_status {
+    SBX_OK = 0, /* exited with 0 within limits */
+    SBX_RE,     /* nonzero exit */
+    SBX_SG,     /* killed by a signal */
+    SBX_TO,     /* CPU or wall time limit */
+    SBX_XX,     /* the sandbox failed */
+};
+
+struct sbx_output {
+    char *data; /* NUL-terminated, may contain NULs */
+    size_t len;
+    bool truncated;
+};
+
+struct sbx_result {
+    enum sbx_status status;
+    int exit_code;   /* -1 when the program did not exit normally */
+    int exit_signal; /* -1 when not killed by a signal */
+    uint64_t cpu_time_us;
+    uint64_t wall_time_us;
+    uint64_t memory_kb; /* peak */
+    bool memory_limit_exceeded;
+    bool cpu_limit_exceeded;
+    bool wall_limit_exceeded;
+    char message[256];
+    struct sbx_output out, err;
+};
+
+/* The defaults of SPEC §4 for the run stage. */
+void sbx_limits_default(struct sbx_limits *l);
+
+int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, struct ev_err *err);
+void sbx_host_free(struct sbx_host *host);
+
+int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struct sbx_box *box,
+                 struct ev_err *err);
+void sbx_box_close(struct sbx_host *host, struct sbx_box *box);
+
+/* Removes what killed owners left behind: boxes whose lock is free (their cgroups, mounts and
+ * directories). Returns the number of boxes cleaned. */
+int sbx_cleanup_stale(struct sbx_host *host, struct ev_err *err);
+
+/* Runs one command. Returns 0 when the sandbox did its job, whatever the program did (the
+ * verdict is in res); -1 with err when the sandbox itself failed, in which case res->status
+ * is SBX_XX and res->message says why. */
+int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_config *cfg,
+            struct sbx_result *res, struct ev_err *err);
+void sbx_result_free(struct sbx_result *res);
+
+const char *sbx_status_name(enum sbx_status s); /* NULL for SBX_OK, "RE", "SG", ... */
+
+#endif
