@@ -122,13 +122,13 @@ int cmd_sandbox(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "+h", long_opts, NULL)) != -1) {
         switch (opt) {
         case OPT_WALL:
-            rc = parse_seconds("--wall-time", optarg, 86400, &l->wall_time_us, &err);
+            rc = parse_seconds("--wall-time", optarg, false, 86400, &l->wall_time_us, &err);
             break;
         case OPT_CPU:
-            rc = parse_seconds("--cpu-time", optarg, 86400, &l->cpu_time_us, &err);
+            rc = parse_seconds("--cpu-time", optarg, false, 86400, &l->cpu_time_us, &err);
             break;
         case OPT_EXTRA:
-            rc = parse_seconds("--extra-time", optarg, 86400, &l->extra_time_us, &err);
+            rc = parse_seconds("--extra-time", optarg, true, 86400, &l->extra_time_us, &err);
             break;
         case OPT_MEMORY:
             rc = parse_count("--memory", optarg, 1024, KB_MAX, &l->memory_kb, &err);
@@ -237,7 +237,7 @@ int cmd_sandbox(int argc, char **argv)
     }
     json_t *j = stage_result_json(&res, 0);
     sbx_result_free(&res);
-    if (!j || json_dumpf(j, stdout, JSON_COMPACT) < 0) {
+    if (!j || json_dumpf(j, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15)) < 0) {
         fprintf(stderr, "envicutor sandbox: out of memory formatting the result\n");
         json_decref(j);
         return 1;

@@ -7,7 +7,7 @@
 
 #include "common/fileutil.h"
 
-int parse_seconds(const char *name, const char *text, double max_s, uint64_t *us,
+int parse_seconds(const char *name, const char *text, bool allow_zero, double max_s, uint64_t *us,
                   struct ev_err *err)
 {
     if (!text || !*text || isspace((unsigned char)*text))
@@ -16,11 +16,11 @@ int parse_seconds(const char *name, const char *text, double max_s, uint64_t *us
     errno = 0;
     char *end;
     double v = strtod(text, &end);
-    if (*end || errno == ERANGE || !isfinite(v) || v <= 0 || v > max_s)
-        return ev_fail(err, 0, "%s: expected a number of seconds above 0 and at most %g, got '%s'",
-                       name, max_s, text);
+    if (*end || errno == ERANGE || !isfinite(v) || v < 0 || (v == 0 && !allow_zero) || v > max_s)
+        return ev_fail(err, 0, "%s: expected a number of seconds %s 0 and at most %g, got '%s'",
+                       name, allow_zero ? "from" : "above", max_s, text);
     double u = v * 1e6;
-    *us = u < 1 ? 1 : (uint64_t)llround(u);
+    *us = v == 0 ? 0 : u < 1 ? 1 : (uint64_t)llround(u);
     return 0;
 }
 
