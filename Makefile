@@ -2,7 +2,7 @@
 # the README's second command and .ci/run call); `make bench` prints the benchmarks.
 
 CC      ?= gcc
-PKGS    := jansson libseccomp
+PKGS    := jansson libseccomp libmicrohttpd sqlite3
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
            -Wpointer-arith -Wundef -Wvla \
            -Wno-format-truncation  # messages are cut on purpose; path lengths are checked up front
@@ -10,12 +10,8 @@ CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=gnu17 -D_GNU_SOURCE -Isrc $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
 LIBS    := $(shell pkg-config --libs $(PKGS)) -lm
 
-# Layers, bottom up. The sandbox depends on common only; format on sandbox; cli on all.
-COMMON_SRC  := $(wildcard src/common/*.c)
-SANDBOX_SRC := $(wildcard src/sandbox/*.c)
-FORMAT_SRC  := $(wildcard src/format/*.c)
-CLI_SRC     := $(wildcard src/cli/*.c)
-LIB_SRC     := $(COMMON_SRC) $(SANDBOX_SRC) $(FORMAT_SRC) $(filter-out src/cli/main.c,$(CLI_SRC))
+# Layers, bottom up: common <- sandbox <- pipeline <- http <- cli (see docs/architecture.md).
+LIB_SRC     := $(filter-out src/cli/main.c,$(wildcard src/*/*.c))
 
 B ?= build
 LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
@@ -62,11 +58,13 @@ test-unit: unit
 bench: all progs
 	./bench/run
 
+FORMAT_FILES = $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c bench/*.c)
+
 format:
-	clang-format -i $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c)
+	clang-format -i $(FORMAT_FILES)
 
 format-check:
-	clang-format --dry-run --Werror $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c)
+	clang-format --dry-run --Werror $(FORMAT_FILES)
 
 deps:
 	./scripts/install-deps

@@ -51,9 +51,25 @@ static const char usage[] =
     "Environment: ENVICUTOR_RUN_DIR (default /run/envicutor) holds box locks and directories.\n";
 
 enum {
-    OPT_WALL = 256, OPT_CPU, OPT_EXTRA, OPT_MEMORY, OPT_FILES, OPT_FSIZE, OPT_PROCS, OPT_STACK,
-    OPT_OUTPUT, OPT_TMP, OPT_DISK, OPT_INODES, OPT_STDIN, OPT_BOXDIR, OPT_WORKDIR, OPT_MOUNT,
-    OPT_ENV, OPT_INFO, OPT_HELP,
+    OPT_WALL = 256,
+    OPT_CPU,
+    OPT_EXTRA,
+    OPT_MEMORY,
+    OPT_FILES,
+    OPT_FSIZE,
+    OPT_PROCS,
+    OPT_STACK,
+    OPT_OUTPUT,
+    OPT_TMP,
+    OPT_DISK,
+    OPT_INODES,
+    OPT_STDIN,
+    OPT_BOXDIR,
+    OPT_WORKDIR,
+    OPT_MOUNT,
+    OPT_ENV,
+    OPT_INFO,
+    OPT_HELP,
 };
 
 static const struct option long_opts[] = {
@@ -147,8 +163,8 @@ int cmd_sandbox(int argc, char **argv)
             rc = parse_count("--stack", optarg, 64, KB_MAX, &l->stack_kb, &err);
             break;
         case OPT_OUTPUT:
-            rc = parse_count("--max-output-size", optarg, 0, 1ull << 34, &l->max_output_bytes,
-                             &err);
+            rc =
+                parse_count("--max-output-size", optarg, 0, 1ull << 34, &l->max_output_bytes, &err);
             break;
         case OPT_TMP:
             rc = parse_count("--tmp-size", optarg, 4, KB_MAX, &l->tmp_kb, &err);

@@ -14,8 +14,7 @@ static int open_subdir(int dirfd, const char *name)
     int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 && errno == EACCES) {
         /* chmod 0 by its owner: we own or may override it; make it searchable. */
-        cleanup_close int pfd =
-            openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        cleanup_close int pfd = openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (pfd < 0)
             return -1;
         char proc[64];

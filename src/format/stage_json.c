@@ -47,8 +47,8 @@ json_t *stage_result_json(const struct sbx_result *res, int base64_output)
                                res->message[0] ? json_string(res->message) : json_null());
     bad |= json_object_set_new(o, "stdout", output_json(&res->out, base64_output));
     bad |= json_object_set_new(o, "stderr", output_json(&res->err, base64_output));
-    bad |= json_object_set_new(o, "memory_limit_exceeded",
-                               json_boolean(res->memory_limit_exceeded));
+    bad |=
+        json_object_set_new(o, "memory_limit_exceeded", json_boolean(res->memory_limit_exceeded));
     bad |= json_object_set_new(o, "stdout_truncated", json_boolean(res->out.truncated));
     bad |= json_object_set_new(o, "stderr_truncated", json_boolean(res->err.truncated));
     if (bad) {

@@ -243,8 +243,9 @@ int cg_host_detect(struct cg_host *h, struct ev_err *err)
             h->cpu = CG_V1;
     }
     if (h->memory == CG_NONE)
-        return ev_fail(err, 0, "no memory cgroup controller: neither cgroup v2 with memory "
-                               "delegated to us nor a v1 memory hierarchy is mounted");
+        return ev_fail(err, 0,
+                       "no memory cgroup controller: neither cgroup v2 with memory "
+                       "delegated to us nor a v1 memory hierarchy is mounted");
     if (h->pids == CG_NONE)
         return ev_fail(err, 0, "no pids cgroup controller (v2 or v1) is available");
     if (h->cpu == CG_NONE)

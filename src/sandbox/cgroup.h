@@ -20,11 +20,11 @@ enum cg_mode { CG_NONE = 0, CG_V1, CG_V2 };
 
 struct cg_host {
     enum cg_mode memory, pids, cpu;
-    bool v2;            /* runs get a v2 cgroup (membership, kill, cpu.stat) */
-    bool v2_kill;       /* cgroup.kill exists (Linux >= 5.14) */
-    bool v2_peak;       /* memory.peak exists (Linux >= 5.19) */
-    bool v1_memsw;      /* v1 swap accounting: memory.memsw.* exist */
-    char v2_base[512];  /* our subtree in the v2 hierarchy */
+    bool v2;           /* runs get a v2 cgroup (membership, kill, cpu.stat) */
+    bool v2_kill;      /* cgroup.kill exists (Linux >= 5.14) */
+    bool v2_peak;      /* memory.peak exists (Linux >= 5.19) */
+    bool v1_memsw;     /* v1 swap accounting: memory.memsw.* exist */
+    char v2_base[512]; /* our subtree in the v2 hierarchy */
     char v1_memory[512], v1_pids[512], v1_cpuacct[512]; /* our subtrees in v1 hierarchies */
 };
 
@@ -35,7 +35,7 @@ struct cg_limits {
 
 struct cg_run {
     char name[32];
-    int v2_fd; /* directory of the run's v2 cgroup, or -1 */
+    int v2_fd;                   /* directory of the run's v2 cgroup, or -1 */
     int mem_fd, pids_fd, cpu_fd; /* directories of its v1 cgroups, or -1 */
     /* cgroup.procs files of the v1 hierarchies, which the child writes "0" into to join. */
     int join_fds[4];

@@ -45,8 +45,9 @@ int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, stru
 {
     memset(host, 0, sizeof(*host));
     if (geteuid() != 0)
-        return ev_fail(err, 0, "the sandbox must run as root (it creates namespaces, cgroups "
-                               "and mounts); run it with sudo or as root");
+        return ev_fail(err, 0,
+                       "the sandbox must run as root (it creates namespaces, cgroups "
+                       "and mounts); run it with sudo or as root");
     const char *run_dir = cfg && cfg->run_dir ? cfg->run_dir : "/run/envicutor";
     if (run_dir[0] != '/' || strlen(run_dir) > 200)
         return ev_fail(err, 0, "run directory '%s' must be an absolute path of at most 200 bytes",

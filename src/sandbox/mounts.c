@@ -18,12 +18,46 @@
  * gshadow, ssh keys, sudoers, machine-id, the host's passwd with its real users). passwd,
  * group, hosts, hostname and nsswitch.conf are written fresh for each box. */
 static const char *const etc_allowed[] = {
-    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
-    "ssl", "ca-certificates", "ca-certificates.conf", "java-*", "python3*", "perl", "ruby*",
-    "php", "R", "mono", "mime.types", "bash.bashrc", "profile", "inputrc", "locale.alias",
-    "locale.conf", "gai.conf", "protocols", "services", "magic", "magic.mime", "fonts",
-    "debian_version", "os-release", "lsb-release", "gprolog", "gdb", "valgrind", "gcc",
-    "emacs", "vim", "nanorc", "xml", "sgml",
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "java-*",
+    "python3*",
+    "perl",
+    "ruby*",
+    "php",
+    "R",
+    "mono",
+    "mime.types",
+    "bash.bashrc",
+    "profile",
+    "inputrc",
+    "locale.alias",
+    "locale.conf",
+    "gai.conf",
+    "protocols",
+    "services",
+    "magic",
+    "magic.mime",
+    "fonts",
+    "debian_version",
+    "os-release",
+    "lsb-release",
+    "gprolog",
+    "gdb",
+    "valgrind",
+    "gcc",
+    "emacs",
+    "vim",
+    "nanorc",
+    "xml",
+    "sgml",
 };
 
 static const char *const top_candidates[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
@@ -88,9 +122,9 @@ int mounts_scan_host(struct sbx_host *host, struct ev_err *err)
     return 0;
 }
 
-static const char *const reserved_targets[] = {"/", "/usr", "/etc", "/dev", "/proc", "/tmp",
-                                               "/box", "/bin", "/sbin", "/lib", "/lib32",
-                                               "/lib64", "/libx32"};
+static const char *const reserved_targets[] = {"/",      "/usr",   "/etc",   "/dev",  "/proc",
+                                               "/tmp",   "/box",   "/bin",   "/sbin", "/lib",
+                                               "/lib32", "/lib64", "/libx32"};
 
 int mounts_check_target(const char *t, struct ev_err *err)
 {
@@ -159,8 +193,7 @@ static int make_dirs(const char *root, const char *target, struct ev_err *err)
     return make_dir(path, 0755, err);
 }
 
-static int write_generated(const char *root, const char *name, const char *text,
-                           struct ev_err *err)
+static int write_generated(const char *root, const char *name, const char *text, struct ev_err *err)
 {
     char path[512];
     snprintf(path, sizeof(path), "%s/etc/%s", root, name);
@@ -199,8 +232,8 @@ static int build_etc(const struct root_plan *p, const char *root, struct ev_err 
     if (write_generated(root, "group", text, err) < 0 ||
         write_generated(root, "hosts", "127.0.0.1\tlocalhost box\n::1\tlocalhost box\n", err) < 0 ||
         write_generated(root, "hostname", "box\n", err) < 0 ||
-        write_generated(root, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n",
-                        err) < 0)
+        write_generated(root, "nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n", err) <
+            0)
         return -1;
     return 0;
 }
@@ -225,8 +258,11 @@ static int build_dev(const char *root, struct ev_err *err)
             return -1;
     }
     static const char *const links[][2] = {
-        {"fd", "/proc/self/fd"},   {"stdin", "/proc/self/fd/0"}, {"stdout", "/proc/self/fd/1"},
-        {"stderr", "/proc/self/fd/2"}, {"shm", "/tmp"}, /* POSIX shm lives in the box's /tmp */
+        {"fd", "/proc/self/fd"},
+        {"stdin", "/proc/self/fd/0"},
+        {"stdout", "/proc/self/fd/1"},
+        {"stderr", "/proc/self/fd/2"},
+        {"shm", "/tmp"}, /* POSIX shm lives in the box's /tmp */
     };
     for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", dev, links[i][0]);
@@ -247,8 +283,7 @@ int mounts_build_root(const struct root_plan *p, struct ev_err *err)
     /* Nothing we mount may propagate back to the host, nor host mounts into the box. */
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         return ev_fail(err, errno, "make / private");
-    if (mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755") <
-        0)
+    if (mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755") < 0)
         return ev_fail(err, errno, "mount tmpfs on %s", root);
 
     snprintf(path, sizeof(path), "%s/usr", root);

@@ -71,7 +71,7 @@ struct child_ctx {
 /* ---- child side ------------------------------------------------------------------------- */
 
 static __attribute__((noreturn)) void child_fail(const struct child_ctx *c, int kind,
-                                                   const struct ev_err *e)
+                                                 const struct ev_err *e)
 {
     struct report r = {.kind = kind, .errnum = e->errnum};
     snprintf(r.msg, sizeof(r.msg), "%s", e->msg);
@@ -384,8 +384,9 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
             goto fail_early;
     if (!l->wall_time_us || !l->cpu_time_us || !l->memory_kb || !l->max_processes ||
         !l->max_open_files || !l->tmp_kb) {
-        ev_fail(err, 0, "wall time, CPU time, memory, processes, open files and /tmp size "
-                        "must all be positive");
+        ev_fail(err, 0,
+                "wall time, CPU time, memory, processes, open files and /tmp size "
+                "must all be positive");
         goto fail_early;
     }
 
@@ -424,8 +425,13 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         .host = host,
         .box = box,
         .cfg = cfg,
-        .plan = {.host = host, .box_dir = box->dir, .uid = box->uid, .gid = box->gid,
-                 .tmp_kb = l->tmp_kb, .mounts = cfg->mounts, .n_mounts = cfg->n_mounts},
+        .plan = {.host = host,
+                 .box_dir = box->dir,
+                 .uid = box->uid,
+                 .gid = box->gid,
+                 .tmp_kb = l->tmp_kb,
+                 .mounts = cfg->mounts,
+                 .n_mounts = cfg->n_mounts},
         .cg = &cg,
         .stdin_fd = stdin_fd,
         .out_w = out[1],
@@ -495,8 +501,10 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         if (wait_us < 1000)
             wait_us = 1000;
 
-        struct pollfd pfd[4] = {{w.out_r, POLLIN, 0}, {w.err_r, POLLIN, 0},
-                                {w.report_r, POLLIN, 0}, {w.status_r, POLLIN, 0}};
+        struct pollfd pfd[4] = {{w.out_r, POLLIN, 0},
+                                {w.err_r, POLLIN, 0},
+                                {w.report_r, POLLIN, 0},
+                                {w.status_r, POLLIN, 0}};
         int n = poll(pfd, 4, (int)((wait_us + 999) / 1000));
         if (n < 0 && errno != EINTR) {
             ev_fail(err, errno, "poll");
@@ -506,8 +514,8 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         if (n <= 0)
             continue;
         if (pfd[2].revents && w.report_r >= 0) {
-            ssize_t r = read(w.report_r, (char *)&w.report + w.report_got,
-                             sizeof(w.report) - w.report_got);
+            ssize_t r =
+                read(w.report_r, (char *)&w.report + w.report_got, sizeof(w.report) - w.report_got);
             if (r > 0) {
                 w.report_got += (size_t)r;
             } else if (r == 0 || (r < 0 && errno != EINTR)) {
@@ -638,8 +646,7 @@ teardown:
                      res->exit_signal);
     } else if (res->exit_code != 0) {
         res->status = SBX_RE;
-        snprintf(res->message, sizeof(res->message), "Exited with error status %d",
-                 res->exit_code);
+        snprintf(res->message, sizeof(res->message), "Exited with error status %d", res->exit_code);
     } else {
         res->status = SBX_OK;
         res->message[0] = '\0';

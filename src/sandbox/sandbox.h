@@ -46,7 +46,7 @@ struct sbx_host {
     /* /etc entries that programs need, found once on the host (SPEC §2: never secrets). */
     char etc_names[SBX_MAX_ETC][64];
     unsigned char etc_types[SBX_MAX_ETC]; /* DT_DIR, DT_REG or DT_LNK */
-    char etc_links[SBX_MAX_ETC][128];      /* target of DT_LNK entries */
+    char etc_links[SBX_MAX_ETC][128];     /* target of DT_LNK entries */
     unsigned n_etc;
     /* How the host lays out /bin, /lib, ...: a link (Debian's merged /usr) or a directory. */
     char top_names[8][16];
@@ -79,8 +79,8 @@ struct sbx_limits {
     uint64_t memory_kb;     /* whole run, no swap */
     uint64_t max_open_files;
     uint64_t max_file_size_kb;
-    uint64_t max_processes; /* processes and threads alive at once */
-    uint64_t stack_kb;      /* 0: same as memory_kb */
+    uint64_t max_processes;    /* processes and threads alive at once */
+    uint64_t stack_kb;         /* 0: same as memory_kb */
     uint64_t max_output_bytes; /* per stream; the rest is read and dropped */
     uint64_t tmp_kb;           /* size of the private /tmp */
 };
@@ -91,10 +91,10 @@ struct sbx_mount {
 };
 
 struct sbx_run_config {
-    char *const *argv;      /* argv[0] is searched in the PATH of envp when it has no '/' */
-    char *const *envp;      /* exactly the environment of the program */
-    const char *stdin_path; /* host path read as the program's stdin; NULL = /dev/null */
-    const char *workdir;    /* inside the box; NULL = /box */
+    char *const *argv;              /* argv[0] is searched in the PATH of envp when it has no '/' */
+    char *const *envp;              /* exactly the environment of the program */
+    const char *stdin_path;         /* host path read as the program's stdin; NULL = /dev/null */
+    const char *workdir;            /* inside the box; NULL = /box */
     const struct sbx_mount *mounts; /* extra read-only bind mounts */
     size_t n_mounts;
     struct sbx_limits limits;

@@ -58,7 +58,10 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         errno = 0;
         long r = try(argv[i]);
-        printf("%s %s\n", argv[i], r >= 0 ? "OK" : strerrorname_np(errno) ? strerrorname_np(errno) : "?");
+        printf("%s %s\n", argv[i],
+               r >= 0                   ? "OK"
+               : strerrorname_np(errno) ? strerrorname_np(errno)
+                                        : "?");
         fflush(stdout);
     }
     return 0;
