@@ -47,6 +47,8 @@ static const char usage[] =
     "                               PATH=/usr/local/bin:/usr/bin:/bin, HOME=/tmp,\n"
     "                               LANG=C.UTF-8 plus these, never the caller's own\n"
     "  --info                       print the detected cgroup layout and exit\n"
+    "  --cleanup                    remove what killed owners left behind (boxes whose lock\n"
+    "                               is free: cgroups, mounts, directories) and exit\n"
     "\n"
     "Environment: ENVICUTOR_RUN_DIR (default /run/envicutor) holds box locks and directories.\n";
 
@@ -68,6 +70,7 @@ enum {
     OPT_WORKDIR,
     OPT_MOUNT,
     OPT_ENV,
+    OPT_CLEANUP,
     OPT_INFO,
     OPT_HELP,
 };
@@ -91,6 +94,7 @@ static const struct option long_opts[] = {
     {"mount", required_argument, 0, OPT_MOUNT},
     {"env", required_argument, 0, OPT_ENV},
     {"info", no_argument, 0, OPT_INFO},
+    {"cleanup", no_argument, 0, OPT_CLEANUP},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0},
 };
@@ -129,7 +133,7 @@ int cmd_sandbox(int argc, char **argv)
     struct sbx_mount mounts[SBX_MAX_MOUNTS];
     char *env[MAX_ENV] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8", NULL};
     size_t n_env = 3;
-    bool info = false;
+    bool info = false, cleanup = false;
     struct ev_err err = {0};
     int rc = 0;
 
@@ -202,6 +206,9 @@ int cmd_sandbox(int argc, char **argv)
         case OPT_INFO:
             info = true;
             break;
+        case OPT_CLEANUP:
+            cleanup = true;
+            break;
         case OPT_HELP:
         case 'h':
             fputs(usage, stdout);
@@ -215,7 +222,7 @@ int cmd_sandbox(int argc, char **argv)
             return 2;
         }
     }
-    if (!info && optind >= argc) {
+    if (!info && !cleanup && optind >= argc) {
         fprintf(stderr, "envicutor sandbox: no command given\nTry 'envicutor sandbox --help'.\n");
         return 2;
     }
@@ -228,6 +235,16 @@ int cmd_sandbox(int argc, char **argv)
     if (sbx_host_init(&host, &hcfg, &err) < 0) {
         fprintf(stderr, "envicutor sandbox: %s\n", err.msg);
         return 1;
+    }
+    if (cleanup) {
+        int n = sbx_cleanup_stale(&host, &err);
+        sbx_host_free(&host);
+        if (n < 0) {
+            fprintf(stderr, "envicutor sandbox: cleanup: %s\n", err.msg);
+            return 1;
+        }
+        printf("{\"boxes_checked\": %d}\n", n);
+        return 0;
     }
     if (info) {
         char desc[256];

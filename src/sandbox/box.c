@@ -5,6 +5,7 @@
  * the owner dies, even by kill -9, so the next owner of N knows the box may hold residue and
  * cleans it (cgroups, the tmpfs mount, the directory) before use. Two live boxes therefore
  * never share a uid, across any number of servers and `envicutor sandbox` commands. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "common/fileutil.h"
 #include "common/rmtree.h"
 #include "sandbox/sandbox.h"
 
@@ -130,15 +132,25 @@ void sbx_box_close(struct sbx_host *host, struct sbx_box *box)
 
 int sbx_cleanup_stale(struct sbx_host *host, struct ev_err *err)
 {
+    /* Only boxes that were ever used have a lock file. */
+    char locks[320];
+    snprintf(locks, sizeof(locks), "%s/locks", host->run_dir);
+    cleanup_closedir DIR *d = opendir(locks);
+    if (!d)
+        return ev_fail(err, errno, "opendir %s", locks);
     int cleaned = 0;
-    for (unsigned id = 0; id < host->n_boxes; id++) {
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        uint64_t id;
+        if (parse_u64(de->d_name, &id) < 0 || id >= host->n_boxes)
+            continue;
         int fd = try_lock(host, (int)id);
         if (fd < 0)
-            continue; /* in use by a live owner, or never used */
+            continue; /* held by a live owner */
         int r = clean_residue(host, (int)id, err);
         close(fd);
         if (r < 0)
-            return ev_wrap(err, "box %u: ", id);
+            return ev_wrap(err, "box %llu: ", (unsigned long long)id);
         cleaned++;
     }
     return cleaned;

@@ -245,15 +245,17 @@ static int build_dev(const char *root, struct ev_err *err)
     snprintf(dev, sizeof(dev), "%s/dev", root);
     if (make_dir(dev, 0755, err) < 0)
         return -1;
-    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755") < 0)
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=64k,nr_inodes=64,mode=0755") < 0)
         return ev_fail(err, errno, "mount tmpfs on /dev");
     for (size_t i = 0; i < sizeof(devices) / sizeof(devices[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", dev, devices[i]);
         snprintf(src, sizeof(src), "/dev/%s", devices[i]);
         if (make_file(path, err) < 0)
             return -1;
-        /* The one exception to nodev: these five nodes, bound one by one. No other device
-         * can appear (no CAP_MKNOD, and /dev is read-only). */
+        /* The one exception to nodev: these five nodes, each its own bind mount (mount flags
+         * are per mount, so the nodev tmpfs under them does not apply). No other device can
+         * appear: no CAP_MKNOD, and /dev is read-only and nodev. */
         if (bind(src, path, MS_NOSUID | MS_NOEXEC, err) < 0)
             return -1;
     }
@@ -269,7 +271,7 @@ static int build_dev(const char *root, struct ev_err *err)
         if (symlink(links[i][1], path) < 0)
             return ev_fail(err, errno, "symlink %s", path);
     }
-    if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) < 0)
+    if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         return ev_fail(err, errno, "remount /dev read-only");
     return 0;
 }

@@ -1,0 +1,200 @@
+"""SPEC §2, property by property, and the nasty cases of teardown."""
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import BIN, box_cgroups, box_dirs, box_mounts, box_processes, sandbox
+
+pytestmark = pytest.mark.usefixtures("no_residue")
+
+
+def test_secrets_and_host_users_are_not_visible():
+    r = sandbox("sh", "-c", "ls /etc/shadow /etc/gshadow /root /home 2>&1; cat /etc/passwd")
+    for name in ("/etc/shadow", "/etc/gshadow", "/root", "/home"):
+        assert f"cannot access '{name}'" in r["stdout"]
+    users = [l.split(":")[0] for l in r["stdout"].splitlines() if ":x:" in l]
+    assert users == ["root", "box", "nobody"]
+
+
+def test_run_directory_and_other_boxes_are_not_visible():
+    r = sandbox("sh", "-c", "ls /run/envicutor; ls /sys/fs/cgroup; ls /run")
+    assert "No such file" in r["stderr"]
+    assert r["stdout"] == ""
+
+
+def test_only_own_processes_are_visible():
+    r = sandbox("ps", "-eo", "pid,user,comm", "--no-headers")
+    rows = [l.split() for l in r["stdout"].splitlines()]
+    # the box's init (root, PID 1), the command and ps itself: nothing of the host
+    assert [row[0] for row in rows][:1] == ["1"]
+    assert {row[2] for row in rows} <= {"envicutor", "ps", "envicutor sandbox"}
+    assert len(rows) <= 3
+
+
+def test_environment_is_exactly_what_is_given():
+    os.environ["ENVICUTOR_TEST_SECRET"] = "leak"
+    r = sandbox("env", opts=["--env", "EXTRA=a b=c", "--env", "LANG=C"])
+    assert sorted(r["stdout"].splitlines()) == sorted(
+        ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C", "EXTRA=a b=c"])
+
+
+def test_no_capabilities_no_new_privs_and_seccomp():
+    r = sandbox("grep", "-E", "^(Cap|NoNewPrivs|Seccomp:)", "/proc/self/status")
+    fields = dict(l.split(":\t") for l in r["stdout"].splitlines())
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(fields[cap], 16) == 0
+    assert fields["NoNewPrivs"] == "1"
+    assert fields["Seccomp"] == "2"
+
+
+def test_box_user_is_unprivileged_and_owns_box():
+    r = sandbox("sh", "-c", "id -u; id -g; stat -c %u /box; touch /box/x && echo ok")
+    uid, gid, owner, ok = r["stdout"].split()
+    assert 60000 <= int(uid) < 61000 and uid == gid == owner and ok == "ok"
+
+
+def test_every_mount_is_nosuid_and_nodev_and_read_only_outside_box_and_tmp():
+    r = sandbox("cat", "/proc/self/mountinfo")
+    devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+    for line in r["stdout"].splitlines():
+        fields = line.split()
+        target, opts = fields[4], fields[5].split(",")
+        assert "nosuid" in opts, line
+        if target not in devices:
+            assert "nodev" in opts, line
+        if target not in ("/box", "/tmp", "/proc") and target not in devices:
+            assert "ro" in opts, line
+    r = sandbox("sh", "-c", "touch /usr/x /etc/x /x /dev/x 2>&1; echo $?")
+    assert r["stdout"].count("Read-only file system") == 4
+
+
+def test_device_nodes_work_and_others_are_absent():
+    r = sandbox("sh", "-c", "head -c 4 /dev/zero | od -An -tx1; echo x > /dev/null && echo null; "
+                "head -c 8 /dev/urandom | wc -c; ls /dev")
+    assert r["stdout"].split()[:4] == ["00"] * 4 and "null" in r["stdout"]
+    listing = set(r["stdout"].split()[6:])
+    assert listing == {"fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout",
+                       "urandom", "zero"}
+
+
+def test_host_dev_shm_is_not_shared(tmp_path):
+    canary = "/dev/shm/envicutor-canary-%d" % os.getpid()
+    with open(canary, "w") as f:
+        f.write("host")
+    try:
+        r = sandbox("sh", "-c", f"ls /dev/shm/; cat {canary}")
+        assert "envicutor-canary" not in r["stdout"]
+    finally:
+        os.unlink(canary)
+
+
+def test_host_loopback_is_unreachable_and_own_loopback_works():
+    hits = []
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(3)
+    port = srv.getsockname()[1]
+
+    def accept():
+        try:
+            hits.append(srv.accept())
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    code = (
+        "import socket,sys\n"
+        f"try:\n socket.create_connection(('127.0.0.1',{port}),timeout=1); print('reached')\n"
+        "except OSError as e: print('refused')\n"
+        "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\n"
+        "c=socket.create_connection(s.getsockname()); a,_=s.accept(); c.send(b'ping')\n"
+        "print(a.recv(4).decode())\n"
+        "print([l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]])\n"
+    )
+    r = sandbox("python3", "-c", code)
+    srv.close()
+    t.join()
+    assert hits == []
+    assert r["stdout"].splitlines() == ["refused", "ping", "['lo']"]
+
+
+def test_two_boxes_at_once_do_not_see_each_other():
+    script = ("id -u; echo $0 > /tmp/mine; echo $0 > /box/mine; sleep 1; "
+              "cat /tmp/mine /box/mine; ls /tmp; ls /box")
+    procs = [subprocess.Popen([BIN, "sandbox", "--", "sh", "-c", script, name],
+                              stdout=subprocess.PIPE) for name in ("first", "second")]
+    import json
+    outs = [json.loads(p.communicate(timeout=30)[0])["stdout"].split() for p in procs]
+    assert outs[0][0] != outs[1][0]  # two uids
+    assert outs[0][1:] == ["first", "first", "mine", "mine"]
+    assert outs[1][1:] == ["second", "second", "mine", "mine"]
+
+
+def test_daemonised_child_does_not_delay_the_result():
+    start = time.monotonic()
+    r = sandbox("sh", "-c", "setsid sh -c 'sleep 100' >/dev/null 2>&1 </dev/null & echo done",
+                opts=["--wall-time", "20"])
+    assert r["stdout"] == "done\n" and r["exit_status"] is None
+    assert time.monotonic() - start < 2
+
+
+def test_background_child_holding_stdout_does_not_delay_the_result():
+    start = time.monotonic()
+    r = sandbox("sh", "-c", "(sleep 100 &); echo hi", opts=["--wall-time", "20"])
+    assert r["stdout"] == "hi\n"
+    assert time.monotonic() - start < 2
+
+
+def test_thread_bomb_is_contained():
+    r = sandbox("/opt/progs/spawn", "threads", "100000", opts=["--max-number-of-processes", "50"])
+    assert int(r["stdout"]) == 49
+
+
+def test_links_fifos_and_unreadable_directories_left_for_teardown():
+    r = sandbox("sh", "-c", "mkdir -p /box/d/e /tmp/t; touch /box/d/e/f; chmod 0 /box/d/e /box/d; "
+                "ln -s / /box/root; ln -s /etc/passwd /box/passwd; mkfifo /box/fifo; "
+                "ln -s /box /box/loop; chmod 0 /tmp/t; echo left")
+    assert r["stdout"] == "left\n"
+    assert os.path.exists("/etc/passwd") and os.path.isdir("/usr/bin")
+
+
+def test_external_box_directory_is_used_and_kept(tmp_path):
+    d = tmp_path / "boxdir"
+    d.mkdir()
+    (d / "input.txt").write_text("from the caller\n")
+    r = sandbox("sh", "-c", "cat input.txt; echo made > out.txt",
+                opts=["--box-dir", str(d)])
+    assert r["stdout"] == "from the caller\n"
+    assert (d / "out.txt").read_text() == "made\n"
+
+
+def test_kill_9_of_the_owner_leaves_nothing_that_cleanup_does_not_remove():
+    p = subprocess.Popen([BIN, "sandbox", "--", "sh", "-c", "sleep 100 & sleep 100"],
+                         stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while len(box_processes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(box_processes()) >= 2
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # the box's init dies with its parent, and the whole PID namespace with it
+    deadline = time.monotonic() + 5
+    while box_processes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert box_processes() == []
+    assert box_cgroups() != [] or box_mounts() != [] or box_dirs() != []  # residue to clean
+    subprocess.run([BIN, "sandbox", "--cleanup"], check=True, capture_output=True)
+    # the no_residue fixture checks that everything is gone
+
+
+def test_hostname_and_ipc_are_private():
+    r = sandbox("sh", "-c", "hostname; cat /proc/sys/kernel/hostname; ipcs -q | tail -n +4")
+    assert r["stdout"].split() == ["box", "box"]
