@@ -10,7 +10,9 @@
 int parse_seconds(const char *name, const char *text, bool allow_zero, double max_s, uint64_t *us,
                   struct ev_err *err)
 {
-    if (!text || !*text || isspace((unsigned char)*text))
+    /* Plain decimal notation only: strtod would also take hex, "nan", "infinity", spaces. */
+    if (!text || (!isdigit((unsigned char)*text) && *text != '.') ||
+        text[strspn(text, "0123456789.eE+-")] != '\0')
         return ev_fail(err, 0, "%s: expected a number of seconds, got '%s'", name,
                        text ? text : "");
     errno = 0;

@@ -1,0 +1,214 @@
+/* Unit tests of the common helpers: safe tree removal, UTF-8 repair, base64, option parsing. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/options.h"
+#include "common/base64.h"
+#include "common/rmtree.h"
+#include "common/utf8.h"
+
+static char scratch[256];
+
+static int make_scratch(void **state)
+{
+    (void)state;
+    snprintf(scratch, sizeof(scratch), "/tmp/envicutor-unit-XXXXXX");
+    return mkdtemp(scratch) ? 0 : -1;
+}
+
+static int remove_scratch(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "chmod -R u+rwx %s 2>/dev/null; rm -rf %s", scratch, scratch);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void path(char *buf, const char *rel)
+{
+    snprintf(buf, 512, "%s/%s", scratch, rel);
+}
+
+static void touch(const char *rel, const char *content)
+{
+    char p[512];
+    path(p, rel);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs(content, f);
+    fclose(f);
+}
+
+/* The tree holds links to a directory and a file outside it, and unreadable directories: the
+ * removal must take the tree and leave the outside untouched. */
+static void test_rmtree_never_follows_links(void **state)
+{
+    (void)state;
+    char p[512], q[512];
+    path(p, "outside");
+    assert_int_equal(mkdir(p, 0755), 0);
+    touch("outside/keep", "precious");
+    path(p, "tree");
+    assert_int_equal(mkdir(p, 0755), 0);
+    path(p, "tree/sub");
+    assert_int_equal(mkdir(p, 0755), 0);
+    touch("tree/sub/file", "x");
+    path(p, "outside");
+    path(q, "tree/dirlink");
+    assert_int_equal(symlink(p, q), 0);
+    path(p, "outside/keep");
+    path(q, "tree/sub/filelink");
+    assert_int_equal(symlink(p, q), 0);
+    path(p, "tree/locked");
+    assert_int_equal(mkdir(p, 0755), 0);
+    touch("tree/locked/inner", "y");
+    assert_int_equal(chmod(p, 0), 0);
+    path(p, "tree/sub");
+    assert_int_equal(chmod(p, 0), 0);
+
+    int dfd = open(scratch, O_RDONLY | O_DIRECTORY);
+    struct ev_err err;
+    assert_int_equal(rmtree_at(dfd, "tree", &err), 0);
+    close(dfd);
+
+    path(p, "tree");
+    assert_int_equal(access(p, F_OK), -1);
+    path(p, "outside/keep");
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    char buf[32] = {0};
+    assert_non_null(fgets(buf, sizeof(buf), f));
+    fclose(f);
+    assert_string_equal(buf, "precious");
+}
+
+static void test_rmtree_of_a_link_removes_only_the_link(void **state)
+{
+    (void)state;
+    char p[512], q[512];
+    path(p, "target");
+    assert_int_equal(mkdir(p, 0755), 0);
+    touch("target/f", "z");
+    path(q, "link");
+    assert_int_equal(symlink(p, q), 0);
+    int dfd = open(scratch, O_RDONLY | O_DIRECTORY);
+    struct ev_err err;
+    assert_int_equal(rmtree_at(dfd, "link", &err), 0);
+    assert_int_equal(rmtree_at(dfd, "missing", &err), 0);
+    close(dfd);
+    path(p, "target/f");
+    assert_int_equal(access(p, F_OK), 0);
+}
+
+static void test_utf8_sanitize(void **state)
+{
+    (void)state;
+    struct {
+        const char *in;
+        size_t len;
+        const char *out;
+    } cases[] = {
+        {"plain", 5, "plain"},
+        {"caf\xc3\xa9", 5, "caf\xc3\xa9"},
+        {"a\xff"
+         "b",
+         3,
+         "a\xef\xbf\xbd"
+         "b"},
+        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},                 /* overlong '/' */
+        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* surrogate */
+        {"\xe2\x82", 2, "\xef\xbf\xbd\xef\xbf\xbd"},                 /* cut short */
+        {"\xf0\x9f\x98\x80", 4, "\xf0\x9f\x98\x80"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t n;
+        char *s = utf8_sanitize(cases[i].in, cases[i].len, &n);
+        assert_non_null(s);
+        assert_int_equal(n, strlen(cases[i].out));
+        assert_memory_equal(s, cases[i].out, n);
+        free(s);
+    }
+    size_t n;
+    char *s = utf8_sanitize("a\0b", 3, &n);
+    assert_int_equal(n, 3);
+    assert_memory_equal(s, "a\0b", 3);
+    free(s);
+}
+
+static void test_base64_round_trip_and_errors(void **state)
+{
+    (void)state;
+    const char *plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    const char *coded[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    for (size_t i = 0; i < 7; i++) {
+        char *e = base64_encode(plain[i], strlen(plain[i]));
+        assert_string_equal(e, coded[i]);
+        free(e);
+        size_t n, bad;
+        char *d = base64_decode(coded[i], strlen(coded[i]), &n, &bad);
+        assert_non_null(d);
+        assert_int_equal(n, strlen(plain[i]));
+        assert_memory_equal(d, plain[i], n);
+        free(d);
+    }
+    size_t n, bad = 0;
+    assert_null(base64_decode("Zm9v!", 5, &n, &bad));
+    assert_null(base64_decode("Zm9vY", 5, &n, &bad));
+    assert_null(base64_decode("Zm9*", 4, &n, &bad));
+    assert_int_equal(bad, 3);
+}
+
+static void test_parse_seconds(void **state)
+{
+    (void)state;
+    uint64_t us;
+    struct ev_err err;
+    assert_int_equal(parse_seconds("t", "2", false, 100, &us, &err), 0);
+    assert_int_equal(us, 2000000);
+    assert_int_equal(parse_seconds("t", "0.0000001", false, 100, &us, &err), 0);
+    assert_int_equal(us, 1);
+    assert_int_equal(parse_seconds("t", "0", true, 100, &us, &err), 0);
+    assert_int_equal(us, 0);
+    const char *bad[] = {"0", "-1", "nan", "inf", "1e400", "101", "", " 1", "1s", "0x10"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(parse_seconds("t", bad[i], false, 100, &us, &err), -1);
+        assert_non_null(strstr(err.msg, "t: expected"));
+    }
+}
+
+static void test_parse_count(void **state)
+{
+    (void)state;
+    uint64_t v;
+    struct ev_err err;
+    assert_int_equal(parse_count("n", "64", 1, 100, &v, &err), 0);
+    assert_int_equal(v, 64);
+    const char *bad[] = {"0", "101", "-1", "1.5", "", "99999999999999999999999", "+3"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(parse_count("n", bad[i], 1, 100, &v, &err), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_rmtree_never_follows_links, make_scratch,
+                                        remove_scratch),
+        cmocka_unit_test_setup_teardown(test_rmtree_of_a_link_removes_only_the_link, make_scratch,
+                                        remove_scratch),
+        cmocka_unit_test(test_utf8_sanitize),
+        cmocka_unit_test(test_base64_round_trip_and_errors),
+        cmocka_unit_test(test_parse_seconds),
+        cmocka_unit_test(test_parse_count),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
