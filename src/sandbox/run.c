@@ -331,7 +331,7 @@ struct watch {
     size_t report_got;
     int status;
     uint64_t t_start, t_end, cpu0;
-    bool cpu_killed, wall_killed;
+    bool cpu_killed, wall_killed, cancelled;
 };
 
 /* Reads what is available on an output pipe; returns false at end of file. */
@@ -501,11 +501,12 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         if (wait_us < 1000)
             wait_us = 1000;
 
-        struct pollfd pfd[4] = {{w.out_r, POLLIN, 0},
+        struct pollfd pfd[5] = {{w.out_r, POLLIN, 0},
                                 {w.err_r, POLLIN, 0},
                                 {w.report_r, POLLIN, 0},
-                                {w.status_r, POLLIN, 0}};
-        int n = poll(pfd, 4, (int)((wait_us + 999) / 1000));
+                                {w.status_r, POLLIN, 0},
+                                {cfg->cancel_fd > 0 ? cfg->cancel_fd : -1, POLLIN, 0}};
+        int n = poll(pfd, 5, (int)((wait_us + 999) / 1000));
         if (n < 0 && errno != EINTR) {
             ev_fail(err, errno, "poll");
             rc = -1;
@@ -513,6 +514,12 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         }
         if (n <= 0)
             continue;
+        if (pfd[4].revents) {
+            w.cancelled = true;
+            ev_fail(err, ECANCELED, "the run was cancelled");
+            rc = -1;
+            break;
+        }
         if (pfd[2].revents && w.report_r >= 0) {
             ssize_t r =
                 read(w.report_r, (char *)&w.report + w.report_got, sizeof(w.report) - w.report_got);

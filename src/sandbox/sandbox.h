@@ -98,6 +98,11 @@ struct sbx_run_config {
     const struct sbx_mount *mounts; /* extra read-only bind mounts */
     size_t n_mounts;
     struct sbx_limits limits;
+    /* Optional: a descriptor (an eventfd, a pipe) that becomes readable when the run must stop
+     * at once, e.g. because the client that asked for it went away. 0, the zero value, means
+     * none; fd 0 is stdin and never a cancel descriptor. A cancelled run is killed and cleaned
+     * like any other and sbx_run returns -1 with "the run was cancelled". */
+    int cancel_fd;
 };
 
 enum sbx_status {
