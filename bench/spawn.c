@@ -1,0 +1,95 @@
+/* spawn ROUNDS NAME CMD... [";;" NAME CMD...]...: runs each command ROUNDS times, interleaved
+ * (round 1 of every command, then round 2, ...), each as fork + execvp + waitpid with its
+ * output sent to /dev/null, and prints the median, 10th and 90th percentiles of each and the
+ * ratio of its median to the first command's. Interleaving keeps a noisy neighbour from
+ * favouring one side. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CMDS 8
+
+struct cmd {
+    const char *name;
+    char **argv;
+    double *samples;
+    int failures;
+};
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double run_once(char **argv, int *failed)
+{
+    double t0 = now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    double t = now() - t0;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        (*failed)++;
+    return t;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) {
+        fprintf(stderr, "usage: spawn ROUNDS NAME CMD... [\";;\" NAME CMD...]...\n");
+        return 2;
+    }
+    int rounds = atoi(argv[1]);
+    struct cmd cmds[MAX_CMDS];
+    int n = 0;
+    for (int i = 2; i < argc && n < MAX_CMDS;) {
+        cmds[n].name = argv[i++];
+        cmds[n].argv = &argv[i];
+        while (i < argc && strcmp(argv[i], ";;") != 0)
+            i++;
+        if (i < argc)
+            argv[i++] = NULL;
+        cmds[n].samples = calloc((size_t)rounds, sizeof(double));
+        cmds[n].failures = 0;
+        n++;
+    }
+    for (int c = 0; c < n; c++) /* warm-up */
+        run_once(cmds[c].argv, &cmds[c].failures);
+    for (int c = 0; c < n; c++)
+        cmds[c].failures = 0;
+    for (int r = 0; r < rounds; r++)
+        for (int c = 0; c < n; c++)
+            cmds[c].samples[r] = run_once(cmds[c].argv, &cmds[c].failures);
+    double base = 0;
+    printf("%-28s %10s %10s %10s %8s %6s\n", "command", "median ms", "p10 ms", "p90 ms", "ratio",
+           "fails");
+    for (int c = 0; c < n; c++) {
+        qsort(cmds[c].samples, (size_t)rounds, sizeof(double), cmp);
+        double med = cmds[c].samples[rounds / 2];
+        if (c == 0)
+            base = med;
+        printf("%-28s %10.3f %10.3f %10.3f %7.2fx %6d\n", cmds[c].name, med * 1e3,
+               cmds[c].samples[rounds / 10] * 1e3, cmds[c].samples[rounds * 9 / 10] * 1e3,
+               med / base, cmds[c].failures);
+        free(cmds[c].samples);
+    }
+    return 0;
+}
