@@ -49,8 +49,8 @@ progs: $(PROG_BIN)
 asan:
 	$(MAKE) B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" all unit
 
-test: deps
-	./tests/run-all
+test:
+	./scripts/run-tests
 
 test-unit: unit
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
