@@ -326,7 +326,7 @@ static int append_output(struct sbx_output *o, const char *buf, size_t n, uint64
 
 struct watch {
     int out_r, err_r, report_r, status_r;
-    bool exec_seen, main_done, report_failed;
+    bool exec_seen, main_done, report_failed, init_died;
     struct report report;
     size_t report_got;
     int status;
@@ -464,6 +464,7 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         ncpu = 1;
     uint64_t cpu_kill_at = l->cpu_time_us + l->extra_time_us;
     uint64_t setup_deadline = monotonic_ns() + 30ull * 1000000000ull;
+    uint64_t next_cpu_check = 0;
     bool alloc_failed = false;
 
     while (!w.main_done) {
@@ -475,20 +476,27 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
                 w.wall_killed = true;
                 break;
             }
-            uint64_t used = 0;
-            if (cg_run_cpu_usec(&host->cg, &cg, &used, err) < 0) {
-                rc = -1;
-                break;
+            if (now >= next_cpu_check) {
+                uint64_t used = 0;
+                if (cg_run_cpu_usec(&host->cg, &cg, &used, err) < 0) {
+                    rc = -1;
+                    break;
+                }
+                used = used > w.cpu0 ? used - w.cpu0 : 0;
+                if (used >= cpu_kill_at) {
+                    w.cpu_killed = true;
+                    break;
+                }
+                cg_run_sample_memory(&host->cg, &cg);
+                /* CPU time grows at most ncpu times faster than the wall clock: no need to
+                 * look again before the remaining budget could be spent. This also keeps an
+                 * output flood, which wakes us constantly, from costing a read per wake-up. */
+                uint64_t cpu_wait = (cpu_kill_at - used) / (uint64_t)ncpu;
+                if (cpu_wait > 1000000)
+                    cpu_wait = 1000000;
+                next_cpu_check = now + cpu_wait * 1000;
             }
-            used = used > w.cpu0 ? used - w.cpu0 : 0;
-            if (used >= cpu_kill_at) {
-                w.cpu_killed = true;
-                break;
-            }
-            cg_run_sample_memory(&host->cg, &cg);
-            /* CPU time grows at most ncpu times faster than the wall clock: no need to look
-             * again before the remaining budget could be spent. */
-            uint64_t cpu_wait = (cpu_kill_at - used) / (uint64_t)ncpu;
+            uint64_t cpu_wait = next_cpu_check > now ? (next_cpu_check - now) / 1000 : 0;
             uint64_t wall_wait = l->wall_time_us - elapsed;
             wait_us = cpu_wait < wall_wait ? cpu_wait : wall_wait;
             if (wait_us > 1000000)
@@ -548,14 +556,12 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         if (pfd[3].revents) {
             ssize_t r = read_full(w.status_r, &w.status, sizeof(w.status));
             w.t_end = monotonic_ns();
-            if (r == (ssize_t)sizeof(w.status)) {
+            if (r == (ssize_t)sizeof(w.status))
                 w.main_done = true;
-            } else {
-                if (!w.report_failed)
-                    ev_fail(err, 0, "the box's init process died unexpectedly");
-                rc = w.report_failed ? 0 : -1;
+            else /* init died without a word: its report, if any, is read after teardown */
+                w.init_died = true;
+            if (!w.main_done)
                 break;
-            }
         }
     }
     if (!w.t_end)
@@ -606,9 +612,12 @@ teardown:
         rc = -1;
     }
 
-    if (w.report_failed && w.report.kind == REPORT_SETUP && rc == 0) {
+    if (rc == 0 && w.report_failed && w.report.kind == REPORT_SETUP) {
         w.report.msg[sizeof(w.report.msg) - 1] = '\0';
         ev_fail(err, 0, "setting the box up: %s", w.report.msg);
+        rc = -1;
+    } else if (rc == 0 && w.init_died && !w.report_failed) {
+        ev_fail(err, 0, "the box's init process died unexpectedly");
         rc = -1;
     }
     if (rc < 0) {

@@ -195,3 +195,14 @@ def test_bad_options_are_refused():
         assert p.returncode == 2, opts
         assert p.stderr.decode().startswith("envicutor sandbox: "), opts
         assert p.stdout == b""
+
+
+def test_sandbox_failures_exit_1_with_the_reason():
+    for opts, reason in ((["--mount", "/nonexistent-src:/extra"], "bind /nonexistent-src"),
+                         (["--workdir", "/nonexistent"], "working directory /nonexistent"),
+                         (["--mount", "/usr:/etc/x"], "inside /etc"),
+                         (["--stdin", "/nonexistent-input"], "stdin file")):
+        p = sandbox("true", opts=opts, check=False)
+        assert p.returncode == 1, opts
+        assert reason in p.stderr.decode(), p.stderr
+        assert p.stdout == b""
