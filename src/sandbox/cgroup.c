@@ -2,11 +2,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,6 +16,10 @@
 #include "common/fileutil.h"
 
 #define SUBTREE "envicutor"
+/* Kernels before 5.19 have no memory.peak; memory.current is sampled this often instead. */
+#define SAMPLE_US 5000
+
+const char *const cg_v2_controllers[CG_V2_NCTL] = {"memory", "pids", "cpu"};
 
 const char *cg_mode_name(enum cg_mode m)
 {
@@ -23,9 +28,13 @@ const char *cg_mode_name(enum cg_mode m)
 
 void cg_host_describe(const struct cg_host *h, char *buf, size_t size)
 {
-    snprintf(buf, size, "memory=%s pids=%s cpu=%s kill=%s", cg_mode_name(h->memory),
-             cg_mode_name(h->pids), cg_mode_name(h->cpu),
-             h->v2_kill ? "cgroup.kill" : "pid-namespace");
+    const char *peak = h->memory == CG_V1   ? "max_usage_in_bytes"
+                       : h->v2_peak         ? "memory.peak"
+                       : h->memory == CG_V2 ? "sampled"
+                                            : "none";
+    snprintf(buf, size, "memory=%s pids=%s cpu=%s kill=%s peak=%s subtree=%s",
+             cg_mode_name(h->memory), cg_mode_name(h->pids), cg_mode_name(h->cpu),
+             h->v2_kill ? "cgroup.kill" : "pid-namespace", peak, h->v2 ? h->v2_base : h->v1_memory);
 }
 
 /* ---- detection ------------------------------------------------------------------------- */
@@ -147,82 +156,185 @@ static int detect_v1(const char *controller, char *base, size_t size, struct ev_
     return 1;
 }
 
+/* Parses a space-separated controller list ("cpuset cpu io memory pids") into the controllers
+ * we use. */
+static void v2_parse_controllers(const char *list, bool have[CG_V2_NCTL])
+{
+    char buf[512];
+    snprintf(buf, sizeof(buf), "%s", list);
+    for (int i = 0; i < CG_V2_NCTL; i++)
+        have[i] = false;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save))
+        for (int i = 0; i < CG_V2_NCTL; i++)
+            if (strcmp(tok, cg_v2_controllers[i]) == 0)
+                have[i] = true;
+}
+
+static int v2_read_controllers(int dirfd, bool have[CG_V2_NCTL], struct ev_err *err)
+{
+    char buf[512];
+    if (read_file_at(dirfd, "cgroup.controllers", buf, sizeof(buf), err) < 0)
+        return -1;
+    v2_parse_controllers(buf, have);
+    return 0;
+}
+
+/* "+memory +pids +cpu" for the controllers set in `on`; empty when none is. */
+static void v2_enable_string(const bool on[CG_V2_NCTL], char *buf, size_t size)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < CG_V2_NCTL; i++)
+        if (on[i] && n < size)
+            n += (size_t)snprintf(buf + n, size - n, "%s+%s", n ? " " : "", cg_v2_controllers[i]);
+}
+
+/* True when no process but this one is in the cgroup of dirfd. */
+static int v2_only_us(int dirfd, bool *alone, struct ev_err *err)
+{
+    char buf[4096];
+    ssize_t n = read_file_at(dirfd, "cgroup.procs", buf, sizeof(buf), err);
+    if (n < 0)
+        return -1;
+    *alone = true;
+    pid_t self = getpid();
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save))
+        if (atoi(tok) != self)
+            *alone = false;
+    /* A list that filled the buffer has other processes in it anyway. */
+    if ((size_t)n == sizeof(buf) - 1)
+        *alone = false;
+    return 0;
+}
+
+int cg_v2_move_to_leaf(int dirfd, const char *leaf, struct ev_err *err)
+{
+    bool alone;
+    if (v2_only_us(dirfd, &alone, err) < 0)
+        return -1;
+    /* Moving only ourselves would not empty the cgroup; and the other processes (a login
+     * shell, a supervisor) are not ours to move. */
+    if (!alone)
+        return ev_fail(err, EBUSY, "other processes share this cgroup");
+    if (mkdirat(dirfd, leaf, 0755) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "mkdir %s", leaf);
+    cleanup_close int lfd = openat(dirfd, leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (lfd < 0)
+        return ev_fail(err, errno, "open %s", leaf);
+    if (write_file_at(lfd, "cgroup.procs", "0", err) < 0)
+        return ev_wrap(err, "moving this process into %s: ", leaf);
+    return 0;
+}
+
 int cg_v2_delegate(int dirfd, const char *controllers, const char *leaf, struct ev_err *err)
 {
     struct ev_err e;
-    if (write_file_at(dirfd, "cgroup.subtree_control", controllers, &e) == 0)
+    if (!controllers[0] || write_file_at(dirfd, "cgroup.subtree_control", controllers, &e) == 0)
         return 0;
     if (e.errnum != EBUSY) {
         *err = e;
         return -1;
     }
     /* "No internal processes": a non-root cgroup with processes cannot hand controllers to
-     * its children. Move this process into a leaf of its own, then enable them. */
-    if (mkdirat(dirfd, leaf, 0755) < 0 && errno != EEXIST)
-        return ev_fail(err, errno, "mkdir %s", leaf);
-    cleanup_close int lfd = openat(dirfd, leaf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (lfd < 0)
-        return ev_fail(err, errno, "open %s", leaf);
-    if (write_file_at(lfd, "cgroup.procs", "0", err) < 0)
-        return ev_wrap(err, "moving the server into %s: ", leaf);
+     * its children. When the only process is this one, it moves into a leaf of its own. */
+    if (cg_v2_move_to_leaf(dirfd, leaf, err) < 0)
+        return -1;
     return write_file_at(dirfd, "cgroup.subtree_control", controllers, err);
 }
 
-static bool v2_controller_available(const char *dir, const char *name)
+static void parent_dir(char *path)
 {
-    char buf[512];
-    cleanup_close int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || read_file_at(fd, "cgroup.controllers", buf, sizeof(buf), NULL) < 0)
-        return false;
-    for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n"))
-        if (strcmp(tok, name) == 0)
-            return true;
-    return false;
+    char *slash = strrchr(path, '/');
+    if (slash && slash != path)
+        *slash = '\0';
+}
+
+int cg_v2_setup(struct cg_host *h, const char *self_dir, bool self_is_root, struct ev_err *err)
+{
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s", self_dir);
+    /* Started again from the leaf an earlier start moved us into (an exec in place, or a
+     * command started by the server): delegation happens one level up, as then. */
+    const char *last = strrchr(dir, '/');
+    if (!self_is_root && last && strcmp(last + 1, CG_V2_SERVER_LEAF) == 0)
+        parent_dir(dir);
+
+    cleanup_close int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return ev_fail(err, errno, "open %s", dir);
+    bool want[CG_V2_NCTL];
+    if (v2_read_controllers(dfd, want, err) < 0)
+        return ev_wrap(err, "%s: ", dir);
+    char ctl[64];
+    v2_enable_string(want, ctl, sizeof(ctl));
+
+    h->v2_note[0] = '\0';
+    struct ev_err e;
+    if (cg_v2_delegate(dfd, ctl, CG_V2_SERVER_LEAF, &e) < 0) {
+        if (e.errnum != EBUSY) {
+            *err = e;
+            return ev_wrap(err, "cgroup v2 delegation at %s: ", dir);
+        }
+        if (self_is_root) {
+            /* The root of a cgroup namespace that other processes share: nothing above it is
+             * visible. Runs still get a v2 cgroup, without controllers. */
+            snprintf(h->v2_note, sizeof(h->v2_note),
+                     "cannot enable %s in %s: %s; start envicutor in a cgroup of its own", ctl, dir,
+                     e.msg);
+        } else {
+            /* Other processes share our cgroup (the command run from a login shell, a service
+             * that forks the server without exec). Our cgroup's parent already hands these
+             * controllers down (that is what our cgroup.controllers lists), so the subtree
+             * becomes a sibling of our cgroup instead of a child. */
+            parent_dir(dir);
+            close(dfd);
+            dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dfd < 0)
+                return ev_fail(err, errno, "open %s", dir);
+        }
+    }
+
+    snprintf(h->v2_base, sizeof(h->v2_base), "%s/%s", strcmp(dir, "/") ? dir : "", SUBTREE);
+    if (mkdirat(dfd, SUBTREE, 0755) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "mkdir %s", h->v2_base);
+    cleanup_close int bfd = openat(dfd, SUBTREE, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (bfd < 0)
+        return ev_fail(err, errno, "open %s", h->v2_base);
+    bool have[CG_V2_NCTL];
+    if (v2_read_controllers(bfd, have, err) < 0)
+        return ev_wrap(err, "%s: ", h->v2_base);
+    v2_enable_string(have, ctl, sizeof(ctl));
+    if (ctl[0] && write_file_at(bfd, "cgroup.subtree_control", ctl, err) < 0)
+        return ev_wrap(err, "cgroup v2 delegation at %s: ", h->v2_base);
+
+    h->v2 = true;
+    h->cpu = CG_V2; /* cpu.stat's usage_usec is in every v2 cgroup, controller or not */
+    if (have[CG_V2_MEMORY])
+        h->memory = CG_V2;
+    if (have[CG_V2_PIDS])
+        h->pids = CG_V2;
+    h->v2_cpu_ctl = have[CG_V2_CPU];
+    h->v2_kill = file_exists(h->v2_base, "cgroup.kill");
+    /* memory.peak exists in non-root cgroups only, so it is looked for in our subtree. */
+    h->v2_peak = have[CG_V2_MEMORY] && file_exists(h->v2_base, "memory.peak");
+    return 0;
 }
 
 int cg_host_detect(struct cg_host *h, struct ev_err *err)
 {
     memset(h, 0, sizeof(*h));
     struct hier v2;
-    char self_dir[512] = "";
     if (find_mount(NULL, &v2) && find_self(NULL, &v2)) {
-        h->v2 = true;
+        char self_dir[512];
         hier_path(&v2, NULL, self_dir, sizeof(self_dir));
-        hier_path(&v2, SUBTREE, h->v2_base, sizeof(h->v2_base));
-    }
-
-    bool v2_mem = h->v2 && v2_controller_available(self_dir, "memory");
-    bool v2_pids = h->v2 && v2_controller_available(self_dir, "pids");
-    if (h->v2) {
-        if (v2_mem || v2_pids) {
-            char ctl[64];
-            snprintf(ctl, sizeof(ctl), "%s%s", v2_mem ? "+memory " : "", v2_pids ? "+pids" : "");
-            cleanup_close int self_fd = open(self_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (self_fd < 0)
-                return ev_fail(err, errno, "open %s", self_dir);
-            if (cg_v2_delegate(self_fd, ctl, SUBTREE "-server", err) < 0)
-                return ev_wrap(err, "cgroup v2 delegation at %s: ", self_dir);
-            if (mkdir_p(h->v2_base, err) < 0)
-                return -1;
-            cleanup_close int base_fd = open(h->v2_base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (base_fd < 0)
-                return ev_fail(err, errno, "open %s", h->v2_base);
-            if (write_file_at(base_fd, "cgroup.subtree_control", ctl, err) < 0)
-                return ev_wrap(err, "cgroup v2 delegation at %s: ", h->v2_base);
-        } else if (mkdir_p(h->v2_base, err) < 0) {
+        if (cg_v2_setup(h, self_dir, strcmp(v2.self, "/") == 0, err) < 0)
             return -1;
-        }
-        h->v2_kill = file_exists(h->v2_base, "cgroup.kill");
-        h->v2_peak = v2_mem && file_exists(h->v2_base, "memory.peak");
-        h->cpu = CG_V2;
     }
-    if (v2_mem)
-        h->memory = CG_V2;
-    if (v2_pids)
-        h->pids = CG_V2;
 
     int r;
-    if (!v2_mem) {
+    if (h->memory == CG_NONE) {
         if ((r = detect_v1("memory", h->v1_memory, sizeof(h->v1_memory), err)) < 0)
             return -1;
         if (r) {
@@ -230,7 +342,7 @@ int cg_host_detect(struct cg_host *h, struct ev_err *err)
             h->v1_memsw = file_exists(h->v1_memory, "memory.memsw.limit_in_bytes");
         }
     }
-    if (!v2_pids) {
+    if (h->pids == CG_NONE) {
         if ((r = detect_v1("pids", h->v1_pids, sizeof(h->v1_pids), err)) < 0)
             return -1;
         if (r)
@@ -242,12 +354,14 @@ int cg_host_detect(struct cg_host *h, struct ev_err *err)
         if (r)
             h->cpu = CG_V1;
     }
+    const char *note = h->v2_note[0] ? h->v2_note : "no v2 controllers delegated to us";
     if (h->memory == CG_NONE)
         return ev_fail(err, 0,
-                       "no memory cgroup controller: neither cgroup v2 with memory "
-                       "delegated to us nor a v1 memory hierarchy is mounted");
+                       "no memory cgroup controller: neither cgroup v2 (%s) nor a v1 memory "
+                       "hierarchy",
+                       note);
     if (h->pids == CG_NONE)
-        return ev_fail(err, 0, "no pids cgroup controller (v2 or v1) is available");
+        return ev_fail(err, 0, "no pids cgroup controller: neither cgroup v2 (%s) nor v1", note);
     if (h->cpu == CG_NONE)
         return ev_fail(err, 0, "no CPU accounting: neither cgroup v2 nor v1 cpuacct is mounted");
     return 0;
@@ -444,7 +558,7 @@ void cg_run_kill(const struct cg_host *h, struct cg_run *r)
 
 /* rmdir fails with EBUSY while the last tasks are still being torn down after SIGKILL; that
  * takes microseconds to a few milliseconds. */
-static int rmdir_retry(const char *base, const char *name, struct ev_err *err)
+static int rmdir_retry(const char *base, const char *name, struct ev_err *err, int tries)
 {
     cleanup_close int bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (bfd < 0)
@@ -452,7 +566,7 @@ static int rmdir_retry(const char *base, const char *name, struct ev_err *err)
     for (int i = 0;; i++) {
         if (unlinkat(bfd, name, AT_REMOVEDIR) == 0 || errno == ENOENT)
             return 0;
-        if (errno != EBUSY || i >= 2000)
+        if (errno != EBUSY || i >= tries)
             return ev_fail(err, errno, "rmdir %s/%s", base, name);
         struct timespec ts = {0, 500000};
         nanosleep(&ts, NULL);
@@ -487,13 +601,13 @@ int cg_run_destroy(const struct cg_host *h, struct cg_run *r, struct ev_err *err
     bool v2 = r->v2_fd >= 0, mem = r->mem_fd >= 0, pids = r->pids_fd >= 0, cpu = r->cpu_fd >= 0;
     run_close(r);
     int rc = 0;
-    if (v2 && rmdir_retry(h->v2_base, r->name, err) < 0)
+    if (v2 && rmdir_retry(h->v2_base, r->name, err, 2000) < 0)
         rc = -1;
-    if (mem && rmdir_retry(h->v1_memory, r->name, err) < 0)
+    if (mem && rmdir_retry(h->v1_memory, r->name, err, 2000) < 0)
         rc = -1;
-    if (pids && rmdir_retry(h->v1_pids, r->name, err) < 0)
+    if (pids && rmdir_retry(h->v1_pids, r->name, err, 2000) < 0)
         rc = -1;
-    if (cpu && rmdir_retry(h->v1_cpuacct, r->name, err) < 0)
+    if (cpu && rmdir_retry(h->v1_cpuacct, r->name, err, 2000) < 0)
         rc = -1;
     return rc;
 }
@@ -517,8 +631,87 @@ int cg_remove_stale(const struct cg_host *h, const char *name, struct ev_err *er
                 write_file_at(fd, "cgroup.kill", "1", NULL);
         }
         kill_procs_in(bases[i], name);
-        if (rmdir_retry(bases[i], name, err) < 0)
+        if (rmdir_retry(bases[i], name, err, 2000) < 0)
             rc = -1;
     }
     return rc;
+}
+
+uint64_t cg_sample_interval_us(const struct cg_host *h)
+{
+    return h->memory == CG_V2 && !h->v2_peak ? SAMPLE_US : 0;
+}
+
+/* box-N -> N; -1 for anything else. */
+static int box_number(const char *name)
+{
+    uint64_t n;
+    if (strncmp(name, "box-", 4) != 0 || parse_u64(name + 4, &n) < 0 || n > 1000000)
+        return -1;
+    return (int)n;
+}
+
+/* Lists the box-N cgroups under base into names (at most max). */
+static int list_boxes(const char *base, char (*names)[32], int max)
+{
+    cleanup_closedir DIR *d = opendir(base);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    while (n < max && (de = readdir(d)) != NULL)
+        if (de->d_type == DT_DIR && box_number(de->d_name) >= 0)
+            snprintf(names[n++], sizeof(names[0]), "%s", de->d_name);
+    return n;
+}
+
+int cg_host_cleanup(const struct cg_host *h, const char *lock_dir, struct ev_err *err)
+{
+    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
+                            h->pids == CG_V1 ? h->v1_pids : NULL,
+                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    cleanup_close int lfd = open(lock_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (lfd < 0)
+        return ev_fail(err, errno, "open %s", lock_dir);
+    int removed = 0;
+    for (int i = 0; i < 4; i++) {
+        if (!bases[i])
+            continue;
+        char names[256][32];
+        /* More than 256 leftovers: the next pass (another shutdown, or the boxes' own
+         * clean-up before reuse) takes the rest. */
+        int n = list_boxes(bases[i], names, 256);
+        for (int k = 0; k < n; k++) {
+            char num[16];
+            snprintf(num, sizeof(num), "%d", box_number(names[k]));
+            /* A lock file that does not exist was never taken: nobody owns that box. */
+            cleanup_close int fd = openat(lfd, num, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+            if (fd < 0 && errno != ENOENT)
+                return ev_fail(err, errno, "open %s/%s", lock_dir, num);
+            if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                if (errno == EWOULDBLOCK || errno == EINTR)
+                    continue; /* a live box: its owner removes it */
+                return ev_fail(err, errno, "flock %s/%s", lock_dir, num);
+            }
+            /* Held until fd closes, so no new owner takes the box while it is removed. */
+            if (cg_remove_stale(h, names[k], err) < 0)
+                return -1;
+            removed++;
+        }
+        /* Our subtree itself goes when it is empty; while another live process has a box in
+         * it, rmdir fails with EBUSY and the subtree stays for that process. */
+        char parent[512];
+        snprintf(parent, sizeof(parent), "%s", bases[i]);
+        char *slash = strrchr(parent, '/');
+        if (!slash || slash == parent)
+            continue;
+        *slash = '\0';
+        struct ev_err e;
+        if (rmdir_retry(parent, slash + 1, &e, 0) < 0 && e.errnum != EBUSY &&
+            e.errnum != ENOTEMPTY) {
+            *err = e;
+            return -1;
+        }
+    }
+    return removed;
 }

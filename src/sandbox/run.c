@@ -501,6 +501,10 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
             wait_us = cpu_wait < wall_wait ? cpu_wait : wall_wait;
             if (wait_us > 1000000)
                 wait_us = 1000000;
+            /* without memory.peak, the peak is what sampling sees */
+            uint64_t sample_us = cg_sample_interval_us(&host->cg);
+            if (sample_us && wait_us > sample_us)
+                wait_us = sample_us;
         } else if (now >= setup_deadline) {
             ev_fail(err, ETIMEDOUT, "the box did not start within 30 seconds");
             rc = -1;
