@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -240,24 +241,26 @@ static int build_etc(const struct root_plan *p, const char *root, struct ev_err 
 
 static int build_dev(const char *root, struct ev_err *err)
 {
-    static const char *const devices[] = {"null", "zero", "full", "random", "urandom"};
-    char dev[512], path[600], src[32];
+    /* The nodes are made afresh in each box's own /dev rather than bound from the host's: a
+     * bound node is the host's inode, shared by every box, and flock() on a shared inode is a
+     * channel between boxes. This /dev is the one mount without nodev; the box cannot add a
+     * node to it (no CAP_MKNOD, and it is remounted read-only). */
+    static const struct {
+        const char *name;
+        unsigned minor;
+    } devices[] = {{"null", 3}, {"zero", 5}, {"full", 7}, {"random", 8}, {"urandom", 9}};
+    char dev[512], path[600];
     snprintf(dev, sizeof(dev), "%s/dev", root);
     if (make_dir(dev, 0755, err) < 0)
         return -1;
-    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-              "size=64k,nr_inodes=64,mode=0755") < 0)
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755") < 0)
         return ev_fail(err, errno, "mount tmpfs on /dev");
     for (size_t i = 0; i < sizeof(devices) / sizeof(devices[0]); i++) {
-        snprintf(path, sizeof(path), "%s/%s", dev, devices[i]);
-        snprintf(src, sizeof(src), "/dev/%s", devices[i]);
-        if (make_file(path, err) < 0)
-            return -1;
-        /* The one exception to nodev: these five nodes, each its own bind mount (mount flags
-         * are per mount, so the nodev tmpfs under them does not apply). No other device can
-         * appear: no CAP_MKNOD, and /dev is read-only and nodev. */
-        if (bind(src, path, MS_NOSUID | MS_NOEXEC, err) < 0)
-            return -1;
+        snprintf(path, sizeof(path), "%s/%s", dev, devices[i].name);
+        if (mknod(path, S_IFCHR | 0666, makedev(1, devices[i].minor)) < 0)
+            return ev_fail(err, errno, "mknod %s", path);
+        if (chmod(path, 0666) < 0) /* whatever the umask */
+            return ev_fail(err, errno, "chmod %s", path);
     }
     static const char *const links[][2] = {
         {"fd", "/proc/self/fd"},
@@ -271,7 +274,7 @@ static int build_dev(const char *root, struct ev_err *err)
         if (symlink(links[i][1], path) < 0)
             return ev_fail(err, errno, "symlink %s", path);
     }
-    if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) < 0)
         return ev_fail(err, errno, "remount /dev read-only");
     return 0;
 }

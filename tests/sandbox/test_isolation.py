@@ -60,17 +60,36 @@ def test_box_user_is_unprivileged_and_owns_box():
 
 def test_every_mount_is_nosuid_and_nodev_and_read_only_outside_box_and_tmp():
     r = sandbox("cat", "/proc/self/mountinfo")
-    devices = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
     for line in r["stdout"].splitlines():
         fields = line.split()
         target, opts = fields[4], fields[5].split(",")
         assert "nosuid" in opts, line
-        if target not in devices:
+        if target != "/dev":  # the box's own five nodes, made there; see test_dev_*
             assert "nodev" in opts, line
-        if target not in ("/box", "/tmp", "/proc") and target not in devices:
+        if target not in ("/box", "/tmp", "/proc"):
             assert "ro" in opts, line
     r = sandbox("sh", "-c", "touch /usr/x /etc/x /x /dev/x 2>&1; echo $?")
     assert r["stdout"].count("Read-only file system") == 4
+
+
+def test_dev_holds_only_its_own_nodes_and_no_more_can_be_made():
+    r = sandbox("sh", "-c", "stat -c '%n %F %t:%T %a' /dev/null /dev/zero /dev/full /dev/random "
+                "/dev/urandom; mknod /box/n c 1 3 2>&1; mknod /dev/n c 1 3 2>&1; echo $?")
+    lines = r["stdout"].splitlines()
+    assert lines[:5] == ["/dev/null character special file 1:3 666",
+                         "/dev/zero character special file 1:5 666",
+                         "/dev/full character special file 1:7 666",
+                         "/dev/random character special file 1:8 666",
+                         "/dev/urandom character special file 1:9 666"]
+    assert "Operation not permitted" in lines[5]
+    assert lines[-1] != "0"
+
+
+def test_dev_null_is_not_the_hosts_inode():
+    # a lock on a node shared with the host or another box would be a channel between boxes
+    r = sandbox("stat", "-c", "%d:%i", "/dev/null")
+    st = os.stat("/dev/null")
+    assert r["stdout"].strip() != f"{st.st_dev}:{st.st_ino}"
 
 
 def test_device_nodes_work_and_others_are_absent():
