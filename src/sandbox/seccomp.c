@@ -7,6 +7,9 @@
  *   namespace); clone3 answers ENOSYS because its flags live in memory the filter cannot read,
  *   and glibc then falls back to clone, whose flags it can;
  * - ptrace and process_vm_*: no debugging of anything, even within the box;
+ * - inotify: a watch on a shared read-only file (/usr, /etc, /nix) would tell a box when
+ *   other boxes open it, a channel between submissions; it answers ENOSYS, which file-watching
+ *   libraries take as "use polling";
  * - the clock, swap, reboot, accounting, quotas: root-only anyway; refused to keep it so;
  * - socket families other than UNIX, INET and INET6 (raw packet, netlink, vsock, ...);
  * - every non-native ABI (i386 via int 0x80, x32): the process is killed, since a filter
@@ -126,7 +129,9 @@ int seccomp_build(void **bpf, unsigned short *len, struct ev_err *err)
         if (add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0, NULL, refused[i], err) < 0)
             goto out;
     }
-    if (add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0, NULL, "clone3", err) < 0)
+    if (add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0, NULL, "clone3", err) < 0 ||
+        add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(inotify_init), 0, NULL, "inotify", err) < 0 ||
+        add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(inotify_init1), 0, NULL, "inotify", err) < 0)
         goto out;
     /* clone is allowed only when none of the namespace bits is set: refuse each bit. */
     for (unsigned bit = 0; bit < 64; bit++) {

@@ -11,7 +11,7 @@ REFUSED = {
     "bpf": "EPERM", "perf_event_open": "EPERM", "userfaultfd": "EPERM",
     "io_uring_setup": "EPERM", "keyctl": "EPERM", "add_key": "EPERM", "mount": "EPERM",
     "unshare": "EPERM", "clone_newuser": "EPERM", "clone3": "ENOSYS", "ptrace": "EPERM",
-    "init_module": "EPERM", "socket_packet": "EAFNOSUPPORT", "socket_netlink": "EAFNOSUPPORT",
+    "init_module": "EPERM", "inotify_init1": "ENOSYS", "socket_packet": "EAFNOSUPPORT", "socket_netlink": "EAFNOSUPPORT",
 }
 ALLOWED = {"read": "EBADF", "socket_inet": "OK", "socket_unix": "OK"}
 

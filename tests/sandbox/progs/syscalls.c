@@ -45,6 +45,8 @@ static long try(const char *name)
         return socket(AF_INET, SOCK_STREAM, 0);
     if (!strcmp(name, "socket_unix"))
         return socket(AF_UNIX, SOCK_STREAM, 0);
+    if (!strcmp(name, "inotify_init1"))
+        return syscall(SYS_inotify_init1, 0);
     if (!strcmp(name, "read"))
         return read(-1, NULL, 0);
     if (!strcmp(name, "x32_getpid"))
