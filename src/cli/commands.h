@@ -2,5 +2,6 @@
 #define ENVICUTOR_COMMANDS_H
 
 int cmd_sandbox(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 #endif

@@ -1,0 +1,340 @@
+/* `envicutor serve`: the HTTP server of SPEC §4.
+ *
+ * Start-up, as root: read the configuration, prepare the sandbox host and clean what a killed
+ * instance left, bind the port, then split in two. A privileged helper keeps root and does
+ * nothing but sandbox operations (privsep/helper.c); the server proper drops to an
+ * unprivileged user before it touches the database, JSON or a single HTTP byte, and asks the
+ * helper for boxes and runs over a socket pair (privsep/protocol.h). See docs/server.md. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "http/server.h"
+#include "pipeline/catalog.h"
+#include "pipeline/config.h"
+#include "pipeline/pipeline.h"
+#include "privsep/client.h"
+#include "privsep/helper.h"
+#include "sandbox/sandbox.h"
+
+static const char usage[] =
+    "Usage: envicutor serve\n"
+    "\n"
+    "Starts the Envicutor HTTP server (must be started as root: it builds sandboxes). The\n"
+    "part that parses HTTP and JSON runs as an unprivileged user; a privileged helper process\n"
+    "keeps root for the sandbox alone.\n"
+    "\n"
+    "Configuration, from environment variables (defaults in brackets):\n"
+    "  PORT [5000]\n"
+    "  COMPILE_WALL_TIME [60] COMPILE_CPU_TIME [30] COMPILE_EXTRA_TIME [5]     seconds\n"
+    "  COMPILE_MEMORY [1000000] COMPILE_MAX_FILE_SIZE [100000]                 kilobytes\n"
+    "  COMPILE_MAX_OPEN_FILES [512] COMPILE_MAX_NUMBER_OF_PROCESSES [512]\n"
+    "  RUN_WALL_TIME [60] RUN_CPU_TIME [30] RUN_EXTRA_TIME [5]                 seconds\n"
+    "  RUN_MEMORY [1000000] RUN_MAX_FILE_SIZE [100000]                         kilobytes\n"
+    "  RUN_MAX_OPEN_FILES [64] RUN_MAX_NUMBER_OF_PROCESSES [64]\n"
+    "  MAX_CONCURRENT_SUBMISSIONS [8]   submissions running at once\n"
+    "  MAX_QUEUED_REQUESTS [64]         waiting requests before answering 503\n"
+    "  INSTALLATION_TIMEOUT [120] UPDATE_TIMEOUT [240]                         seconds\n"
+    "  MAX_REQUEST_SIZE [67108864]      request body bytes before answering 413\n"
+    "  MAX_OUTPUT_SIZE [4194304]        stdout and stderr bytes kept per stage\n"
+    "  BOX_DISK_SIZE [262144] BOX_MAX_FILES [16384]   size (KB) and files of a submission\n"
+    "  ENVICUTOR_DATA_DIR [/var/lib/envicutor]  database and runtime store\n"
+    "  ENVICUTOR_RUN_DIR [/run/envicutor]       sandbox boxes and locks\n"
+    "  ENVICUTOR_USER [envicutor]       unprivileged user of the server (created if missing)\n"
+    "  ENVICUTOR_CATALOG [<binary>/../../runtimes/catalog]  runtime catalog installed on first\n"
+    "                                   start\n"
+    "\n"
+    "SIGTERM or SIGINT stop it gracefully: running submissions are killed and cleaned.\n";
+
+static __attribute__((format(printf, 1, 2), noreturn)) void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "envicutor serve: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static const char *env_lookup(const char *name)
+{
+    return getenv(name);
+}
+
+/* The unprivileged identity: ENVICUTOR_USER, created as a system user when it is the default
+ * one and does not exist yet. */
+static int find_user(const char *name, uid_t *uid, gid_t *gid, struct ev_err *err)
+{
+    struct passwd *pw = getpwnam(name);
+    if (!pw && strcmp(name, "envicutor") == 0) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            char *argv[] = {"useradd",      "--system", "--no-create-home",  "--home-dir",
+                            "/nonexistent", "--shell",  "/usr/sbin/nologin", "--user-group",
+                            "envicutor",    NULL};
+            char *envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+            execve("/usr/sbin/useradd", argv, envp);
+            _exit(127);
+        }
+        int st = 0;
+        while (pid > 0 && waitpid(pid, &st, 0) < 0 && errno == EINTR)
+            ;
+        if (pid < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            return ev_fail(err, 0, "could not create the system user %s with useradd", name);
+        pw = getpwnam(name);
+    }
+    if (!pw)
+        return ev_fail(err, 0, "ENVICUTOR_USER: no user named '%s'", name);
+    if (pw->pw_uid == 0 || (pw->pw_uid >= 60000 && pw->pw_uid < 61000))
+        return ev_fail(err, 0,
+                       "ENVICUTOR_USER: '%s' must be an unprivileged user outside the "
+                       "box range 60000-60999",
+                       name);
+    *uid = pw->pw_uid;
+    *gid = pw->pw_gid;
+    return 0;
+}
+
+static int prepare_data_dir(const char *dir, uid_t uid, gid_t gid, struct ev_err *err)
+{
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: mkdir %s", dir);
+    const char *names[] = {"", "/runtimes", "/envicutor.db", "/envicutor.db-wal",
+                           "/envicutor.db-shm"};
+    for (size_t i = 0; i < 5; i++) {
+        char path[300];
+        snprintf(path, sizeof(path), "%s%s", dir, names[i]);
+        if (lchown(path, uid, gid) < 0 && !(i > 0 && errno == ENOENT))
+            return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chown %s", path);
+    }
+    /* the database must not be readable by anyone else */
+    if (chmod(dir, 0700) < 0)
+        return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chmod %s", dir);
+    return 0;
+}
+
+static int listen_on(unsigned port, struct ev_err *err)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return ev_fail(err, errno, "socket");
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_ANY)};
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 256) < 0) {
+        int e = errno;
+        close(fd);
+        return ev_fail(err, e, "PORT: listen on port %u", port);
+    }
+    return fd;
+}
+
+static void catalog_dir(char *buf, size_t size)
+{
+    const char *env = getenv("ENVICUTOR_CATALOG");
+    if (env) {
+        snprintf(buf, size, "%s", env);
+        return;
+    }
+    char exe[400];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n < 0) {
+        snprintf(buf, size, "runtimes/catalog");
+        return;
+    }
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = '\0';
+    /* build/envicutor (or build-asan/envicutor) in the repository */
+    snprintf(buf, size, "%s/../runtimes/catalog", exe);
+}
+
+static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
+{
+    if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+        return ev_fail(err, errno, "drop privileges to uid %u", (unsigned)uid);
+    if (setuid(0) == 0)
+        return ev_fail(err, 0, "privileges could be regained after dropping them");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return ev_fail(err, errno, "no_new_privs");
+    return 0;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        fprintf(stderr, "envicutor serve: unknown argument '%s'\nTry 'envicutor serve --help'.\n",
+                argv[i]);
+        return 2;
+    }
+    static struct ev_config cfg;
+    struct ev_err err = {0};
+    if (config_load(&cfg, env_lookup, &err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        return 2;
+    }
+    if (geteuid() != 0)
+        die("%s", "must be started as root: it builds sandboxes (namespaces, cgroups, mounts). "
+                  "It drops root for everything but the sandbox; see 'envicutor serve --help'.");
+
+    static struct sbx_host host;
+    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR")};
+    if (sbx_host_init(&host, &hcfg, &err) < 0)
+        die("%s", err.msg);
+    int stale = sbx_cleanup_stale(&host, &err);
+    if (stale < 0)
+        die("cleaning boxes left by a previous instance: %s", err.msg);
+
+    uid_t uid = 0;
+    gid_t gid = 0;
+    if (find_user(cfg.user, &uid, &gid, &err) < 0 ||
+        prepare_data_dir(cfg.data_dir, uid, gid, &err) < 0)
+        die("%s", err.msg);
+    char cat_dir[512];
+    catalog_dir(cat_dir, sizeof(cat_dir));
+    struct catalog_entry *catalog = NULL;
+    size_t n_catalog = 0;
+    if (catalog_load(cat_dir, &catalog, &n_catalog, &err) < 0)
+        die("%s", err.msg);
+    int lfd = listen_on(cfg.port, &err);
+    if (lfd < 0)
+        die("%s", err.msg);
+
+    char runtimes_dir[300];
+    snprintf(runtimes_dir, sizeof(runtimes_dir), "%s/runtimes", cfg.data_dir);
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        die("socketpair: %s", strerror(errno));
+    fflush(stderr);
+    pid_t helper = fork();
+    if (helper < 0)
+        die("fork the helper: %s", strerror(errno));
+    if (helper == 0) {
+        close(sv[0]);
+        close(lfd);
+        catalog_free(catalog, n_catalog);
+        prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
+        int rc = helper_main(&host, sv[1], runtimes_dir);
+        sbx_host_free(&host);
+        _exit(rc);
+    }
+    close(sv[1]);
+    sbx_host_free(&host);
+
+    /* Signals are taken synchronously by the main thread; every thread started from here on
+     * inherits the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int status = 1;
+    struct store *store = NULL;
+    struct psc *psc = NULL;
+    static struct pipeline pipeline;
+    static struct http_server http;
+    bool pipeline_ready = false;
+    if (drop_privileges(uid, gid, &err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
+    store = store_open(cfg.data_dir, &err);
+    if (!store) {
+        fprintf(stderr,
+                "envicutor serve: %s (the data directory and its parents must be "
+                "reachable by the user %s)\n",
+                err.msg, cfg.user);
+        goto out;
+    }
+    int swept = store_sweep(store, &err);
+    if (swept < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
+    if (swept)
+        fprintf(stderr, "envicutor: removed %d unfinished runtime directories\n", swept);
+    psc = psc_start(sv[0], &err);
+    if (!psc) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
+    sv[0] = -1;
+    pipeline_init(&pipeline, &cfg, psc, store);
+    pipeline_ready = true;
+    if (catalog_install(&pipeline, catalog, n_catalog, &err) < 0)
+        fprintf(stderr, "envicutor: the runtime catalog was not installed: %s\n", err.msg);
+    catalog_free(catalog, n_catalog);
+    catalog = NULL;
+    if (http_start(&http, lfd, &pipeline, &cfg, &err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
+    lfd = -1; /* the daemon owns it now */
+    fprintf(stderr, "envicutor: listening on port %u (server uid %u, helper pid %d)\n", cfg.port,
+            (unsigned)uid, (int)helper);
+
+    for (;;) {
+        int sig;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGCHLD) {
+            int st;
+            pid_t r = waitpid(helper, &st, WNOHANG);
+            if (r == helper) {
+                fprintf(stderr, "envicutor: the privileged helper exited; stopping\n");
+                helper = -1;
+                break;
+            }
+            continue;
+        }
+        fprintf(stderr, "envicutor: %s received, stopping\n", strsignal(sig));
+        status = 0;
+        break;
+    }
+    pipeline_stop(&pipeline);
+    http_stop(&http);
+out:
+    if (lfd >= 0)
+        close(lfd);
+    catalog_free(catalog, n_catalog);
+    if (psc)
+        psc_stop(psc); /* the helper sees end of file, kills every run, closes every box */
+    else if (sv[0] >= 0)
+        close(sv[0]);
+    if (helper > 0) {
+        int st;
+        while (waitpid(helper, &st, 0) < 0 && errno == EINTR)
+            ;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            status = 1;
+    }
+    if (pipeline_ready)
+        pipeline_destroy(&pipeline);
+    store_close(store);
+    fprintf(stderr, "envicutor: stopped\n");
+    return status;
+}

@@ -1,0 +1,293 @@
+#include "http/request.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "privsep/protocol.h"
+
+#define NAME_MAX_BYTES 128
+#define ENV_MAX_BYTES 32768
+#define ENV_MAX_VARS 150
+
+static int load_object(const char *body, size_t len, json_t **out, char *msg, size_t size)
+{
+    json_error_t e;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &e);
+    if (!root) {
+        snprintf(msg, size, "Invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
+        return -1;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        snprintf(msg, size, "The request body must be a JSON object");
+        return -1;
+    }
+    *out = root;
+    return 0;
+}
+
+static int parse_limits(json_t *v, const char *stage, struct limit_request *out, char *msg,
+                        size_t size)
+{
+    memset(out, 0, sizeof(*out));
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v)) {
+        snprintf(msg, size, "%s_limits must be an object", stage);
+        return -1;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(v, key, val)
+    {
+        int i = 0;
+        while (i < LIM_COUNT && strcmp(key, limit_names[i]) != 0)
+            i++;
+        if (i == LIM_COUNT) {
+            snprintf(msg, size, "Invalid %s limits: unknown limit %.64s", stage, key);
+            return -1;
+        }
+        if (json_is_null(val))
+            continue;
+        if (!json_is_number(val)) {
+            snprintf(msg, size, "Invalid %s limits: %s must be a number", stage, key);
+            return -1;
+        }
+        out->present[i] = true;
+        out->value[i] = json_number_value(val);
+    }
+    return 0;
+}
+
+int parse_execute(const char *body, size_t len, struct execute_body *out, char *msg, size_t size)
+{
+    memset(out, 0, sizeof(*out));
+    if (load_object(body, len, &out->root, msg, size) < 0)
+        return -1;
+    json_t *id = json_object_get(out->root, "runtime_id");
+    json_t *src = json_object_get(out->root, "source_code");
+    json_t *in = json_object_get(out->root, "input");
+    if (!id || json_is_null(id)) {
+        snprintf(msg, size, "runtime_id is required");
+        goto fail;
+    }
+    if (!json_is_integer(id)) {
+        snprintf(msg, size, "runtime_id must be an integer");
+        goto fail;
+    }
+    out->runtime_id = json_integer_value(id);
+    if (!src || json_is_null(src)) {
+        snprintf(msg, size, "source_code is required");
+        goto fail;
+    }
+    if (!json_is_string(src)) {
+        snprintf(msg, size, "source_code must be a string");
+        goto fail;
+    }
+    out->source = json_string_value(src);
+    out->source_len = json_string_length(src);
+    if (in && !json_is_null(in)) {
+        if (!json_is_string(in)) {
+            snprintf(msg, size, "input must be a string");
+            goto fail;
+        }
+        out->input = json_string_value(in);
+        out->input_len = json_string_length(in);
+    }
+    if (parse_limits(json_object_get(out->root, "compile_limits"), "compile", &out->compile, msg,
+                     size) < 0 ||
+        parse_limits(json_object_get(out->root, "run_limits"), "run", &out->run, msg, size) < 0)
+        goto fail;
+    return 0;
+fail:
+    execute_body_free(out);
+    return -1;
+}
+
+void execute_body_free(struct execute_body *b)
+{
+    json_decref(b->root);
+    b->root = NULL;
+}
+
+/* A string field: absent or null reads as "", anything else but a string is an error. */
+static int get_string(json_t *root, const char *key, const char **out, char *msg, size_t size)
+{
+    json_t *v = json_object_get(root, key);
+    *out = "";
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v)) {
+        snprintf(msg, size, "%s must be a string", key);
+        return -1;
+    }
+    *out = json_string_value(v);
+    if (strlen(*out) != json_string_length(v)) {
+        snprintf(msg, size, "%s must not contain NUL characters", key);
+        return -1;
+    }
+    return 0;
+}
+
+static int env_name_ok(const char *k)
+{
+    if (!*k || (*k >= '0' && *k <= '9'))
+        return 0;
+    for (const char *p = k; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_'))
+            return 0;
+    return 1;
+}
+
+static int parse_env(json_t *v, struct runtime *rt, char *msg, size_t size)
+{
+    rt->env = calloc(1, 1);
+    rt->env_len = 0;
+    if (!rt->env) {
+        snprintf(msg, size, "Out of memory");
+        return -1;
+    }
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v)) {
+        snprintf(msg, size, "env must be an object of strings");
+        return -1;
+    }
+    if (json_object_size(v) > ENV_MAX_VARS) {
+        snprintf(msg, size, "env: at most %d variables", ENV_MAX_VARS);
+        return -1;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(v, key, val)
+    {
+        if (!env_name_ok(key)) {
+            snprintf(msg, size, "env: invalid variable name '%.64s'", key);
+            return -1;
+        }
+        if (!json_is_string(val)) {
+            snprintf(msg, size, "env: the value of %.64s must be a string", key);
+            return -1;
+        }
+        const char *s = json_string_value(val);
+        size_t vlen = json_string_length(val), klen = strlen(key);
+        if (strlen(s) != vlen) {
+            snprintf(msg, size, "env: the value of %.64s must not contain NUL characters", key);
+            return -1;
+        }
+        size_t add = klen + 1 + vlen + 1;
+        if (rt->env_len + add > ENV_MAX_BYTES) {
+            snprintf(msg, size, "env: at most %d bytes in all", ENV_MAX_BYTES);
+            return -1;
+        }
+        char *p = realloc(rt->env, rt->env_len + add + 1);
+        if (!p) {
+            snprintf(msg, size, "Out of memory");
+            return -1;
+        }
+        rt->env = p;
+        memcpy(p + rt->env_len, key, klen);
+        p[rt->env_len + klen] = '=';
+        memcpy(p + rt->env_len + klen + 1, s, vlen);
+        rt->env_len += add;
+        p[rt->env_len - 1] = '\0';
+        p[rt->env_len] = '\0';
+    }
+    return 0;
+}
+
+int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt, char *msg,
+                  size_t size)
+{
+    memset(rt, 0, sizeof(*rt));
+    json_t *root;
+    if (load_object(body, len, &root, msg, size) < 0)
+        return -1;
+    const char *name, *nix, *compile, *run, *file, *provider;
+    int rc = -1;
+    if (get_string(root, "name", &name, msg, size) < 0 ||
+        get_string(root, "nix_shell", &nix, msg, size) < 0 ||
+        get_string(root, "compile_script", &compile, msg, size) < 0 ||
+        get_string(root, "run_script", &run, msg, size) < 0 ||
+        get_string(root, "source_file_name", &file, msg, size) < 0 ||
+        get_string(root, "provider", &provider, msg, size) < 0)
+        goto out;
+    bool host = strcmp(provider, "host") == 0;
+    if (!host && provider[0] && strcmp(provider, "nix") != 0) {
+        snprintf(msg, size, "Unknown provider: \"%.32s\" (expected \"host\" or \"nix\")", provider);
+        goto out;
+    }
+    if (!name[0]) {
+        snprintf(msg, size, "Name can't be empty");
+        goto out;
+    }
+    if (strlen(name) > NAME_MAX_BYTES) {
+        snprintf(msg, size, "Name can't be longer than %d bytes", NAME_MAX_BYTES);
+        goto out;
+    }
+    if (!host && !nix[0]) {
+        snprintf(msg, size, "Nix shell can't be empty");
+        goto out;
+    }
+    if (!run[0]) {
+        snprintf(msg, size, "Run command can't be empty");
+        goto out;
+    }
+    if (!file[0]) {
+        snprintf(msg, size, "Source file name can't be empty");
+        goto out;
+    }
+    if (!ps_plain_name(file, PS_NAME_MAX) ||
+        json_string_length(json_object_get(root, "source_file_name")) != strlen(file)) {
+        snprintf(msg, size, "Invalid source file name");
+        goto out;
+    }
+    if (host && json_object_get(root, "env") == NULL) {
+        /* fine: no extra variables */
+    } else if (!host && json_object_get(root, "env") &&
+               !json_is_null(json_object_get(root, "env"))) {
+        snprintf(msg, size, "env is only for host runtimes (\"provider\": \"host\")");
+        goto out;
+    }
+    if (!host && !nix_ok) {
+        snprintf(msg, size,
+                 "Nix is not available on this server: install Nix, or use \"provider\": \"host\" "
+                 "for a runtime on the host's own toolchains");
+        goto out;
+    }
+    if (parse_env(json_object_get(root, "env"), rt, msg, size) < 0)
+        goto out;
+    rt->name = strdup(name);
+    rt->provider = strdup(host ? "host" : "nix");
+    rt->source_file_name = strdup(file);
+    rt->compile_script = strdup(compile);
+    rt->run_script = strdup(run);
+    rt->nix_shell = strdup(nix);
+    if (!rt->name || !rt->provider || !rt->source_file_name || !rt->compile_script ||
+        !rt->run_script || !rt->nix_shell) {
+        snprintf(msg, size, "Out of memory");
+        goto out;
+    }
+    rc = 0;
+out:
+    if (rc < 0)
+        runtime_free(rt);
+    json_decref(root);
+    return rc;
+}
+
+int64_t parse_id(const char *text)
+{
+    if (!text || !*text || strlen(text) > 18)
+        return -1;
+    int64_t v = 0;
+    for (const char *p = text; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v > 0 ? v : -1;
+}

@@ -1,0 +1,36 @@
+/* Parsing and validation of request bodies into the pipeline's plain structs, with the exact
+ * client-facing messages of SPEC §4. No I/O: tested on its own. */
+#ifndef ENVICUTOR_REQUEST_H
+#define ENVICUTOR_REQUEST_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pipeline/config.h"
+#include "pipeline/runtime_store.h"
+
+struct execute_body {
+    json_t *root; /* owns the strings below */
+    int64_t runtime_id;
+    const char *source;
+    size_t source_len;
+    const char *input; /* NULL when absent */
+    size_t input_len;
+    struct limit_request compile, run;
+};
+
+/* 0, or -1 with the message of a 400 in msg. */
+int parse_execute(const char *body, size_t len, struct execute_body *out, char *msg, size_t size);
+void execute_body_free(struct execute_body *b);
+
+/* Fills rt (malloc'ed strings; runtime_free releases them). nix_ok says whether the Nix
+ * provider is available on this server. */
+int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt, char *msg,
+                  size_t size);
+
+/* "/runtimes/12" -> 12; -1 when the rest of the path is not a positive decimal id. */
+int64_t parse_id(const char *text);
+
+#endif

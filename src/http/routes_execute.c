@@ -1,0 +1,77 @@
+/* POST /execute[?is_project=true] */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/base64.h"
+#include "format/stage_json.h"
+#include "http/request.h"
+#include "http/server.h"
+
+static json_t *outcome_json(const struct exec_outcome *o)
+{
+    static const char *const names[STAGE_COUNT] = {"extract", "compile", "run"};
+    json_t *j = json_object();
+    for (int i = 0; j && i < STAGE_COUNT; i++) {
+        json_t *v = o->ran[i] ? stage_result_json(&o->res[i], 0) : json_null();
+        if (!v || json_object_set_new(j, names[i], v) < 0) {
+            json_decref(j);
+            j = NULL;
+        }
+    }
+    return j;
+}
+
+void route_execute(struct http_server *s, struct request *rq, bool is_project, struct reply *r)
+{
+    struct execute_body b;
+    char msg[512];
+    if (parse_execute(rq->body, rq->body_len, &b, msg, sizeof(msg)) < 0) {
+        reply_message(r, 400, "%s", msg);
+        return;
+    }
+    struct exec_request req = {
+        .runtime_id = b.runtime_id,
+        .source = b.source,
+        .source_len = b.source_len,
+        .is_project = is_project,
+        .input = b.input,
+        .input_len = b.input_len,
+    };
+    void *archive = NULL;
+    if (limits_resolve(&b.compile, &s->cfg->compile, "compile", &req.compile, msg, sizeof(msg)) <
+            0 ||
+        limits_resolve(&b.run, &s->cfg->run, "run", &req.run, msg, sizeof(msg)) < 0) {
+        reply_message(r, 400, "%s", msg);
+        goto out;
+    }
+    if (is_project) {
+        size_t len, bad;
+        archive = base64_decode(b.source, b.source_len, &len, &bad);
+        if (!archive) {
+            if (bad == (size_t)-1)
+                reply_internal(r, rq, "out of memory decoding base64");
+            else
+                reply_message(r, 400,
+                              "Invalid base64 in source_code: unexpected character at offset %zu",
+                              bad);
+            goto out;
+        }
+        req.source = archive;
+        req.source_len = len;
+    }
+    struct exec_outcome o;
+    struct ev_err err = {0};
+    enum pipe_status st = pipeline_execute(s->pipeline, &req, request_aborted, rq, &o, &err);
+    if (st == PIPE_OK) {
+        r->status = 200;
+        r->json = outcome_json(&o);
+        exec_outcome_free(&o);
+    } else if (st == PIPE_NO_RUNTIME) {
+        reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)b.runtime_id);
+    } else {
+        reply_pipe_status(r, rq, st, &err);
+    }
+out:
+    free(archive);
+    execute_body_free(&b);
+}

@@ -1,0 +1,293 @@
+#include "http/server.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/fileutil.h"
+#include "common/utf8.h"
+
+/* What a connection accumulates between libmicrohttpd's calls. */
+struct conn_state {
+    uint64_t id;
+    uint64_t t0;
+    char *body;
+    size_t len, cap;
+    bool too_large;
+};
+
+bool request_aborted(void *arg)
+{
+    struct request *rq = arg;
+    if (rq->fd < 0)
+        return false;
+    /* A client that closed its end (FIN) or reset the connection. Data the client may have
+     * pipelined is not a disconnect, so POLLIN is not asked for. */
+    struct pollfd p = {rq->fd, POLLRDHUP, 0};
+    int n = poll(&p, 1, 0);
+    return n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+void reply_message(struct reply *r, int status, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    size_t n;
+    char *clean = utf8_sanitize(buf, strlen(buf), &n);
+    r->status = status;
+    r->json = json_pack("{s:s%}", "message", clean ? clean : "", clean ? n : 0);
+    free(clean);
+}
+
+void reply_internal(struct reply *r, const struct request *rq, const char *cause)
+{
+    fprintf(stderr, "req %llu: internal error: %s\n", (unsigned long long)rq->id, cause);
+    reply_message(r, 500, "Internal server error");
+}
+
+void reply_pipe_status(struct reply *r, const struct request *rq, enum pipe_status st,
+                       const struct ev_err *err)
+{
+    switch (st) {
+    case PIPE_QUEUE_FULL:
+        reply_message(r, 503,
+                      "The server is busy: the queue of waiting requests is full, try again later");
+        break;
+    case PIPE_STOPPING:
+        reply_message(r, 503, "The server is shutting down");
+        break;
+    case PIPE_ABORTED:
+        r->drop = true;
+        break;
+    default:
+        reply_internal(r, rq, err->msg[0] ? err->msg : "unexpected pipeline status");
+    }
+}
+
+json_t *output_pair(const char *out, const char *errout)
+{
+    size_t n1, n2;
+    char *a = utf8_sanitize(out ? out : "", out ? strlen(out) : 0, &n1);
+    char *b = utf8_sanitize(errout ? errout : "", errout ? strlen(errout) : 0, &n2);
+    json_t *j = a && b ? json_pack("{s:s%,s:s%}", "stdout", a, n1, "stderr", b, n2) : NULL;
+    free(a);
+    free(b);
+    return j;
+}
+
+static void route(struct http_server *s, struct request *rq, struct reply *r)
+{
+    const char *m = rq->method, *p = rq->path;
+    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0;
+    if (strcmp(p, "/health") == 0) {
+        if (!get)
+            goto not_allowed;
+        r->status = 200;
+        r->text = "Up and running";
+    } else if (strcmp(p, "/runtimes") == 0 || strcmp(p, "/runtimes/") == 0) {
+        if (get)
+            route_runtimes_list(s, rq, r);
+        else if (post)
+            route_runtimes_add(s, rq, r);
+        else
+            goto not_allowed;
+    } else if (strncmp(p, "/runtimes/", 10) == 0) {
+        if (strcmp(m, "DELETE") != 0)
+            goto not_allowed;
+        route_runtimes_delete(s, rq, p + 10, r);
+    } else if (strcmp(p, "/update") == 0) {
+        if (!post)
+            goto not_allowed;
+        route_update(s, rq, r);
+    } else if (strcmp(p, "/execute") == 0) {
+        if (!post)
+            goto not_allowed;
+        const char *proj =
+            MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "is_project");
+        route_execute(s, rq, proj && strcasecmp(proj, "true") == 0, r);
+    } else {
+        reply_message(r, 404, "Not found: %s %.200s", m, p);
+    }
+    return;
+not_allowed:
+    reply_message(r, 405, "Method %s is not allowed on %.200s", m, p);
+}
+
+static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct reply *r)
+{
+    struct MHD_Response *resp;
+    const char *type;
+    if (r->json) {
+        char *text = json_dumps(r->json, JSON_COMPACT | JSON_REAL_PRECISION(15));
+        if (!text)
+            return MHD_NO;
+        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        if (!resp)
+            free(text);
+        type = "application/json";
+    } else {
+        const char *t = r->text ? r->text : "";
+        resp = MHD_create_response_from_buffer(strlen(t), (void *)t, MHD_RESPMEM_PERSISTENT);
+        type = "text/plain; charset=utf-8";
+    }
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static void log_request(uint64_t id, const char *method, const char *path, const struct reply *r,
+                        uint64_t t0)
+{
+    double ms = (double)(monotonic_ns() - t0) / 1e6;
+    if (r->drop)
+        fprintf(stderr, "req %llu %s %s aborted by the client %.1fms\n", (unsigned long long)id,
+                method, path, ms);
+    else
+        fprintf(stderr, "req %llu %s %s %d %.1fms\n", (unsigned long long)id, method, path,
+                r->status, ms);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    struct http_server *s = cls;
+    struct conn_state *cs = *con_cls;
+    if (!cs) {
+        cs = calloc(1, sizeof(*cs));
+        if (!cs)
+            return MHD_NO;
+        cs->id = atomic_fetch_add(&s->next_id, 1);
+        cs->t0 = monotonic_ns();
+        *con_cls = cs;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
+        uint64_t n;
+        if (cl && parse_u64(cl, &n) == 0 && n > s->cfg->max_request_bytes) {
+            cs->too_large = true;
+            /* A client that waits for "100 Continue" gets its answer before sending the body;
+             * any other client's body is read and dropped so it can read the answer. */
+            if (expect && strcasecmp(expect, "100-continue") == 0) {
+                struct reply r = {0};
+                reply_message(&r, 413, "The request body is larger than %llu bytes",
+                              (unsigned long long)s->cfg->max_request_bytes);
+                enum MHD_Result ret = send_reply(conn, &r);
+                log_request(cs->id, method, url, &r, cs->t0);
+                json_decref(r.json);
+                return ret;
+            }
+        }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (cs->too_large || cs->len + n > s->cfg->max_request_bytes) {
+            cs->too_large = true;
+            free(cs->body);
+            cs->body = NULL;
+            cs->len = cs->cap = 0;
+            return MHD_YES;
+        }
+        if (cs->len + n + 1 > cs->cap) {
+            size_t cap = cs->cap ? cs->cap : 4096;
+            while (cap < cs->len + n + 1)
+                cap *= 2;
+            char *p = realloc(cs->body, cap);
+            if (!p)
+                return MHD_NO;
+            cs->body = p;
+            cs->cap = cap;
+        }
+        memcpy(cs->body + cs->len, upload_data, n);
+        cs->len += n;
+        cs->body[cs->len] = '\0';
+        return MHD_YES;
+    }
+
+    struct reply r = {0};
+    if (cs->too_large) {
+        reply_message(&r, 413, "The request body is larger than %llu bytes",
+                      (unsigned long long)s->cfg->max_request_bytes);
+    } else {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        struct request rq = {.id = cs->id,
+                             .method = method,
+                             .path = url,
+                             .body = cs->body ? cs->body : "",
+                             .body_len = cs->len,
+                             .conn = conn,
+                             .fd = ci ? ci->connect_fd : -1};
+        route(s, &rq, &r);
+    }
+    if (!r.drop && !r.json && !r.text) {
+        fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",
+                (unsigned long long)cs->id);
+        r.status = 500;
+        r.text = "Internal server error";
+    }
+    enum MHD_Result ret = r.drop ? MHD_NO : send_reply(conn, &r);
+    log_request(cs->id, method, url, &r, cs->t0);
+    json_decref(r.json);
+    /* The body is no longer needed; the state itself goes in on_completed. */
+    free(cs->body);
+    cs->body = NULL;
+    cs->len = cs->cap = 0;
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode code)
+{
+    (void)cls, (void)conn, (void)code;
+    struct conn_state *cs = *con_cls;
+    if (cs) {
+        free(cs->body);
+        free(cs);
+        *con_cls = NULL;
+    }
+}
+
+static void on_mhd_error(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    fputs("envicutor: http: ", stderr);
+    vfprintf(stderr, fmt, ap);
+}
+
+int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
+               const struct ev_config *cfg, struct ev_err *err)
+{
+    s->pipeline = p;
+    s->cfg = cfg;
+    atomic_store(&s->next_id, 1);
+    s->daemon = MHD_start_daemon(
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0,
+        NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, NULL,
+        MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+        MHD_OPTION_END);
+    if (!s->daemon)
+        return ev_fail(err, errno, "start the HTTP server");
+    return 0;
+}
+
+void http_stop(struct http_server *s)
+{
+    if (s->daemon)
+        MHD_stop_daemon(s->daemon);
+    s->daemon = NULL;
+}

@@ -1,0 +1,192 @@
+#include "pipeline/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fileutil.h"
+
+const char *const limit_names[LIM_COUNT] = {
+    "wall_time",
+    "cpu_time",
+    "memory",
+    "extra_time",
+    "max_open_files",
+    "max_file_size",
+    "max_number_of_processes",
+};
+
+/* Limits are whole numbers of kilobytes or counts, or seconds with a fractional part. */
+static const bool limit_is_seconds[LIM_COUNT] = {true, true, false, true, false, false, false};
+static const char *const limit_units[LIM_COUNT] = {
+    " seconds", " seconds", " kilobytes", " seconds", "", " kilobytes", ""};
+
+#define MAX_SECONDS 86400.0
+#define MAX_KB (1ull << 32)
+#define MAX_COUNT (1ull << 20)
+
+static int env_seconds(config_getenv_fn get, const char *name, double dflt, bool allow_zero,
+                       uint64_t *us, struct ev_err *err)
+{
+    const char *s = get(name);
+    double v = dflt;
+    if (s) {
+        char *end;
+        errno = 0;
+        v = strtod(s, &end);
+        if (!*s || isspace((unsigned char)*s) || *end || errno || !isfinite(v) || v < 0 ||
+            (v == 0 && !allow_zero) || v > MAX_SECONDS)
+            return ev_fail(err, 0, "%s: expected a number of seconds %s 0 and at most %g, got '%s'",
+                           name, allow_zero ? "from" : "above", MAX_SECONDS, s);
+    }
+    *us = (uint64_t)llround(v * 1e6);
+    if (v > 0 && *us == 0)
+        *us = 1;
+    return 0;
+}
+
+static int env_count(config_getenv_fn get, const char *name, uint64_t dflt, uint64_t min,
+                     uint64_t max, uint64_t *out, struct ev_err *err)
+{
+    const char *s = get(name);
+    if (!s) {
+        *out = dflt;
+        return 0;
+    }
+    uint64_t v;
+    if (parse_u64(s, &v) < 0 || v < min || v > max)
+        return ev_fail(err, 0, "%s: expected a whole number from %llu to %llu, got '%s'", name,
+                       (unsigned long long)min, (unsigned long long)max, s);
+    *out = v;
+    return 0;
+}
+
+static int stage_limits(config_getenv_fn get, const char *prefix, const struct ev_limits *dflt,
+                        struct ev_limits *l, struct ev_err *err)
+{
+    char n[64];
+#define NAME(suffix) (snprintf(n, sizeof(n), "%s_%s", prefix, suffix), n)
+    if (env_seconds(get, NAME("WALL_TIME"), (double)dflt->wall_time_us / 1e6, false,
+                    &l->wall_time_us, err) < 0 ||
+        env_seconds(get, NAME("CPU_TIME"), (double)dflt->cpu_time_us / 1e6, false, &l->cpu_time_us,
+                    err) < 0 ||
+        env_seconds(get, NAME("EXTRA_TIME"), (double)dflt->extra_time_us / 1e6, true,
+                    &l->extra_time_us, err) < 0 ||
+        env_count(get, NAME("MEMORY"), dflt->memory_kb, 1024, MAX_KB, &l->memory_kb, err) < 0 ||
+        env_count(get, NAME("MAX_OPEN_FILES"), dflt->max_open_files, 4, MAX_COUNT,
+                  &l->max_open_files, err) < 0 ||
+        env_count(get, NAME("MAX_FILE_SIZE"), dflt->max_file_size_kb, 1, MAX_KB,
+                  &l->max_file_size_kb, err) < 0 ||
+        env_count(get, NAME("MAX_NUMBER_OF_PROCESSES"), dflt->max_processes, 1, MAX_COUNT,
+                  &l->max_processes, err) < 0)
+        return -1;
+#undef NAME
+    return 0;
+}
+
+static int env_string(config_getenv_fn get, const char *name, const char *dflt, char *out,
+                      size_t size, bool absolute, struct ev_err *err)
+{
+    const char *s = get(name);
+    if (!s)
+        s = dflt;
+    if (!*s || strlen(s) >= size || (absolute && s[0] != '/'))
+        return ev_fail(err, 0, "%s: expected %s of at most %zu bytes, got '%s'", name,
+                       absolute ? "an absolute path" : "a non-empty value", size - 1, s);
+    snprintf(out, size, "%s", s);
+    return 0;
+}
+
+int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    static const struct ev_limits compile_dflt = {60000000, 30000000, 5000000, 1000000,
+                                                  512,      100000,   512};
+    static const struct ev_limits run_dflt = {60000000, 30000000, 5000000, 1000000, 64, 100000, 64};
+    uint64_t v;
+    if (env_count(get, "PORT", 5000, 1, 65535, &v, err) < 0)
+        return -1;
+    cfg->port = (unsigned)v;
+    if (stage_limits(get, "COMPILE", &compile_dflt, &cfg->compile, err) < 0 ||
+        stage_limits(get, "RUN", &run_dflt, &cfg->run, err) < 0)
+        return -1;
+    if (env_count(get, "MAX_CONCURRENT_SUBMISSIONS", 8, 1, 1024, &v, err) < 0)
+        return -1;
+    cfg->max_concurrent = (unsigned)v;
+    if (env_count(get, "MAX_QUEUED_REQUESTS", 64, 0, 100000, &v, err) < 0)
+        return -1;
+    cfg->max_queue = (unsigned)v;
+    if (env_count(get, "INSTALLATION_TIMEOUT", 120, 1, 86400, &cfg->installation_timeout, err) <
+            0 ||
+        env_count(get, "UPDATE_TIMEOUT", 240, 1, 86400, &cfg->update_timeout, err) < 0 ||
+        env_count(get, "MAX_REQUEST_SIZE", 64ull << 20, 1024, 1ull << 32, &cfg->max_request_bytes,
+                  err) < 0 ||
+        env_count(get, "MAX_OUTPUT_SIZE", 4ull << 20, 0, 1ull << 30, &cfg->max_output_bytes, err) <
+            0 ||
+        env_count(get, "BOX_DISK_SIZE", 262144, 1024, MAX_KB, &cfg->box_disk_kb, err) < 0 ||
+        env_count(get, "BOX_MAX_FILES", 16384, 64, 1ull << 31, &cfg->box_max_files, err) < 0)
+        return -1;
+    if (env_string(get, "ENVICUTOR_DATA_DIR", "/var/lib/envicutor", cfg->data_dir,
+                   sizeof(cfg->data_dir), true, err) < 0 ||
+        env_string(get, "ENVICUTOR_USER", "envicutor", cfg->user, sizeof(cfg->user), false, err) <
+            0)
+        return -1;
+    return 0;
+}
+
+static void format_max(int i, uint64_t max, char *buf, size_t size)
+{
+    if (limit_is_seconds[i])
+        snprintf(buf, size, "%g%s", (double)max / 1e6, limit_units[i]);
+    else
+        snprintf(buf, size, "%llu%s", (unsigned long long)max, limit_units[i]);
+}
+
+int limits_resolve(const struct limit_request *req, const struct ev_limits *max, const char *stage,
+                   struct ev_limits *out, char *msg, size_t msg_size)
+{
+    const uint64_t maxv[LIM_COUNT] = {
+        max->wall_time_us,   max->cpu_time_us,      max->memory_kb,    max->extra_time_us,
+        max->max_open_files, max->max_file_size_kb, max->max_processes};
+    uint64_t val[LIM_COUNT];
+    for (int i = 0; i < LIM_COUNT; i++) {
+        val[i] = maxv[i];
+        if (!req || !req->present[i])
+            continue;
+        double v = req->value[i];
+        const char *name = limit_names[i];
+        bool zero_ok = i == LIM_EXTRA_TIME;
+        if (!isfinite(v) || v < 0 || (v == 0 && !zero_ok)) {
+            snprintf(msg, msg_size, "Invalid %s limits: %s must be %s", stage, name,
+                     zero_ok ? "zero or more" : "greater than zero");
+            return -1;
+        }
+        if (!limit_is_seconds[i] && floor(v) != v) {
+            snprintf(msg, msg_size, "Invalid %s limits: %s must be a whole number", stage, name);
+            return -1;
+        }
+        double scaled = limit_is_seconds[i] ? v * 1e6 : v;
+        if (scaled > (double)maxv[i]) {
+            char m[64];
+            format_max(i, maxv[i], m, sizeof(m));
+            snprintf(msg, msg_size, "Invalid %s limits: %s can't exceed %s", stage, name, m);
+            return -1;
+        }
+        val[i] = (uint64_t)llround(scaled);
+        if (val[i] == 0 && !zero_ok)
+            val[i] = 1;
+    }
+    *out = (struct ev_limits){
+        .wall_time_us = val[LIM_WALL_TIME],
+        .cpu_time_us = val[LIM_CPU_TIME],
+        .extra_time_us = val[LIM_EXTRA_TIME],
+        .memory_kb = val[LIM_MEMORY],
+        .max_open_files = val[LIM_MAX_OPEN_FILES],
+        .max_file_size_kb = val[LIM_MAX_FILE_SIZE],
+        .max_processes = val[LIM_MAX_PROCESSES],
+    };
+    return 0;
+}

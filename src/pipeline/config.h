@@ -1,0 +1,64 @@
+/* The server's configuration (SPEC §4), read once from environment variables, and the limits
+ * of one stage: what a request may ask for, bounded by the configuration. */
+#ifndef ENVICUTOR_CONFIG_H
+#define ENVICUTOR_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+struct ev_limits {
+    uint64_t wall_time_us, cpu_time_us, extra_time_us;
+    uint64_t memory_kb, max_open_files, max_file_size_kb, max_processes;
+};
+
+struct ev_config {
+    unsigned port;
+    struct ev_limits compile, run;
+    unsigned max_concurrent;       /* MAX_CONCURRENT_SUBMISSIONS */
+    unsigned max_queue;            /* MAX_QUEUED_REQUESTS: waiting requests before 503 */
+    uint64_t installation_timeout; /* seconds */
+    uint64_t update_timeout;       /* seconds */
+    uint64_t max_request_bytes;    /* MAX_REQUEST_SIZE: larger bodies get 413 */
+    uint64_t max_output_bytes;     /* MAX_OUTPUT_SIZE: per stream and stage */
+    uint64_t box_disk_kb;          /* BOX_DISK_SIZE: whole submission directory */
+    uint64_t box_max_files;        /* BOX_MAX_FILES */
+    char data_dir[200];            /* ENVICUTOR_DATA_DIR */
+    char user[64];                 /* ENVICUTOR_USER: the unprivileged identity */
+};
+
+typedef const char *(*config_getenv_fn)(const char *name);
+
+/* Fills cfg from the environment (getenv, or another lookup for tests); a malformed value
+ * fails with a message naming the variable. */
+int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err);
+
+/* The limits a request asks for: each one present or not, as the number the client sent. */
+enum limit_index {
+    LIM_WALL_TIME,
+    LIM_CPU_TIME,
+    LIM_MEMORY,
+    LIM_EXTRA_TIME,
+    LIM_MAX_OPEN_FILES,
+    LIM_MAX_FILE_SIZE,
+    LIM_MAX_PROCESSES,
+    LIM_COUNT,
+};
+
+struct limit_request {
+    bool present[LIM_COUNT];
+    double value[LIM_COUNT];
+};
+
+/* The JSON/API name of each limit ("wall_time", ..., "max_number_of_processes"). */
+extern const char *const limit_names[LIM_COUNT];
+
+/* Merges a request with the configured maximum: an omitted limit takes the maximum; a given one
+ * must be in range. On failure writes the client-facing message ("Invalid run limits:
+ * wall_time can't exceed 60 seconds") to msg and returns -1. stage is "run" or "compile". */
+int limits_resolve(const struct limit_request *req, const struct ev_limits *max, const char *stage,
+                   struct ev_limits *out, char *msg, size_t msg_size);
+
+#endif

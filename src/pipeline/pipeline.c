@@ -1,0 +1,381 @@
+#include "pipeline/pipeline.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+
+/* The archive of a project is written under this name, extracted and removed by the extract
+ * stage. unzip's status 1 means "warnings, but everything was extracted" (a stripped absolute
+ * path, for example) and counts as success. The script is fixed text: nothing of the request
+ * is ever part of a command line. */
+#define ARCHIVE_NAME ".envicutor-project.zip"
+static const char extract_script[] =
+    "unzip -qq -o /box/" ARCHIVE_NAME " -d /box; s=$?; rm -f /box/" ARCHIVE_NAME "; "
+    "if [ $s -eq 1 ]; then s=0; fi; exit $s";
+
+/* The set-up of a host runtime: its scripts must at least be valid bash. */
+static const char setup_script[] = "bash -n /runtime/compile.sh && bash -n /runtime/run.sh && "
+                                   "echo 'scripts checked: bash syntax ok'";
+
+#define MAX_ENV_ENTRIES 200
+
+void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *psc,
+                   struct store *store)
+{
+    p->cfg = cfg;
+    p->psc = psc;
+    p->store = store;
+    sched_init(&p->sched, cfg->max_concurrent, cfg->max_queue);
+    atomic_store(&p->stopping, false);
+}
+
+void pipeline_stop(struct pipeline *p)
+{
+    atomic_store(&p->stopping, true);
+    sched_stop(&p->sched);
+}
+
+void pipeline_destroy(struct pipeline *p)
+{
+    sched_destroy(&p->sched);
+}
+
+void exec_outcome_free(struct exec_outcome *o)
+{
+    for (int i = 0; i < STAGE_COUNT; i++)
+        if (o->ran[i])
+            sbx_result_free(&o->res[i]);
+    memset(o, 0, sizeof(*o));
+}
+
+struct abort_ctx {
+    struct pipeline *p;
+    pipe_abort_fn fn;
+    void *ctx;
+};
+
+static bool should_abort(void *arg)
+{
+    struct abort_ctx *a = arg;
+    return atomic_load(&a->p->stopping) || (a->fn && a->fn(a->ctx));
+}
+
+/* The environment of a host runtime's programs: fixed, minimal, plus the runtime's own
+ * variables (which may override the defaults). Pointers into rt->env. */
+static size_t build_env(const struct runtime *rt, char **envp, size_t cap)
+{
+    static char *const defaults[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp",
+                                     "LANG=C.UTF-8", "LC_ALL=C.UTF-8"};
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
+        envp[n++] = defaults[i];
+    for (const char *e = rt ? rt->env : NULL; e && e < rt->env + rt->env_len; e += strlen(e) + 1) {
+        size_t klen = (size_t)(strchr(e, '=') - e) + 1;
+        size_t j = 0;
+        while (j < n && strncmp(envp[j], e, klen) != 0)
+            j++;
+        if (j == n && n + 1 >= cap)
+            break;
+        envp[j] = (char *)e;
+        if (j == n)
+            n++;
+    }
+    envp[n] = NULL;
+    return n;
+}
+
+static struct ps_limits to_ps(const struct pipeline *p, const struct ev_limits *l)
+{
+    return (struct ps_limits){
+        .wall_time_us = l->wall_time_us,
+        .cpu_time_us = l->cpu_time_us,
+        .extra_time_us = l->extra_time_us,
+        .memory_kb = l->memory_kb,
+        .max_open_files = l->max_open_files,
+        .max_file_size_kb = l->max_file_size_kb,
+        .max_processes = l->max_processes,
+        .max_output_bytes = p->cfg->max_output_bytes,
+        .tmp_kb = 65536,
+    };
+}
+
+/* Appends a newline when text does not end with one (SPEC §4); malloc'ed copy. */
+static char *with_newline(const char *text, size_t len, size_t *out_len)
+{
+    bool add = len > 0 && text[len - 1] != '\n';
+    char *s = malloc(len + 2);
+    if (!s)
+        return NULL;
+    if (len)
+        memcpy(s, text, len);
+    if (add)
+        s[len++] = '\n';
+    s[len] = '\0';
+    *out_len = len;
+    return s;
+}
+
+static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const char *runtime_dir,
+                                  char *const *argv, char *const *envp, const char *input,
+                                  size_t input_len, const struct ev_limits *l, struct abort_ctx *ac,
+                                  struct sbx_result *res, struct ev_err *err)
+{
+    struct psc_run run = {.runtime = runtime_dir,
+                          .argv = argv,
+                          .envp = envp,
+                          .input = input,
+                          .input_len = input_len,
+                          .limits = to_ps(p, l)};
+    bool aborted;
+    if (psc_run(p->psc, box, &run, should_abort, ac, res, &aborted, err) < 0) {
+        if (aborted)
+            return atomic_load(&p->stopping) ? PIPE_STOPPING : PIPE_ABORTED;
+        return PIPE_INTERNAL;
+    }
+    return PIPE_OK;
+}
+
+static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const struct runtime *rt,
+                                       const struct exec_request *req, struct abort_ctx *ac,
+                                       struct exec_outcome *out, struct ev_err *err)
+{
+    char *envp[MAX_ENV_ENTRIES + 8];
+    build_env(rt, envp, sizeof(envp) / sizeof(envp[0]));
+    enum pipe_status st;
+    if (req->is_project) {
+        if (psc_write_file(p->psc, box, ARCHIVE_NAME, 0644, req->source, req->source_len, err) < 0)
+            return PIPE_INTERNAL;
+        char *argv[] = {"bash", "-c", (char *)extract_script, NULL};
+        char *env0[8];
+        build_env(NULL, env0, 8);
+        st = run_stage(p, box, NULL, argv, env0, NULL, 0, &req->compile, ac,
+                       &out->res[STAGE_EXTRACT], err);
+        if (st != PIPE_OK)
+            return st;
+        out->ran[STAGE_EXTRACT] = true;
+        if (out->res[STAGE_EXTRACT].status != SBX_OK)
+            return PIPE_OK;
+    } else {
+        size_t len;
+        cleanup_free char *src = with_newline(req->source, req->source_len, &len);
+        if (!src)
+            return ev_fail(err, ENOMEM, "source"), PIPE_INTERNAL;
+        if (psc_write_file(p->psc, box, rt->source_file_name, 0644, src, len, err) < 0)
+            return PIPE_INTERNAL;
+    }
+    if (rt->compile_script[0]) {
+        char *argv[] = {"bash", "/runtime/compile.sh", NULL};
+        st = run_stage(p, box, rt->dir, argv, envp, NULL, 0, &req->compile, ac,
+                       &out->res[STAGE_COMPILE], err);
+        if (st != PIPE_OK)
+            return st;
+        out->ran[STAGE_COMPILE] = true;
+        if (out->res[STAGE_COMPILE].status != SBX_OK)
+            return PIPE_OK;
+    }
+    size_t in_len = 0;
+    cleanup_free char *in = with_newline(req->input ? req->input : "", req->input_len, &in_len);
+    if (!in)
+        return ev_fail(err, ENOMEM, "input"), PIPE_INTERNAL;
+    char *argv[] = {"bash", "/runtime/run.sh", NULL};
+    st = run_stage(p, box, rt->dir, argv, envp, in, in_len, &req->run, ac, &out->res[STAGE_RUN],
+                   err);
+    if (st != PIPE_OK)
+        return st;
+    out->ran[STAGE_RUN] = true;
+    return PIPE_OK;
+}
+
+static enum pipe_status from_sched(enum sched_outcome o)
+{
+    switch (o) {
+    case SCHED_GRANTED:
+        return PIPE_OK;
+    case SCHED_FULL:
+        return PIPE_QUEUE_FULL;
+    case SCHED_ABORTED:
+        return PIPE_ABORTED;
+    default:
+        return PIPE_STOPPING;
+    }
+}
+
+enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request *req,
+                                  pipe_abort_fn abort_fn, void *ctx, struct exec_outcome *out,
+                                  struct ev_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct runtime rt;
+    /* Answer an unknown runtime at once, without queueing. */
+    int r = store_get(p->store, req->runtime_id, &rt, err);
+    if (r != 0)
+        return r > 0 ? PIPE_NO_RUNTIME : PIPE_INTERNAL;
+    runtime_free(&rt);
+
+    enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_SUBMISSION, should_abort, &ac));
+    if (st != PIPE_OK)
+        return st;
+    /* Deletion is exclusive work: while we hold our turn the runtime cannot go away, but it
+     * may have gone while we waited. */
+    r = store_get(p->store, req->runtime_id, &rt, err);
+    if (r != 0) {
+        sched_done(&p->sched, SCHED_SUBMISSION);
+        return r > 0 ? PIPE_NO_RUNTIME : PIPE_INTERNAL;
+    }
+    uint32_t box;
+    if (psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err) < 0) {
+        st = PIPE_INTERNAL;
+    } else {
+        st = execute_in_box(p, box, &rt, req, &ac, out, err);
+        struct ev_err cerr;
+        if (psc_close_box(p->psc, box, &cerr) < 0)
+            fprintf(stderr, "envicutor: close box: %s\n", cerr.msg);
+    }
+    runtime_free(&rt);
+    sched_done(&p->sched, SCHED_SUBMISSION);
+    if (st != PIPE_OK)
+        exec_outcome_free(out);
+    return st;
+}
+
+static char *dup_output(const struct sbx_output *o)
+{
+    char *s = malloc(o->len + 1);
+    if (s) {
+        if (o->len)
+            memcpy(s, o->data, o->len);
+        s[o->len] = '\0';
+    }
+    return s;
+}
+
+/* Runs the set-up of a prepared (not yet committed) runtime in a box of its own. */
+static enum pipe_status setup_runtime(struct pipeline *p, const struct runtime *rt, char **out,
+                                      char **errout, struct ev_err *err)
+{
+    uint32_t box;
+    if (psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err) < 0)
+        return PIPE_INTERNAL;
+    struct ev_limits l = p->cfg->compile;
+    uint64_t cap = p->cfg->installation_timeout * 1000000ull;
+    if (l.wall_time_us > cap)
+        l.wall_time_us = cap;
+    char *envp[MAX_ENV_ENTRIES + 8];
+    build_env(rt, envp, sizeof(envp) / sizeof(envp[0]));
+    char *argv[] = {"bash", "-c", (char *)setup_script, NULL};
+    struct sbx_result res;
+    struct abort_ctx ac = {p, NULL, NULL};
+    enum pipe_status st = run_stage(p, box, rt->dir, argv, envp, NULL, 0, &l, &ac, &res, err);
+    struct ev_err cerr;
+    if (psc_close_box(p->psc, box, &cerr) < 0)
+        fprintf(stderr, "envicutor: close box: %s\n", cerr.msg);
+    if (st != PIPE_OK)
+        return st;
+    *out = dup_output(&res.out);
+    *errout = dup_output(&res.err);
+    if (res.status == SBX_XX && res.message[0] && *errout && !res.err.len) {
+        free(*errout);
+        *errout = strdup(res.message);
+    }
+    bool ok = res.status == SBX_OK;
+    sbx_result_free(&res);
+    if (!*out || !*errout)
+        return ev_fail(err, ENOMEM, "set-up output"), PIPE_INTERNAL;
+    return ok ? PIPE_OK : PIPE_SETUP_FAILED;
+}
+
+enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_abort_fn abort_fn,
+                                  void *ctx, char **out, char **errout, struct ev_err *err)
+{
+    *out = *errout = NULL;
+    struct abort_ctx ac = {p, abort_fn, ctx};
+    enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
+    if (st != PIPE_OK)
+        return st;
+    int r = store_name_taken(p->store, rt->name, err);
+    if (r != 0) {
+        st = r > 0 ? PIPE_NAME_TAKEN : PIPE_INTERNAL;
+    } else if (store_prepare(p->store, rt, err) < 0) {
+        st = PIPE_INTERNAL;
+    } else {
+        st = setup_runtime(p, rt, out, errout, err);
+        if (st == PIPE_OK) {
+            r = store_commit(p->store, rt, err);
+            st = r == 0 ? PIPE_OK : r > 0 ? PIPE_NAME_TAKEN : PIPE_INTERNAL;
+        }
+        if (st != PIPE_OK)
+            store_discard(p->store, rt->dir);
+    }
+    sched_done(&p->sched, SCHED_EXCLUSIVE);
+    if (st != PIPE_OK && st != PIPE_SETUP_FAILED) {
+        free(*out);
+        free(*errout);
+        *out = *errout = NULL;
+    }
+    return st;
+}
+
+enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn abort_fn, void *ctx,
+                                 struct ev_err *err)
+{
+    struct abort_ctx ac = {p, abort_fn, ctx};
+    enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
+    if (st != PIPE_OK)
+        return st;
+    int r = store_delete(p->store, id, err);
+    sched_done(&p->sched, SCHED_EXCLUSIVE);
+    return r == 0 ? PIPE_OK : r > 0 ? PIPE_NO_RUNTIME : PIPE_INTERNAL;
+}
+
+bool nix_available(void)
+{
+    static const char *const fixed[] = {"/nix/var/nix/profiles/default/bin/nix-shell",
+                                        "/run/current-system/sw/bin/nix-shell"};
+    for (size_t i = 0; i < 2; i++)
+        if (access(fixed[i], X_OK) == 0)
+            return true;
+    const char *path = getenv("PATH");
+    if (!path)
+        return false;
+    char buf[4096];
+    snprintf(buf, sizeof(buf), "%s", path);
+    char *save = NULL;
+    for (char *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        char f[4200];
+        snprintf(f, sizeof(f), "%s/nix-shell", d);
+        if (d[0] == '/' && access(f, X_OK) == 0)
+            return true;
+    }
+    return false;
+}
+
+enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx, char **out,
+                                 char **errout, struct ev_err *err)
+{
+    (void)err;
+    *out = *errout = NULL;
+    struct abort_ctx ac = {p, abort_fn, ctx};
+    enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
+    if (st != PIPE_OK)
+        return st;
+    /* The Nix provider (and with it the channel update) is its own piece of work; until it
+     * lands, a server without Nix says so. */
+    *out = strdup("");
+    *errout =
+        strdup(nix_available() ? "Updating Nix is not supported by this server yet"
+                               : "Nix is not available on this server: there is no package manager "
+                                 "to update (host runtimes use the system's own packages)");
+    sched_done(&p->sched, SCHED_EXCLUSIVE);
+    if (!*out || !*errout) {
+        free(*out);
+        free(*errout);
+        *out = *errout = NULL;
+        return ev_fail(err, ENOMEM, "update"), PIPE_INTERNAL;
+    }
+    return PIPE_SETUP_FAILED;
+}

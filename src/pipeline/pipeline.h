@@ -1,0 +1,86 @@
+/* The execution pipeline and the runtime operations, on top of the scheduler, the runtime
+ * store and the privileged helper. Knows runtimes and the sandbox; knows nothing of HTTP.
+ *
+ * A submission: a box (a fresh size-limited directory with a uid of its own) that carries over
+ * from stage to stage, and up to three stages, each a fresh sandbox run with its own cgroup:
+ *   extract  (projects) unzip the archive inside the box, with the compile limits;
+ *   compile  (runtimes with a compile script) bash /runtime/compile.sh, compile limits;
+ *   run      bash /runtime/run.sh with the input on stdin, run limits.
+ * A stage that does not succeed stops the pipeline. */
+#ifndef ENVICUTOR_PIPELINE_H
+#define ENVICUTOR_PIPELINE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "pipeline/config.h"
+#include "pipeline/runtime_store.h"
+#include "pipeline/scheduler.h"
+#include "privsep/client.h"
+#include "sandbox/sandbox.h"
+
+struct pipeline {
+    const struct ev_config *cfg;
+    struct psc *psc;
+    struct store *store;
+    struct sched sched;
+    atomic_bool stopping;
+};
+
+void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *psc,
+                   struct store *store);
+/* Refuses new work and kills what runs (each request returns PIPE_STOPPING). */
+void pipeline_stop(struct pipeline *p);
+void pipeline_destroy(struct pipeline *p);
+
+enum pipe_status {
+    PIPE_OK = 0,
+    PIPE_NO_RUNTIME, /* execute: unknown runtime; delete: not found */
+    PIPE_QUEUE_FULL, /* 503 */
+    PIPE_ABORTED,    /* the client went away */
+    PIPE_STOPPING,   /* the server is shutting down */
+    PIPE_NAME_TAKEN, /* install */
+    PIPE_SETUP_FAILED /* install/update: output in the outcome */,
+    PIPE_INTERNAL, /* err says why */
+};
+
+enum stage { STAGE_EXTRACT, STAGE_COMPILE, STAGE_RUN, STAGE_COUNT };
+
+struct exec_request {
+    int64_t runtime_id;
+    const char *source; /* the file, or the zip archive of a project */
+    size_t source_len;
+    bool is_project;
+    const char *input;
+    size_t input_len;
+    struct ev_limits compile, run;
+};
+
+struct exec_outcome {
+    bool ran[STAGE_COUNT];
+    struct sbx_result res[STAGE_COUNT];
+};
+void exec_outcome_free(struct exec_outcome *o);
+
+typedef bool (*pipe_abort_fn)(void *ctx);
+
+enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request *req,
+                                  pipe_abort_fn abort_fn, void *ctx, struct exec_outcome *out,
+                                  struct ev_err *err);
+
+/* Installs rt (name, provider, scripts, source file name, env). For a host runtime the set-up
+ * checks the scripts' syntax inside a sandbox; its output lands in *out / *errout (malloc'ed,
+ * also on PIPE_SETUP_FAILED). */
+enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_abort_fn abort_fn,
+                                  void *ctx, char **out, char **errout, struct ev_err *err);
+enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn abort_fn, void *ctx,
+                                 struct ev_err *err);
+/* The package manager update (Nix). Without Nix it fails with a message in *errout. */
+enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx, char **out,
+                                 char **errout, struct ev_err *err);
+
+/* Whether nix-shell can be found (for the Nix provider). */
+bool nix_available(void);
+
+#endif

@@ -1,0 +1,69 @@
+/* The runtime store: runtimes in an SQLite database under the data directory, each with a
+ * directory of its own (compile.sh, run.sh) that runs mount read-only at /runtime.
+ *
+ * All-or-nothing, even across kill -9: a runtime's directory is written completely, under a
+ * fresh random name, before the one transaction that inserts its row; a deletion commits the
+ * removal of the row before the directory is removed. So a row always has its whole
+ * directory, and a directory without a row is an orphan that the next start removes
+ * (store_sweep). */
+#ifndef ENVICUTOR_RUNTIME_STORE_H
+#define ENVICUTOR_RUNTIME_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+struct runtime {
+    int64_t id;
+    char *name;
+    char *provider; /* "host" or "nix" */
+    char *source_file_name;
+    char *compile_script; /* "" when none */
+    char *run_script;
+    char *nix_shell; /* "" for host runtimes */
+    char *env;       /* NAME=VALUE\0NAME=VALUE\0... */
+    size_t env_len;
+    char dir[40]; /* directory name under runtimes/ */
+};
+
+void runtime_free(struct runtime *rt);
+
+struct runtime_summary {
+    int64_t id;
+    char *name;
+};
+
+struct store;
+
+/* Opens (creating) data_dir/envicutor.db and data_dir/runtimes. */
+struct store *store_open(const char *data_dir, struct ev_err *err);
+void store_close(struct store *s);
+const char *store_runtimes_dir(const struct store *s);
+
+/* Removes runtime directories that no row refers to; returns how many. */
+int store_sweep(struct store *s, struct ev_err *err);
+
+/* 0 and the list (ordered by id) or -1. */
+int store_list(struct store *s, struct runtime_summary **out, size_t *n, struct ev_err *err);
+void store_list_free(struct runtime_summary *list, size_t n);
+/* 0 found, 1 not found, -1 error. */
+int store_get(struct store *s, int64_t id, struct runtime *out, struct ev_err *err);
+/* 1 when a runtime has this name, 0 when not, -1 on error. */
+int store_name_taken(struct store *s, const char *name, struct ev_err *err);
+
+/* Writes rt's directory under a fresh name (set in rt->dir), complete and synced. */
+int store_prepare(struct store *s, struct runtime *rt, struct ev_err *err);
+/* Inserts rt's row in one transaction; sets rt->id. Returns 1 when the name is taken. */
+int store_commit(struct store *s, struct runtime *rt, struct ev_err *err);
+/* Removes a prepared directory that will not be committed. */
+void store_discard(struct store *s, const char *dir);
+/* 0 deleted, 1 not found, -1 error. */
+int store_delete(struct store *s, int64_t id, struct ev_err *err);
+
+/* A small key/value table for the server's own bookkeeping ("catalog_installed"). */
+int store_get_flag(struct store *s, const char *key, bool *value, struct ev_err *err);
+int store_set_flag(struct store *s, const char *key, struct ev_err *err);
+
+#endif

@@ -1,0 +1,144 @@
+#include "pipeline/scheduler.h"
+
+#include <time.h>
+
+void sched_init(struct sched *s, unsigned max_running, unsigned max_waiting)
+{
+    *s = (struct sched){.max_running = max_running, .max_waiting = max_waiting};
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+void sched_destroy(struct sched *s)
+{
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+}
+
+static bool can_start(const struct sched *s, enum sched_kind kind)
+{
+    if (s->exclusive || s->stopping)
+        return false;
+    return kind == SCHED_EXCLUSIVE ? s->running == 0 : s->running < s->max_running;
+}
+
+static void start(struct sched *s, struct sched_ticket *t)
+{
+    t->granted = true;
+    if (t->kind == SCHED_EXCLUSIVE)
+        s->exclusive = true;
+    else
+        s->running++;
+}
+
+/* Starts queued tickets from the head for as long as the head may start. */
+static void grant_from_head(struct sched *s)
+{
+    bool any = false;
+    while (s->head && can_start(s, s->head->kind)) {
+        struct sched_ticket *t = s->head;
+        s->head = t->next;
+        if (!s->head)
+            s->tail = NULL;
+        t->next = NULL;
+        s->waiting--;
+        start(s, t);
+        any = true;
+    }
+    if (any)
+        pthread_cond_broadcast(&s->cv);
+}
+
+enum sched_outcome sched_enqueue(struct sched *s, struct sched_ticket *t, enum sched_kind kind)
+{
+    *t = (struct sched_ticket){.kind = kind};
+    if (s->stopping)
+        return SCHED_STOPPING;
+    if (!s->head && can_start(s, kind)) {
+        start(s, t);
+        return SCHED_GRANTED;
+    }
+    if (s->waiting >= s->max_waiting)
+        return SCHED_FULL;
+    if (s->tail)
+        s->tail->next = t;
+    else
+        s->head = t;
+    s->tail = t;
+    s->waiting++;
+    return SCHED_GRANTED; /* queued; t->granted says when it may start */
+}
+
+void sched_withdraw(struct sched *s, struct sched_ticket *t)
+{
+    struct sched_ticket *prev = NULL;
+    for (struct sched_ticket *p = s->head; p; prev = p, p = p->next) {
+        if (p != t)
+            continue;
+        if (prev)
+            prev->next = p->next;
+        else
+            s->head = p->next;
+        if (s->tail == p)
+            s->tail = prev;
+        s->waiting--;
+        break;
+    }
+    grant_from_head(s); /* the one behind may start now */
+}
+
+void sched_release(struct sched *s, enum sched_kind kind)
+{
+    if (kind == SCHED_EXCLUSIVE)
+        s->exclusive = false;
+    else if (s->running > 0)
+        s->running--;
+    grant_from_head(s);
+}
+
+enum sched_outcome sched_acquire(struct sched *s, enum sched_kind kind, bool (*abort_fn)(void *),
+                                 void *ctx)
+{
+    struct sched_ticket t;
+    pthread_mutex_lock(&s->mu);
+    enum sched_outcome o = sched_enqueue(s, &t, kind);
+    while (o == SCHED_GRANTED && !t.granted) {
+        if (s->stopping) {
+            o = SCHED_STOPPING;
+        } else if (abort_fn && abort_fn(ctx)) {
+            o = SCHED_ABORTED;
+        } else {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_nsec += 10 * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            continue;
+        }
+        sched_withdraw(s, &t);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return o;
+}
+
+void sched_done(struct sched *s, enum sched_kind kind)
+{
+    pthread_mutex_lock(&s->mu);
+    sched_release(s, kind);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void sched_stop(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}

@@ -1,0 +1,45 @@
+/* The unprivileged side of the helper's socket: requests from any number of threads, each
+ * waiting for its own reply (matched by request id), with a way to give up on a run when
+ * its client has gone away. */
+#ifndef ENVICUTOR_CLIENT_H
+#define ENVICUTOR_CLIENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "privsep/protocol.h"
+#include "sandbox/sandbox.h"
+
+struct psc;
+
+/* Polled every few milliseconds while a request waits; true means: cancel the box. */
+typedef bool (*psc_abort_fn)(void *ctx);
+
+struct psc *psc_start(int sock, struct ev_err *err);
+/* Closes the socket (the helper then cleans up and exits) and frees everything. Requests still
+ * waiting fail. */
+void psc_stop(struct psc *c);
+
+int psc_open_box(struct psc *c, uint64_t disk_kb, uint64_t max_inodes, uint32_t *box,
+                 struct ev_err *err);
+int psc_write_file(struct psc *c, uint32_t box, const char *name, unsigned mode, const void *data,
+                   size_t len, struct ev_err *err);
+int psc_close_box(struct psc *c, uint32_t box, struct ev_err *err);
+void psc_cancel(struct psc *c, uint32_t box);
+
+struct psc_run {
+    const char *runtime; /* runtime directory name, or NULL */
+    char *const *argv;
+    char *const *envp;
+    const void *input; /* NULL: empty stdin */
+    size_t input_len;
+    struct ps_limits limits;
+};
+
+/* Runs one stage. Returns 0 with res filled (res may be SBX_XX when the sandbox failed); -1 when
+ * the request itself failed or was aborted (*aborted then says so). */
+int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn abort_fn,
+            void *abort_ctx, struct sbx_result *res, bool *aborted, struct ev_err *err);
+
+#endif

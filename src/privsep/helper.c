@@ -1,0 +1,498 @@
+#include "privsep/helper.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "common/fileutil.h"
+#include "privsep/protocol.h"
+
+#define MAX_SLOTS 256
+
+struct slot {
+    bool used, busy, cancelled;
+    int cancel_fd; /* eventfd, written once by PS_CANCEL */
+    struct sbx_box box;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t idle;
+    pthread_mutex_t send_mu;
+    int threads;
+    struct slot slots[MAX_SLOTS];
+    struct sbx_host *host;
+    int sock;
+    const char *runtimes_dir;
+} H = {.mu = PTHREAD_MUTEX_INITIALIZER,
+       .idle = PTHREAD_COND_INITIALIZER,
+       .send_mu = PTHREAD_MUTEX_INITIALIZER};
+
+struct job {
+    size_t n;
+    int fd;
+    struct ps_request *req; /* PS_MAX_MSG bytes */
+};
+
+static void send_reply(struct ps_reply *rep, int fd)
+{
+    struct iovec iov = {rep, sizeof(*rep)};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        memset(&u, 0, sizeof(u));
+        mh.msg_control = u.buf;
+        mh.msg_controllen = sizeof(u.buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    pthread_mutex_lock(&H.send_mu);
+    ssize_t r;
+    while ((r = sendmsg(H.sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_unlock(&H.send_mu);
+    if (r < 0 && errno != EPIPE && errno != ECONNRESET)
+        fprintf(stderr, "envicutor helper: send reply: %s\n", strerror(errno));
+}
+
+static void reply_error(struct ps_reply *rep, const char *msg)
+{
+    rep->rc = -1;
+    snprintf(rep->msg, sizeof(rep->msg), "%s", msg);
+}
+
+/* Takes the slot for one operation; NULL (with the reason in rep) when it is not open or busy. */
+static struct slot *take_slot(uint32_t handle, struct ps_reply *rep)
+{
+    pthread_mutex_lock(&H.mu);
+    struct slot *s = handle < MAX_SLOTS ? &H.slots[handle] : NULL;
+    if (!s || !s->used) {
+        pthread_mutex_unlock(&H.mu);
+        reply_error(rep, "no such box");
+        return NULL;
+    }
+    if (s->busy) {
+        pthread_mutex_unlock(&H.mu);
+        reply_error(rep, "the box is busy");
+        return NULL;
+    }
+    s->busy = true;
+    pthread_mutex_unlock(&H.mu);
+    return s;
+}
+
+static void give_slot(struct slot *s)
+{
+    pthread_mutex_lock(&H.mu);
+    s->busy = false;
+    pthread_mutex_unlock(&H.mu);
+}
+
+static void do_open(const struct ps_request *req, struct ps_reply *rep)
+{
+    pthread_mutex_lock(&H.mu);
+    int idx = -1;
+    for (int i = 0; i < MAX_SLOTS && idx < 0; i++)
+        if (!H.slots[i].used)
+            idx = i;
+    if (idx < 0) {
+        pthread_mutex_unlock(&H.mu);
+        reply_error(rep, "too many open boxes");
+        return;
+    }
+    struct slot *s = &H.slots[idx];
+    *s = (struct slot){.used = true, .busy = true, .cancel_fd = -1};
+    pthread_mutex_unlock(&H.mu);
+
+    struct ev_err err = {0};
+    struct sbx_box_options opt = {.disk_kb = req->u.open.disk_kb,
+                                  .max_inodes = req->u.open.max_inodes};
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0) {
+        ev_fail(&err, errno, "eventfd");
+    } else if (sbx_box_open(H.host, &opt, &s->box, &err) == 0) {
+        s->cancel_fd = efd;
+        rep->box = (uint32_t)idx;
+        give_slot(s);
+        return;
+    }
+    if (efd >= 0)
+        close(efd);
+    reply_error(rep, err.msg);
+    pthread_mutex_lock(&H.mu);
+    s->used = s->busy = false;
+    pthread_mutex_unlock(&H.mu);
+}
+
+static void close_slot_locked(struct slot *s)
+{
+    sbx_box_close(H.host, &s->box);
+    if (s->cancel_fd >= 0)
+        close(s->cancel_fd);
+    *s = (struct slot){.cancel_fd = -1};
+}
+
+static void do_close(const struct ps_request *req, struct ps_reply *rep)
+{
+    struct slot *s = take_slot(req->h.box, rep);
+    if (!s)
+        return;
+    pthread_mutex_lock(&H.mu);
+    close_slot_locked(s);
+    pthread_mutex_unlock(&H.mu);
+}
+
+/* Copies a regular file received from the server into the box, as the box's user. The name
+ * is a plain name (checked), created exclusively without following links, relative to the
+ * box directory's descriptor: nothing the box's earlier runs left there can redirect it. */
+static void do_write(const struct ps_request *req, int src, struct ps_reply *rep)
+{
+    struct slot *s = take_slot(req->h.box, rep);
+    if (!s)
+        return;
+    struct ev_err err = {0};
+    struct stat st;
+    cleanup_close int dfd = -1, fd = -1;
+    if (fstat(src, &st) < 0 || !S_ISREG(st.st_mode)) {
+        ev_fail(&err, 0, "write-file: the source is not a regular file");
+        goto out;
+    }
+    dfd = open(s->box.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) {
+        ev_fail(&err, errno, "open %s", s->box.dir);
+        goto out;
+    }
+    fd = openat(dfd, req->u.write.name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                req->u.write.mode & 0755);
+    if (fd < 0) {
+        ev_fail(&err, errno, "create %s in the box", req->u.write.name);
+        goto out;
+    }
+    if (fchown(fd, s->box.uid, s->box.gid) < 0) {
+        ev_fail(&err, errno, "chown %s", req->u.write.name);
+        goto out;
+    }
+    char buf[65536];
+    off_t off = 0;
+    for (;;) {
+        ssize_t n = pread(src, buf, sizeof(buf), off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            ev_fail(&err, errno, "read the contents of %s", req->u.write.name);
+            goto out;
+        }
+        if (n == 0)
+            break;
+        if (write_full(fd, buf, (size_t)n) < 0) {
+            ev_fail(&err, errno, "write %s in the box", req->u.write.name);
+            goto out;
+        }
+        off += n;
+    }
+out:
+    if (err.msg[0])
+        reply_error(rep, err.msg);
+    give_slot(s);
+}
+
+static int output_memfd(const struct sbx_result *res, struct ev_err *err)
+{
+    cleanup_close int fd = memfd_create("envicutor-output", MFD_CLOEXEC);
+    if (fd < 0)
+        return ev_fail(err, errno, "memfd_create");
+    if ((res->out.len && write_full(fd, res->out.data, res->out.len) < 0) ||
+        (res->err.len && write_full(fd, res->err.data, res->err.len) < 0))
+        return ev_fail(err, errno, "write the output");
+    return steal_fd(&fd);
+}
+
+static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
+{
+    char *argv[PS_MAX_ARGS + 1], *envp[PS_MAX_ENV + 1];
+    struct ev_err err = {0};
+    /* checked once already; this only splits the strings again */
+    if (ps_check_request(
+            req, offsetof(struct ps_request, u) + sizeof(req->u.run) + req->u.run.strings_len,
+            stdin_fd >= 0, argv, envp, &err) < 0) {
+        reply_error(rep, err.msg);
+        return;
+    }
+    struct slot *s = take_slot(req->h.box, rep);
+    if (!s)
+        return;
+    const struct ps_run *r = &req->u.run;
+    char stdin_path[64], rt_path[512];
+    struct sbx_mount mount;
+    struct sbx_run_config cfg = {.argv = argv, .envp = envp, .cancel_fd = s->cancel_fd};
+    struct sbx_result res;
+    memset(&res, 0, sizeof(res));
+    struct stat st;
+    if (stdin_fd >= 0) {
+        if (fstat(stdin_fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+            reply_error(rep, "run: stdin is not a regular file");
+            goto out;
+        }
+        snprintf(stdin_path, sizeof(stdin_path), "/proc/self/fd/%d", stdin_fd);
+        cfg.stdin_path = stdin_path;
+    }
+    if (r->runtime[0]) {
+        snprintf(rt_path, sizeof(rt_path), "%s/%s", H.runtimes_dir, r->runtime);
+        if (lstat(rt_path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            reply_error(rep, "run: no such runtime directory");
+            goto out;
+        }
+        mount = (struct sbx_mount){rt_path, "/runtime"};
+        cfg.mounts = &mount;
+        cfg.n_mounts = 1;
+    }
+    cfg.limits = (struct sbx_limits){
+        .wall_time_us = r->limits.wall_time_us,
+        .cpu_time_us = r->limits.cpu_time_us,
+        .extra_time_us = r->limits.extra_time_us,
+        .memory_kb = r->limits.memory_kb,
+        .max_open_files = r->limits.max_open_files,
+        .max_file_size_kb = r->limits.max_file_size_kb,
+        .max_processes = r->limits.max_processes,
+        .max_output_bytes = r->limits.max_output_bytes,
+        .tmp_kb = r->limits.tmp_kb,
+    };
+    pthread_mutex_lock(&H.mu);
+    bool cancelled = s->cancelled;
+    pthread_mutex_unlock(&H.mu);
+    if (cancelled) {
+        reply_error(rep, "the box was cancelled");
+        goto out;
+    }
+    /* A sandbox failure is an answer too (status XX), not a failed request. */
+    sbx_run(H.host, &s->box, &cfg, &res, &err);
+    int ofd = output_memfd(&res, &err);
+    if (ofd < 0) {
+        reply_error(rep, err.msg);
+    } else {
+        rep->res = (struct ps_result){
+            .status = (int32_t)res.status,
+            .exit_code = res.exit_code,
+            .exit_signal = res.exit_signal,
+            .flags = (res.memory_limit_exceeded ? PS_F_MEMORY : 0) |
+                     (res.cpu_limit_exceeded ? PS_F_CPU : 0) |
+                     (res.wall_limit_exceeded ? PS_F_WALL : 0) |
+                     (res.out.truncated ? PS_F_OUT_TRUNC : 0) |
+                     (res.err.truncated ? PS_F_ERR_TRUNC : 0),
+            .cpu_time_us = res.cpu_time_us,
+            .wall_time_us = res.wall_time_us,
+            .memory_kb = res.memory_kb,
+            .out_len = res.out.len,
+            .err_len = res.err.len,
+        };
+        snprintf(rep->res.message, sizeof(rep->res.message), "%s", res.message);
+        give_slot(s);
+        sbx_result_free(&res);
+        send_reply(rep, ofd);
+        close(ofd);
+        rep->type = 0; /* sent */
+        return;
+    }
+out:
+    sbx_result_free(&res);
+    give_slot(s);
+}
+
+static void *job_main(void *arg)
+{
+    struct job *j = arg;
+    struct ps_reply rep = {.magic = PS_MAGIC, .type = j->req->h.type, .req_id = j->req->h.req_id};
+    switch (j->req->h.type) {
+    case PS_OPEN_BOX:
+        do_open(j->req, &rep);
+        break;
+    case PS_WRITE_FILE:
+        do_write(j->req, j->fd, &rep);
+        break;
+    case PS_RUN:
+        do_run(j->req, j->fd, &rep);
+        break;
+    case PS_CLOSE_BOX:
+        do_close(j->req, &rep);
+        break;
+    default:
+        reply_error(&rep, "unknown request");
+    }
+    if (rep.type)
+        send_reply(&rep, -1);
+    if (j->fd >= 0)
+        close(j->fd);
+    free(j->req);
+    free(j);
+    pthread_mutex_lock(&H.mu);
+    if (--H.threads == 0)
+        pthread_cond_broadcast(&H.idle);
+    pthread_mutex_unlock(&H.mu);
+    return NULL;
+}
+
+static void cancel_slot_locked(struct slot *s)
+{
+    if (!s->used || s->cancelled)
+        return;
+    s->cancelled = true;
+    if (s->cancel_fd >= 0) {
+        uint64_t one = 1;
+        if (write(s->cancel_fd, &one, sizeof(one)) < 0)
+            fprintf(stderr, "envicutor helper: cancel: %s\n", strerror(errno));
+    }
+}
+
+/* Receives one message and at most one descriptor; extra descriptors are closed and the
+ * message is refused. Returns the message size, 0 at end of file, -1 on error. */
+static ssize_t receive(struct ps_request *req, int *fd, int *fd_count)
+{
+    union {
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {req, PS_MAX_MSG};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t n;
+    while ((n = recvmsg(H.sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    *fd = -1;
+    *fd_count = 0;
+    if (n < 0)
+        return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (*fd < 0)
+                *fd = f;
+            else
+                close(f);
+            (*fd_count)++;
+        }
+    }
+    if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+        *fd_count = 99; /* refused by the check */
+    return n;
+}
+
+int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
+{
+    H.host = host;
+    H.sock = sock;
+    H.runtimes_dir = runtimes_dir;
+    for (int i = 0; i < MAX_SLOTS; i++)
+        H.slots[i].cancel_fd = -1;
+    /* The server decides when to stop; a terminal's ^C reaches the whole process group and
+     * must not kill the helper before it has cleaned its boxes. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    int status = 0;
+    char *argv[PS_MAX_ARGS + 1], *envp[PS_MAX_ENV + 1];
+    for (;;) {
+        struct ps_request *req = malloc(PS_MAX_MSG);
+        if (!req) {
+            fprintf(stderr, "envicutor helper: out of memory\n");
+            status = 1;
+            break;
+        }
+        int fd, fd_count;
+        ssize_t n = receive(req, &fd, &fd_count);
+        if (n <= 0) {
+            if (n < 0) {
+                fprintf(stderr, "envicutor helper: receive: %s\n", strerror(errno));
+                status = 1;
+            }
+            free(req);
+            break;
+        }
+        struct ev_err err = {0};
+        if (ps_check_request(req, (size_t)n, fd_count, argv, envp, &err) < 0) {
+            fprintf(stderr, "envicutor helper: refused a request: %s\n", err.msg);
+            struct ps_reply rep = {.magic = PS_MAGIC, .rc = -1};
+            if ((size_t)n >= sizeof(req->h)) {
+                rep.type = req->h.type;
+                rep.req_id = req->h.req_id;
+            }
+            snprintf(rep.msg, sizeof(rep.msg), "refused: %s", err.msg);
+            send_reply(&rep, -1);
+            if (fd >= 0)
+                close(fd);
+            free(req);
+            continue;
+        }
+        if (req->h.type == PS_CANCEL) {
+            pthread_mutex_lock(&H.mu);
+            if (req->h.box < MAX_SLOTS)
+                cancel_slot_locked(&H.slots[req->h.box]);
+            pthread_mutex_unlock(&H.mu);
+            free(req);
+            continue;
+        }
+        struct job *j = malloc(sizeof(*j));
+        pthread_t t;
+        pthread_attr_t attr;
+        if (!j || pthread_attr_init(&attr) != 0) {
+            free(j);
+            free(req);
+            if (fd >= 0)
+                close(fd);
+            fprintf(stderr, "envicutor helper: out of memory\n");
+            continue;
+        }
+        *j = (struct job){.n = (size_t)n, .fd = fd, .req = req};
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_mutex_lock(&H.mu);
+        H.threads++;
+        pthread_mutex_unlock(&H.mu);
+        int e = pthread_create(&t, &attr, job_main, j);
+        pthread_attr_destroy(&attr);
+        if (e != 0) {
+            fprintf(stderr, "envicutor helper: pthread_create: %s\n", strerror(e));
+            struct ps_reply rep = {
+                .magic = PS_MAGIC, .type = req->h.type, .req_id = req->h.req_id, .rc = -1};
+            snprintf(rep.msg, sizeof(rep.msg), "the helper could not start a thread");
+            send_reply(&rep, -1);
+            pthread_mutex_lock(&H.mu);
+            H.threads--;
+            pthread_mutex_unlock(&H.mu);
+            if (fd >= 0)
+                close(fd);
+            free(req);
+            free(j);
+        }
+    }
+    /* The server is gone (or stopping): kill every run, wait for the threads, close every
+     * box, so nothing is left behind. */
+    pthread_mutex_lock(&H.mu);
+    for (int i = 0; i < MAX_SLOTS; i++)
+        cancel_slot_locked(&H.slots[i]);
+    while (H.threads > 0)
+        pthread_cond_wait(&H.idle, &H.mu);
+    for (int i = 0; i < MAX_SLOTS; i++)
+        if (H.slots[i].used)
+            close_slot_locked(&H.slots[i]);
+    pthread_mutex_unlock(&H.mu);
+    return status;
+}

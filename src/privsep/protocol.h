@@ -1,0 +1,119 @@
+/* The message format between the unprivileged server and its privileged helper.
+ *
+ * The server (HTTP, JSON, SQLite) runs as an unprivileged user; only the helper keeps root,
+ * because only building sandboxes needs it. They talk over a SOCK_SEQPACKET socket pair: one
+ * datagram per message, so a message is never split or merged. A request is a fixed header,
+ * a fixed body for its type and, for PS_RUN, a block of NUL-terminated strings. Large data
+ * (a source file, the input, the program's output) never travels in a message: it is a memfd
+ * passed with SCM_RIGHTS, so the messages stay small and of bounded size.
+ *
+ * The helper trusts nothing in a request: ps_check_request() validates lengths, counts, NUL
+ * termination, names and limit ranges before anything is done. */
+#ifndef ENVICUTOR_PROTOCOL_H
+#define ENVICUTOR_PROTOCOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+#define PS_MAGIC 0x45564331u /* "EVC1": bumped with any change of layout */
+#define PS_MAX_MSG 65536
+#define PS_MAX_ARGS 64
+#define PS_MAX_ENV 256
+#define PS_NAME_MAX 255 /* a file name in the box */
+#define PS_RUNTIME_MAX 64
+
+enum ps_type {
+    PS_OPEN_BOX = 1, /* -> box handle */
+    PS_WRITE_FILE,   /* fd: contents; creates box/name (never follows or replaces) */
+    PS_RUN,          /* optional fd: stdin; reply fd: stdout then stderr */
+    PS_CANCEL,       /* kills the box's current and future runs; no reply */
+    PS_CLOSE_BOX,
+    PS_TYPE_END,
+};
+
+struct ps_header {
+    uint32_t magic;
+    uint32_t type;
+    uint64_t req_id; /* echoed in the reply */
+    uint32_t box;    /* box handle, for everything but PS_OPEN_BOX */
+    uint32_t pad;
+};
+
+struct ps_open_box {
+    uint64_t disk_kb;
+    uint64_t max_inodes;
+};
+
+struct ps_write_file {
+    char name[PS_NAME_MAX + 1];
+    uint32_t mode;
+    uint32_t pad;
+};
+
+struct ps_limits {
+    uint64_t wall_time_us, cpu_time_us, extra_time_us, memory_kb;
+    uint64_t max_open_files, max_file_size_kb, max_processes, max_output_bytes, tmp_kb;
+};
+
+struct ps_run {
+    struct ps_limits limits;
+    char runtime[PS_RUNTIME_MAX]; /* directory under the runtime store, mounted at /runtime;
+                                     empty: none */
+    uint32_t argc, envc;
+    uint32_t strings_len; /* bytes of strings following this struct */
+    uint32_t has_stdin;   /* an fd comes with the message */
+};
+
+struct ps_request {
+    struct ps_header h;
+    union {
+        struct ps_open_box open;
+        struct ps_write_file write;
+        struct ps_run run;
+    } u;
+    /* PS_RUN: argc then envc NUL-terminated strings */
+};
+
+struct ps_result {
+    int32_t status; /* enum sbx_status */
+    int32_t exit_code, exit_signal;
+    uint32_t flags; /* PS_F_* */
+    uint64_t cpu_time_us, wall_time_us, memory_kb;
+    uint64_t out_len, err_len; /* bytes of the reply's memfd: stdout then stderr */
+    char message[256];
+};
+
+#define PS_F_MEMORY 1u
+#define PS_F_CPU 2u
+#define PS_F_WALL 4u
+#define PS_F_OUT_TRUNC 8u
+#define PS_F_ERR_TRUNC 16u
+
+struct ps_reply {
+    uint32_t magic;
+    uint32_t type;
+    uint64_t req_id;
+    int32_t rc; /* 0, or -1 with msg */
+    uint32_t box;
+    struct ps_result res; /* PS_RUN when rc == 0 and, for a sandbox failure, rc == 0 too with
+                             status SBX_XX */
+    char msg[512];
+};
+
+/* Highest values a request may carry: far above any configuration, far below overflow. */
+#define PS_MAX_SECONDS_US (86400ull * 1000000ull)
+#define PS_MAX_KB (1ull << 32)
+#define PS_MAX_COUNT (1ull << 20)
+
+/* Validates a request of n bytes that came with fd_count descriptors. On success the strings
+ * of a PS_RUN are split into argv/envp (pointers into req, NULL-terminated arrays of at least
+ * PS_MAX_ARGS + 1 and PS_MAX_ENV + 1 entries). */
+int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char **argv, char **envp,
+                     struct ev_err *err);
+
+/* A plain file name: not empty, not "." or "..", no '/', at most PS_NAME_MAX bytes. */
+int ps_plain_name(const char *name, size_t max);
+
+#endif
