@@ -196,6 +196,10 @@ static __attribute__((noreturn)) void run_main(const struct child_ctx *c)
     }
     if (apply_rlimits(&c->cfg->limits, &e) < 0)
         child_fail(c, REPORT_SETUP, &e);
+    /* The program and everything it starts are the OOM killer's first choice, before the box's
+     * init (lowering init instead would need CAP_SYS_RESOURCE, which hosts may not grant). */
+    if (write_file_at(AT_FDCWD, "/proc/self/oom_score_adj", "1000", &e) < 0)
+        child_fail(c, REPORT_SETUP, &e);
     if (chdir(c->workdir) < 0) {
         ev_fail(&e, errno, "working directory %s", c->workdir);
         child_fail(c, REPORT_SETUP, &e);
@@ -620,7 +624,9 @@ teardown:
         w.report.msg[sizeof(w.report.msg) - 1] = '\0';
         ev_fail(err, 0, "setting the box up: %s", w.report.msg);
         rc = -1;
-    } else if (rc == 0 && w.init_died && !w.report_failed) {
+    } else if (rc == 0 && w.init_died && !w.report_failed && !(oom && w.exec_seen)) {
+        /* The OOM killer may pick init when the memory is in tmpfs pages that belong to no
+         * process; that is a memory-limit kill like any other (below), not a failure. */
         ev_fail(err, 0, "the box's init process died unexpectedly");
         rc = -1;
     }
