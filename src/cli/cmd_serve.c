@@ -289,6 +289,7 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "envicutor: the runtime catalog was not installed: %s\n", err.msg);
     catalog_free(catalog, n_catalog);
     catalog = NULL;
+    n_catalog = 0;
     if (http_start(&http, lfd, &pipeline, &cfg, &err) < 0) {
         fprintf(stderr, "envicutor serve: %s\n", err.msg);
         goto out;

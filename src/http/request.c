@@ -10,11 +10,13 @@
 #define NAME_MAX_BYTES 128
 #define ENV_MAX_BYTES 32768
 #define ENV_MAX_VARS 150
+#define SCRIPT_MAX_BYTES 16384
 
 static int load_object(const char *body, size_t len, json_t **out, char *msg, size_t size)
 {
     json_error_t e;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &e);
+    json_t *root =
+        json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
     if (!root) {
         snprintf(msg, size, "Invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
         return -1;
@@ -125,7 +127,10 @@ static int get_string(json_t *root, const char *key, const char **out, char *msg
     }
     *out = json_string_value(v);
     if (strlen(*out) != json_string_length(v)) {
-        snprintf(msg, size, "%s must not contain NUL characters", key);
+        if (strcmp(key, "source_file_name") == 0)
+            snprintf(msg, size, "Invalid source file name");
+        else
+            snprintf(msg, size, "%s must not contain NUL characters", key);
         return -1;
     }
     return 0;
@@ -234,6 +239,10 @@ int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt,
     }
     if (!run[0]) {
         snprintf(msg, size, "Run command can't be empty");
+        goto out;
+    }
+    if (strlen(run) > SCRIPT_MAX_BYTES || strlen(compile) > SCRIPT_MAX_BYTES) {
+        snprintf(msg, size, "Scripts can't be longer than %d bytes", SCRIPT_MAX_BYTES);
         goto out;
     }
     if (!file[0]) {

@@ -168,7 +168,7 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
             return PIPE_INTERNAL;
     }
     if (rt->compile_script[0]) {
-        char *argv[] = {"bash", "/runtime/compile.sh", NULL};
+        char *argv[] = {"bash", "-c", rt->compile_script, "/runtime/compile.sh", NULL};
         st = run_stage(p, box, rt->dir, argv, envp, NULL, 0, &req->compile, ac,
                        &out->res[STAGE_COMPILE], err);
         if (st != PIPE_OK)
@@ -181,7 +181,7 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
     cleanup_free char *in = with_newline(req->input ? req->input : "", req->input_len, &in_len);
     if (!in)
         return ev_fail(err, ENOMEM, "input"), PIPE_INTERNAL;
-    char *argv[] = {"bash", "/runtime/run.sh", NULL};
+    char *argv[] = {"bash", "-c", rt->run_script, "/runtime/run.sh", NULL};
     st = run_stage(p, box, rt->dir, argv, envp, in, in_len, &req->run, ac, &out->res[STAGE_RUN],
                    err);
     if (st != PIPE_OK)

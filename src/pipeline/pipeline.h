@@ -4,8 +4,12 @@
  * A submission: a box (a fresh size-limited directory with a uid of its own) that carries over
  * from stage to stage, and up to three stages, each a fresh sandbox run with its own cgroup:
  *   extract  (projects) unzip the archive inside the box, with the compile limits;
- *   compile  (runtimes with a compile script) bash /runtime/compile.sh, compile limits;
- *   run      bash /runtime/run.sh with the input on stdin, run limits.
+ *   compile  (runtimes with a compile script) the compile script, compile limits;
+ *   run      the run script with the input on stdin, run limits.
+ * Scripts run as `bash -c SCRIPT`, not `bash FILE`: bash then execs the script's last simple
+ * command instead of forking it, so a program killed by a signal is reported as killed (SG),
+ * not as a shell that exited with 128 + the signal (RE). The same scripts are in the runtime's
+ * directory, mounted at /runtime, for reference.
  * A stage that does not succeed stops the pipeline. */
 #ifndef ENVICUTOR_PIPELINE_H
 #define ENVICUTOR_PIPELINE_H
