@@ -95,12 +95,13 @@ class Server:
         assert r.status_code == 200, r.text
         return self.runtimes()[name]
 
-    def execute(self, runtime_id, source, input=None, project=False, **limits):
+    def execute(self, runtime_id, source, input=None, project=False, timeout=120, **limits):
         body = {"runtime_id": runtime_id, "source_code": source}
         if input is not None:
             body["input"] = input
         body.update(limits)
-        return self.post("/execute" + ("?is_project=true" if project else ""), body)
+        return self.post("/execute" + ("?is_project=true" if project else ""), body,
+                         timeout=timeout)
 
 
 def zip_b64(files):
