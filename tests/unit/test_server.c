@@ -1,0 +1,350 @@
+/* Unit tests of the server's bookkeeping and parsers: configuration, limits, the scheduler's
+ * queue, request bodies and the privileged helper's message checks. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http/request.h"
+#include "pipeline/config.h"
+#include "pipeline/scheduler.h"
+#include "privsep/protocol.h"
+
+/* ---- configuration ----------------------------------------------------------------------- */
+
+static const char *fake_env[16][2];
+
+static const char *fake_getenv(const char *name)
+{
+    for (int i = 0; i < 16 && fake_env[i][0]; i++)
+        if (strcmp(fake_env[i][0], name) == 0)
+            return fake_env[i][1];
+    return NULL;
+}
+
+static void set_env(const char *name, const char *value)
+{
+    memset(fake_env, 0, sizeof(fake_env));
+    fake_env[0][0] = name;
+    fake_env[0][1] = value;
+}
+
+static void test_config_defaults(void **state)
+{
+    (void)state;
+    struct ev_config c;
+    struct ev_err err = {0};
+    set_env("UNRELATED", "x");
+    assert_int_equal(config_load(&c, fake_getenv, &err), 0);
+    assert_int_equal(c.port, 5000);
+    assert_int_equal(c.compile.wall_time_us, 60000000);
+    assert_int_equal(c.compile.max_open_files, 512);
+    assert_int_equal(c.run.max_open_files, 64);
+    assert_int_equal(c.run.max_processes, 64);
+    assert_int_equal(c.run.memory_kb, 1000000);
+    assert_int_equal(c.max_concurrent, 8);
+    assert_string_equal(c.data_dir, "/var/lib/envicutor");
+}
+
+static void test_config_errors_name_the_variable(void **state)
+{
+    (void)state;
+    const char *bad[][2] = {{"PORT", "70000"},
+                            {"PORT", "5000x"},
+                            {"RUN_WALL_TIME", "0"},
+                            {"RUN_CPU_TIME", "-3"},
+                            {"COMPILE_MEMORY", "1.5"},
+                            {"RUN_EXTRA_TIME", "nan"},
+                            {"ENVICUTOR_DATA_DIR", "relative"},
+                            {"MAX_CONCURRENT_SUBMISSIONS", ""}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct ev_config c;
+        struct ev_err err = {0};
+        set_env(bad[i][0], bad[i][1]);
+        assert_int_equal(config_load(&c, fake_getenv, &err), -1);
+        assert_non_null(strstr(err.msg, bad[i][0]));
+    }
+    struct ev_config c;
+    struct ev_err err = {0};
+    set_env("RUN_WALL_TIME", "2.5");
+    assert_int_equal(config_load(&c, fake_getenv, &err), 0);
+    assert_int_equal(c.run.wall_time_us, 2500000);
+}
+
+/* ---- limits ------------------------------------------------------------------------------ */
+
+static void test_limits_resolve(void **state)
+{
+    (void)state;
+    struct ev_limits max = {60000000, 30000000, 5000000, 1000000, 64, 100000, 64}, out;
+    char msg[256];
+    struct limit_request req = {0};
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), 0);
+    assert_memory_equal(&out, &max, sizeof(max));
+
+    req.present[LIM_WALL_TIME] = true;
+    req.value[LIM_WALL_TIME] = 0.25;
+    req.present[LIM_EXTRA_TIME] = true;
+    req.value[LIM_EXTRA_TIME] = 0;
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), 0);
+    assert_int_equal(out.wall_time_us, 250000);
+    assert_int_equal(out.extra_time_us, 0);
+
+    req.value[LIM_WALL_TIME] = 61;
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
+    assert_string_equal(msg, "Invalid run limits: wall_time can't exceed 60 seconds");
+
+    memset(&req, 0, sizeof(req));
+    req.present[LIM_MEMORY] = true;
+    req.value[LIM_MEMORY] = 1000001;
+    assert_int_equal(limits_resolve(&req, &max, "compile", &out, msg, sizeof(msg)), -1);
+    assert_string_equal(msg, "Invalid compile limits: memory can't exceed 1000000 kilobytes");
+    req.value[LIM_MEMORY] = 10.5;
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
+    assert_string_equal(msg, "Invalid run limits: memory must be a whole number");
+
+    memset(&req, 0, sizeof(req));
+    req.present[LIM_MAX_OPEN_FILES] = true;
+    req.value[LIM_MAX_OPEN_FILES] = 65;
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
+    assert_string_equal(msg, "Invalid run limits: max_open_files can't exceed 64");
+    req.value[LIM_MAX_OPEN_FILES] = 0;
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
+    assert_string_equal(msg, "Invalid run limits: max_open_files must be greater than zero");
+}
+
+/* ---- scheduler --------------------------------------------------------------------------- */
+
+static void test_scheduler_fifo_and_exclusive(void **state)
+{
+    (void)state;
+    struct sched s;
+    sched_init(&s, 2, 3);
+    struct sched_ticket a, b, x, c, d, e;
+    assert_int_equal(sched_enqueue(&s, &a, SCHED_SUBMISSION), SCHED_GRANTED);
+    assert_true(a.granted);
+    assert_int_equal(sched_enqueue(&s, &b, SCHED_SUBMISSION), SCHED_GRANTED);
+    assert_true(b.granted);
+    /* exclusive work waits for both, and holds back the submission behind it */
+    assert_int_equal(sched_enqueue(&s, &x, SCHED_EXCLUSIVE), SCHED_GRANTED);
+    assert_false(x.granted);
+    assert_int_equal(sched_enqueue(&s, &c, SCHED_SUBMISSION), SCHED_GRANTED);
+    assert_false(c.granted);
+    assert_int_equal(sched_enqueue(&s, &d, SCHED_SUBMISSION), SCHED_GRANTED);
+    assert_false(d.granted);
+    /* three waiting: the queue is full */
+    assert_int_equal(sched_enqueue(&s, &e, SCHED_SUBMISSION), SCHED_FULL);
+
+    sched_release(&s, SCHED_SUBMISSION);
+    assert_false(x.granted); /* one is still running */
+    sched_release(&s, SCHED_SUBMISSION);
+    assert_true(x.granted);
+    assert_false(c.granted);
+    sched_release(&s, SCHED_EXCLUSIVE);
+    assert_true(c.granted);
+    assert_true(d.granted);
+    assert_int_equal(s.running, 2);
+    assert_int_equal(s.waiting, 0);
+    sched_destroy(&s);
+}
+
+static void test_scheduler_withdraw_lets_the_next_start(void **state)
+{
+    (void)state;
+    struct sched s;
+    sched_init(&s, 1, 4);
+    struct sched_ticket a, x, b;
+    sched_enqueue(&s, &a, SCHED_SUBMISSION);
+    sched_enqueue(&s, &x, SCHED_EXCLUSIVE);
+    sched_enqueue(&s, &b, SCHED_SUBMISSION);
+    assert_false(b.granted);
+    sched_withdraw(&s, &x);  /* its client went away */
+    assert_false(b.granted); /* a still runs: limit 1 */
+    assert_int_equal(s.waiting, 1);
+    sched_release(&s, SCHED_SUBMISSION);
+    assert_true(b.granted);
+    /* a stopping scheduler refuses */
+    s.stopping = true;
+    struct sched_ticket c;
+    assert_int_equal(sched_enqueue(&s, &c, SCHED_SUBMISSION), SCHED_STOPPING);
+    sched_destroy(&s);
+}
+
+/* ---- request bodies ---------------------------------------------------------------------- */
+
+static void check_runtime(const char *body, const char *expected)
+{
+    struct runtime rt;
+    char msg[512];
+    int r = parse_runtime(body, strlen(body), false, &rt, msg, sizeof(msg));
+    if (!expected) {
+        assert_int_equal(r, 0);
+        runtime_free(&rt);
+        return;
+    }
+    assert_int_equal(r, -1);
+    assert_string_equal(msg, expected);
+}
+
+static void test_parse_runtime(void **state)
+{
+    (void)state;
+    check_runtime("{\"name\":\"\",\"provider\":\"host\"}", "Name can't be empty");
+    check_runtime("{\"name\":\"n\"}", "Nix shell can't be empty");
+    check_runtime("{\"name\":\"n\",\"provider\":\"host\"}", "Run command can't be empty");
+    check_runtime("{\"name\":\"n\",\"provider\":\"host\",\"run_script\":\"x\"}",
+                  "Source file name can't be empty");
+    const char *bad_names[] = {".", "..", "a/b", "/x", "a\\u0000b"};
+    for (size_t i = 0; i < 5; i++) {
+        char body[256];
+        snprintf(body, sizeof(body),
+                 "{\"name\":\"n\",\"provider\":\"host\",\"run_script\":\"x\","
+                 "\"source_file_name\":\"%s\"}",
+                 bad_names[i]);
+        check_runtime(body, "Invalid source file name");
+    }
+    check_runtime("{\"name\":\"n\",\"provider\":\"host\",\"run_script\":\"x\","
+                  "\"source_file_name\":\"main.py\",\"env\":{\"A\":\"1\\n=2\"}}",
+                  NULL);
+    check_runtime("{\"name\":\"n\",\"nix_shell\":\"s\",\"run_script\":\"x\","
+                  "\"source_file_name\":\"m\"}",
+                  "Nix is not available on this server: install Nix, or use \"provider\": "
+                  "\"host\" for a runtime on the host's own toolchains");
+
+    struct runtime rt;
+    char msg[512];
+    const char *body = "{\"name\":\"n\",\"provider\":\"host\",\"run_script\":\"x\","
+                       "\"source_file_name\":\"m\",\"env\":{\"A\":\"x=y\",\"B\":\" \"}}";
+    assert_int_equal(parse_runtime(body, strlen(body), false, &rt, msg, sizeof(msg)), 0);
+    assert_int_equal(rt.env_len, strlen("A=x=y") + 1 + strlen("B= ") + 1);
+    assert_string_equal(rt.env, "A=x=y");
+    assert_string_equal(rt.env + 6, "B= ");
+    runtime_free(&rt);
+}
+
+static void test_parse_execute(void **state)
+{
+    (void)state;
+    struct execute_body b;
+    char msg[512];
+    const char *ok = "{\"runtime_id\":3,\"source_code\":\"print(1)\",\"input\":\"x\","
+                     "\"run_limits\":{\"wall_time\":1.5}}";
+    assert_int_equal(parse_execute(ok, strlen(ok), &b, msg, sizeof(msg)), 0);
+    assert_int_equal(b.runtime_id, 3);
+    assert_string_equal(b.source, "print(1)");
+    assert_true(b.run.present[LIM_WALL_TIME]);
+    assert_false(b.compile.present[LIM_WALL_TIME]);
+    execute_body_free(&b);
+    const char *bad[][2] = {
+        {"{\"runtime_id\":\"3\",\"source_code\":\"\"}", "runtime_id must be an integer"},
+        {"{\"runtime_id\":3}", "source_code is required"},
+        {"[]", "The request body must be a JSON object"},
+        {"{\"runtime_id\":3,\"source_code\":\"\",\"compile_limits\":{\"memory\":true}}",
+         "Invalid compile limits: memory must be a number"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(parse_execute(bad[i][0], strlen(bad[i][0]), &b, msg, sizeof(msg)), -1);
+        assert_string_equal(msg, bad[i][1]);
+    }
+    assert_int_equal(parse_execute("{", 1, &b, msg, sizeof(msg)), -1);
+    assert_memory_equal(msg, "Invalid JSON", 12);
+    assert_int_equal(parse_id("12"), 12);
+    assert_int_equal(parse_id("0"), -1);
+    assert_int_equal(parse_id("1a"), -1);
+    assert_int_equal(parse_id(""), -1);
+    assert_int_equal(parse_id("9999999999999999999"), -1);
+}
+
+/* ---- helper messages --------------------------------------------------------------------- */
+
+static size_t build_run(struct ps_request *req, const char *strings, size_t len, uint32_t argc,
+                        uint32_t envc)
+{
+    memset(req, 0, PS_MAX_MSG);
+    req->h = (struct ps_header){.magic = PS_MAGIC, .type = PS_RUN};
+    struct ps_run *r = &req->u.run;
+    r->limits = (struct ps_limits){1000000, 1000000, 0, 10000, 16, 100, 4, 1024, 1024};
+    r->argc = argc;
+    r->envc = envc;
+    r->strings_len = (uint32_t)len;
+    size_t head = offsetof(struct ps_request, u) + sizeof(*r);
+    memcpy((char *)req + head, strings, len);
+    return head + len;
+}
+
+static void test_helper_checks_messages(void **state)
+{
+    (void)state;
+    struct ps_request *req = malloc(PS_MAX_MSG);
+    assert_non_null(req);
+    char *argv[PS_MAX_ARGS + 1], *envp[PS_MAX_ENV + 1];
+    struct ev_err err = {0};
+    static const char good[] = "bash\0-c\0true\0PATH=/bin\0";
+    size_t n = build_run(req, good, sizeof(good) - 1, 3, 1);
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), 0);
+    assert_string_equal(argv[2], "true");
+    assert_null(argv[3]);
+    assert_string_equal(envp[0], "PATH=/bin");
+
+    /* a string without its NUL */
+    n = build_run(req, good, sizeof(good) - 2, 3, 1);
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), -1);
+    /* counts that do not match the strings */
+    n = build_run(req, good, sizeof(good) - 1, 2, 1);
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), -1);
+    /* an environment entry that is not NAME=VALUE */
+    n = build_run(req, good, sizeof(good) - 1, 4, 0);
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), 0);
+    n = build_run(req, "a\0=x\0", 5, 1, 1);
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), -1);
+    /* a descriptor that was not announced; a limit out of range; a bad runtime name */
+    n = build_run(req, good, sizeof(good) - 1, 3, 1);
+    assert_int_equal(ps_check_request(req, n, 1, argv, envp, &err), -1);
+    req->u.run.limits.memory_kb = 0;
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), -1);
+    n = build_run(req, good, sizeof(good) - 1, 3, 1);
+    snprintf(req->u.run.runtime, sizeof(req->u.run.runtime), "../etc");
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), -1);
+    /* wrong magic, short message, unknown type */
+    n = build_run(req, good, sizeof(good) - 1, 3, 1);
+    req->h.magic = 0;
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), -1);
+    assert_int_equal(ps_check_request(req, 3, 0, argv, envp, &err), -1);
+    req->h = (struct ps_header){.magic = PS_MAGIC, .type = 99};
+    assert_int_equal(ps_check_request(req, sizeof(req->h), 0, argv, envp, &err), -1);
+
+    /* write-file: a plain name only, with its descriptor */
+    memset(req, 0, sizeof(*req));
+    req->h = (struct ps_header){.magic = PS_MAGIC, .type = PS_WRITE_FILE};
+    n = offsetof(struct ps_request, u) + sizeof(req->u.write);
+    snprintf(req->u.write.name, sizeof(req->u.write.name), "main.py");
+    req->u.write.mode = 0644;
+    assert_int_equal(ps_check_request(req, n, 1, argv, envp, &err), 0);
+    assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), -1);
+    snprintf(req->u.write.name, sizeof(req->u.write.name), "../x");
+    assert_int_equal(ps_check_request(req, n, 1, argv, envp, &err), -1);
+    snprintf(req->u.write.name, sizeof(req->u.write.name), "x");
+    req->u.write.mode = 04755;
+    assert_int_equal(ps_check_request(req, n, 1, argv, envp, &err), -1);
+    free(req);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_defaults),
+        cmocka_unit_test(test_config_errors_name_the_variable),
+        cmocka_unit_test(test_limits_resolve),
+        cmocka_unit_test(test_scheduler_fifo_and_exclusive),
+        cmocka_unit_test(test_scheduler_withdraw_lets_the_next_start),
+        cmocka_unit_test(test_parse_runtime),
+        cmocka_unit_test(test_parse_execute),
+        cmocka_unit_test(test_helper_checks_messages),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
