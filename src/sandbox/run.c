@@ -131,11 +131,14 @@ static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
             return ev_fail(err, errno, "drop capability %d from the bounding set", cap);
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
         return ev_fail(err, errno, "clear ambient capabilities");
-    if (setgroups(0, NULL) < 0)
+    /* Raw system calls, not glibc's wrappers: in a process cloned from a multi-threaded
+     * caller, glibc still lists the caller's other threads and would wait forever for them to
+     * acknowledge the uid change (its set*id calls are broadcast to every thread). */
+    if (syscall(SYS_setgroups, 0, NULL) < 0)
         return ev_fail(err, errno, "setgroups");
-    if (setresgid(gid, gid, gid) < 0)
+    if (syscall(SYS_setresgid, gid, gid, gid) < 0)
         return ev_fail(err, errno, "setresgid %u", (unsigned)gid);
-    if (setresuid(uid, uid, uid) < 0)
+    if (syscall(SYS_setresuid, uid, uid, uid) < 0)
         return ev_fail(err, errno, "setresuid %u", (unsigned)uid);
     /* setresuid away from 0 already empties the permitted and effective sets; clearing all
      * three explicitly leaves no doubt about the inheritable one. */
@@ -194,11 +197,12 @@ static __attribute__((noreturn)) void run_main(const struct child_ctx *c)
         ev_fail(&e, errno, "dup2 stdio");
         child_fail(c, REPORT_SETUP, &e);
     }
-    if (apply_rlimits(&c->cfg->limits, &e) < 0)
-        child_fail(c, REPORT_SETUP, &e);
     /* The program and everything it starts are the OOM killer's first choice, before the box's
-     * init (lowering init instead would need CAP_SYS_RESOURCE, which hosts may not grant). */
+     * init (lowering init instead would need CAP_SYS_RESOURCE, which hosts may not grant).
+     * Before the rlimits: with RLIMIT_NOFILE at 4 there would be no descriptor to spare. */
     if (write_file_at(AT_FDCWD, "/proc/self/oom_score_adj", "1000", &e) < 0)
+        child_fail(c, REPORT_SETUP, &e);
+    if (apply_rlimits(&c->cfg->limits, &e) < 0)
         child_fail(c, REPORT_SETUP, &e);
     if (chdir(c->workdir) < 0) {
         ev_fail(&e, errno, "working directory %s", c->workdir);
@@ -232,9 +236,38 @@ static void reset_signals(void)
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
+/* Closes every descriptor but the `n` in keep. In a multi-threaded caller, clone copies the
+ * descriptors of runs other threads are setting up at that moment, their pipes included; a
+ * copy held here would keep another run's pipes open (its caller would wait for an end of file
+ * that only our exit brings) and would count against this run's descriptor limit. */
+static void close_all_except(int *keep, int n)
+{
+    for (int i = 1; i < n; i++) /* insertion sort: a handful of descriptors */
+        for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+            int t = keep[j];
+            keep[j] = keep[j - 1];
+            keep[j - 1] = t;
+        }
+    unsigned from = 0;
+    for (int i = 0; i < n; i++) {
+        if (keep[i] < 0)
+            continue;
+        if ((unsigned)keep[i] > from)
+            syscall(SYS_close_range, from, (unsigned)keep[i] - 1, 0);
+        from = (unsigned)keep[i] + 1;
+    }
+    syscall(SYS_close_range, from, ~0u, 0);
+}
+
 static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 {
     struct ev_err e = {0};
+    int keep[8 + 4] = {c->stdin_fd, c->out_w, c->err_w, c->report_w, c->status_w,
+                       c->cg->v2_procs_fd};
+    int n_keep = 6;
+    for (int i = 0; i < c->cg->n_join && i < 4; i++)
+        keep[n_keep++] = c->cg->join_fds[i];
+    close_all_except(keep, n_keep);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     reset_signals();
     /* v1 hierarchies (and v2 when clone3 could not place us) are joined by writing "0",

@@ -206,3 +206,8 @@ def test_sandbox_failures_exit_1_with_the_reason():
         assert p.returncode == 1, opts
         assert reason in p.stderr.decode(), p.stderr
         assert p.stdout == b""
+
+
+def test_smallest_open_files_limit_still_starts_the_program():
+    r = sandbox("sh", "-c", "echo ok", opts=["--max-open-files", "4"])
+    assert (r["exit_status"], r["stdout"]) == (None, "ok\n")

@@ -1,6 +1,8 @@
 /* The sandbox through its C interface, as the server uses it: a box kept across runs (files
- * carry over, the uid stays), cancellation, several runs at once from threads, and no
- * descriptor or memory growth over many runs. Needs root. */
+ * carry over, the uid stays), cancellation, several runs at once from threads (a child cloned
+ * from a multi-threaded process must neither keep other runs' descriptors nor call glibc
+ * functions that wait for the parent's threads), and no descriptor growth over many runs.
+ * Needs root. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -37,6 +39,8 @@ static int run_sh(struct sbx_box *box, const char *script, struct sbx_result *re
     struct sbx_run_config cfg = {.argv = argv, .envp = env};
     sbx_limits_default(&cfg.limits);
     cfg.limits.wall_time_us = 10 * 1000000;
+    /* small, so that descriptors copied from runs of other threads would show */
+    cfg.limits.max_open_files = 16; /* dash keeps saved descriptors at 10 and up */
     struct ev_err err;
     int r = sbx_run(&host, box, &cfg, res, &err);
     if (r < 0)
