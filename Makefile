@@ -22,7 +22,8 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 PROG_SRC := $(wildcard tests/sandbox/progs/*.c)
 PROG_BIN := $(PROG_SRC:tests/sandbox/progs/%.c=$(B)/progs/%)
 
-.PHONY: all asan unit progs test test-unit test-sandbox bench format format-check clean deps
+.PHONY: all asan unit progs test test-unit test-sandbox test-cgroup2 bench format format-check \
+        clean deps
 
 all: $(B)/envicutor
 
@@ -54,6 +55,10 @@ test:
 
 test-unit: unit
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+# The sandbox suite in a throw-away VM whose kernel has cgroup v2 only (docs/cgroups.md).
+test-cgroup2: all progs
+	./tests/vm/run-in-vm.sh tests/vm/cgroup2-suite.sh
 
 bench: all progs
 	./bench/run
