@@ -262,8 +262,8 @@ static void close_all_except(int *keep, int n)
 static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 {
     struct ev_err e = {0};
-    int keep[8 + 4] = {c->stdin_fd, c->out_w, c->err_w, c->report_w, c->status_w,
-                       c->cg->v2_procs_fd};
+    int keep[8 + 4] = {c->stdin_fd, c->out_w,    c->err_w,
+                       c->report_w, c->status_w, c->cg->v2_procs_fd};
     int n_keep = 6;
     for (int i = 0; i < c->cg->n_join && i < 4; i++)
         keep[n_keep++] = c->cg->join_fds[i];
