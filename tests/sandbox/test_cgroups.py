@@ -80,7 +80,7 @@ def test_oom_kill_does_not_carry_over():
 
 def test_cpu_time_does_not_carry_over():
     burn = same_box(prog("burn"), "1", "1", "0", opts=["--cpu-time", "5"])
-    assert burn["cpu_time"] >= 1
+    assert burn["cpu_time"] >= 0.9
     idle = same_box("true")
     assert idle["uid"] == burn["uid"]
     # sh, id and true cost a few milliseconds here, up to 0.3 s under emulation
@@ -147,7 +147,8 @@ def check_limits(cgroup, shell):
                                                                   "10"], shell=shell)
     assert r["stdout"].strip() == "9"
     r = in_cgroup(cgroup, prog("burn"), "0.3", "1", "0", opts=["--cpu-time", "5"], shell=shell)
-    assert r["cpu_time"] >= 0.3
+    # the baseline is read when the watcher sees the execve, a little after it
+    assert 0.3 - slack(0.01) <= r["cpu_time"] < 0.3 + slack(0.05)
     r = in_cgroup(cgroup, prog("burn"), "5", "1", "0",
                   opts=["--cpu-time", "0.3", "--extra-time", "0"], shell=shell)
     assert r["exit_status"] == "TO"
