@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "http/auth.h"
 #include "http/server.h"
 #include "pipeline/catalog.h"
 #include "pipeline/config.h"
@@ -46,10 +47,13 @@ static const char usage[] =
     "  RUN_MEMORY [1000000] RUN_MAX_FILE_SIZE [100000]                         kilobytes\n"
     "  RUN_MAX_OPEN_FILES [64] RUN_MAX_NUMBER_OF_PROCESSES [64]\n"
     "  MAX_CONCURRENT_SUBMISSIONS [8]   submissions running at once\n"
-    "  MAX_QUEUED_REQUESTS [64]         waiting requests before answering 503\n"
+    "  MAX_QUEUE_SIZE [64]              waiting submissions before answering 503 (earlier\n"
+    "                                   name: MAX_QUEUED_REQUESTS)\n"
     "  INSTALLATION_TIMEOUT [120] UPDATE_TIMEOUT [240]                         seconds\n"
     "  MAX_REQUEST_SIZE [67108864]      request body bytes before answering 413\n"
     "  MAX_OUTPUT_SIZE [4194304]        stdout and stderr bytes kept per stage\n"
+    "  ADMIN_API_KEYS, EXECUTE_API_KEYS [none]  comma-separated API keys; when set, every\n"
+    "                                   route but /health needs one (see the README)\n"
     "  BOX_DISK_SIZE [262144] BOX_MAX_FILES [16384]   size (KB) and files of a submission\n"
     "  ENVICUTOR_DATA_DIR [/var/lib/envicutor]  database and runtime store\n"
     "  ENVICUTOR_RUN_DIR [/run/envicutor]       sandbox boxes and locks\n"
@@ -194,6 +198,15 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "envicutor serve: %s\n", err.msg);
         return 2;
     }
+    static struct auth_keys keys;
+    if (auth_load(&keys, env_lookup, &err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        return 2;
+    }
+    /* Only digests are kept; the keys leave the environment so nothing started later (the
+     * helper, a tool) inherits them. */
+    unsetenv("ADMIN_API_KEYS");
+    unsetenv("EXECUTE_API_KEYS");
     if (geteuid() != 0)
         die("%s", "must be started as root: it builds sandboxes (namespaces, cgroups, mounts). "
                   "It drops root for everything but the sandbox; see 'envicutor serve --help'.");
@@ -290,6 +303,7 @@ int cmd_serve(int argc, char **argv)
     catalog_free(catalog, n_catalog);
     catalog = NULL;
     n_catalog = 0;
+    http.auth = &keys;
     if (http_start(&http, lfd, &pipeline, &cfg, &err) < 0) {
         fprintf(stderr, "envicutor serve: %s\n", err.msg);
         goto out;

@@ -53,12 +53,10 @@ static int parse_limits(json_t *v, const char *stage, struct limit_request *out,
         }
         if (json_is_null(val))
             continue;
-        if (!json_is_number(val)) {
-            snprintf(msg, size, "Invalid %s limits: %s must be a number", stage, key);
-            return -1;
-        }
+        /* A value of the wrong type (a string, a boolean, an object) is NaN here, so that the
+         * limit check answers with the limit's name and allowed range. */
         out->present[i] = true;
-        out->value[i] = json_number_value(val);
+        out->value[i] = json_is_number(val) ? json_number_value(val) : NAN;
     }
     return 0;
 }
@@ -284,6 +282,56 @@ int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt,
 out:
     if (rc < 0)
         runtime_free(rt);
+    json_decref(root);
+    return rc;
+}
+
+static int parse_override(json_t *v, const char *stage, const struct ev_limits *max,
+                          struct limit_override *o, char *msg, size_t size)
+{
+    struct limit_request req;
+    memset(o, 0, sizeof(*o));
+    if (parse_limits(v, stage, &req, msg, size) < 0)
+        return -1;
+    uint64_t maxv[LIM_COUNT];
+    limits_to_array(max, maxv);
+    for (int i = 0; i < LIM_COUNT; i++) {
+        if (!req.present[i])
+            continue;
+        if (limit_check(i, req.value[i], maxv[i], stage, &o->value[i], msg, size) < 0)
+            return -1;
+        o->present[i] = true;
+    }
+    return 0;
+}
+
+#define MAX_RUNTIME_ID 9007199254740991ll /* 2^53 - 1: exact in every JSON client */
+
+int parse_runtime_options(const char *body, size_t len, const struct ev_limits *compile_max,
+                          const struct ev_limits *run_max, struct runtime *rt, char *msg,
+                          size_t size)
+{
+    json_t *root;
+    if (load_object(body, len, &root, msg, size) < 0)
+        return -1;
+    int rc = -1;
+    json_t *id = json_object_get(root, "id");
+    rt->id = 0;
+    if (id && !json_is_null(id)) {
+        if (!json_is_integer(id) || json_integer_value(id) < 1 ||
+            json_integer_value(id) > MAX_RUNTIME_ID) {
+            snprintf(msg, size, "id must be an integer from 1 to %lld", MAX_RUNTIME_ID);
+            goto out;
+        }
+        rt->id = json_integer_value(id);
+    }
+    if (parse_override(json_object_get(root, "compile_limits"), "compile", compile_max,
+                       &rt->compile_limits, msg, size) < 0 ||
+        parse_override(json_object_get(root, "run_limits"), "run", run_max, &rt->run_limits, msg,
+                       size) < 0)
+        goto out;
+    rc = 0;
+out:
     json_decref(root);
     return rc;
 }

@@ -30,6 +30,13 @@ void execute_body_free(struct execute_body *b);
 int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt, char *msg,
                   size_t size);
 
+/* The extensions of POST /runtimes: an optional "id" (a positive integer, at most 2^53 - 1) and
+ * optional "compile_limits" / "run_limits", each value within the system's (the *_max). Sets
+ * rt->id (0 when absent) and rt->compile_limits / rt->run_limits. 0, or -1 with the message. */
+int parse_runtime_options(const char *body, size_t len, const struct ev_limits *compile_max,
+                          const struct ev_limits *run_max, struct runtime *rt, char *msg,
+                          size_t size);
+
 /* "/runtimes/12" -> 12; -1 when the rest of the path is not a positive decimal id. */
 int64_t parse_id(const char *text);
 

@@ -6,13 +6,14 @@
 #include "format/stage_json.h"
 #include "http/request.h"
 #include "http/server.h"
+#include "pipeline/runtime_info.h"
 
-static json_t *outcome_json(const struct exec_outcome *o)
+static json_t *outcome_json(const struct exec_outcome *o, bool base64_output)
 {
     static const char *const names[STAGE_COUNT] = {"extract", "compile", "run"};
     json_t *j = json_object();
     for (int i = 0; j && i < STAGE_COUNT; i++) {
-        json_t *v = o->ran[i] ? stage_result_json(&o->res[i], 0) : json_null();
+        json_t *v = o->ran[i] ? stage_result_json(&o->res[i], base64_output) : json_null();
         if (!v || json_object_set_new(j, names[i], v) < 0) {
             json_decref(j);
             j = NULL;
@@ -21,7 +22,8 @@ static json_t *outcome_json(const struct exec_outcome *o)
     return j;
 }
 
-void route_execute(struct http_server *s, struct request *rq, bool is_project, struct reply *r)
+void route_execute(struct http_server *s, struct request *rq, bool is_project, bool base64_output,
+                   struct reply *r)
 {
     struct execute_body b;
     char msg[512];
@@ -38,9 +40,22 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, s
         .input_len = b.input_len,
     };
     void *archive = NULL;
-    if (limits_resolve(&b.compile, &s->cfg->compile, "compile", &req.compile, msg, sizeof(msg)) <
-            0 ||
-        limits_resolve(&b.run, &s->cfg->run, "run", &req.run, msg, sizeof(msg)) < 0) {
+    /* A runtime's own limits are, for it, the defaults and the maxima. */
+    struct runtime rt;
+    struct ev_err gerr = {0};
+    int found = store_get(s->pipeline->store, b.runtime_id, &rt, &gerr);
+    if (found != 0) {
+        if (found > 0)
+            reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)b.runtime_id);
+        else
+            reply_internal(r, rq, gerr.msg);
+        goto out;
+    }
+    struct ev_limits cmax, rmax;
+    runtime_limits(&rt, s->cfg, &cmax, &rmax);
+    runtime_free(&rt);
+    if (limits_resolve(&b.compile, &cmax, "compile", &req.compile, msg, sizeof(msg)) < 0 ||
+        limits_resolve(&b.run, &rmax, "run", &req.run, msg, sizeof(msg)) < 0) {
         reply_message(r, 400, "%s", msg);
         goto out;
     }
@@ -64,7 +79,7 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, s
     enum pipe_status st = pipeline_execute(s->pipeline, &req, request_aborted, rq, &o, &err);
     if (st == PIPE_OK) {
         r->status = 200;
-        r->json = outcome_json(&o);
+        r->json = outcome_json(&o, base64_output);
         exec_outcome_free(&o);
     } else if (st == PIPE_NO_RUNTIME) {
         reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)b.runtime_id);

@@ -1,9 +1,11 @@
 /* GET /runtimes, POST /runtimes, DELETE /runtimes/{id}, POST /update. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "http/request.h"
 #include "http/server.h"
+#include "pipeline/runtime_info.h"
 
 void route_runtimes_list(struct http_server *s, struct request *rq, struct reply *r)
 {
@@ -40,6 +42,13 @@ void route_runtimes_add(struct http_server *s, struct request *rq, struct reply 
         reply_message(r, 400, "%s", msg);
         return;
     }
+    if (parse_runtime_options(rq->body, rq->body_len, &s->cfg->compile, &s->cfg->run, &rt, msg,
+                              sizeof(msg)) < 0) {
+        reply_message(r, 400, "%s", msg);
+        runtime_free(&rt);
+        return;
+    }
+    int64_t wanted_id = rt.id;
     char *out = NULL, *errout = NULL;
     struct ev_err err = {0};
     enum pipe_status st =
@@ -56,12 +65,62 @@ void route_runtimes_add(struct http_server *s, struct request *rq, struct reply 
     case PIPE_NAME_TAKEN:
         reply_message(r, 400, "A runtime with this name already exists");
         break;
+    case PIPE_ID_TAKEN:
+        reply_message(r, 400, "A runtime with id %lld already exists", (long long)wanted_id);
+        break;
     default:
         reply_pipe_status(r, rq, st, &err);
     }
     free(out);
     free(errout);
     runtime_free(&rt);
+}
+
+void route_runtimes_get(struct http_server *s, struct request *rq, const char *id_text,
+                        struct reply *r)
+{
+    int64_t id = parse_id(id_text);
+    if (id < 0) {
+        reply_message(r, 400, "Invalid runtime id: '%.64s' (expected a positive integer)", id_text);
+        return;
+    }
+    struct runtime rt;
+    struct ev_err err = {0};
+    /* A read of the store, like the list: never queued. */
+    int f = store_get(s->pipeline->store, id, &rt, &err);
+    if (f != 0) {
+        if (f > 0)
+            reply_message(r, 404, "Could not find the specified runtime");
+        else
+            reply_internal(r, rq, err.msg);
+        return;
+    }
+    struct ev_limits cl, rl;
+    runtime_limits(&rt, s->cfg, &cl, &rl);
+    char hash[72], created[32] = "";
+    if (rt.created_at > 0) {
+        time_t t = (time_t)rt.created_at;
+        struct tm tm;
+        if (gmtime_r(&t, &tm))
+            strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    json_t *j = NULL;
+    if (runtime_hash(&rt, s->cfg, hash) == 0)
+        j = json_pack(
+            "{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:o?,s:o?,s:o?,s:o?,s:o?,s:o,s:s}", "id",
+            (json_int_t)rt.id, "name", rt.name, "provider", rt.provider, "nix_shell", rt.nix_shell,
+            "compile_script", rt.compile_script, "run_script", rt.run_script, "source_file_name",
+            rt.source_file_name, "env", env_json(rt.env, rt.env_len), "compile_limits",
+            limits_json(&cl), "run_limits", limits_json(&rl), "runtime_compile_limits",
+            override_json(&rt.compile_limits), "runtime_run_limits", override_json(&rt.run_limits),
+            "created_at", created[0] ? json_string(created) : json_null(), "hash", hash);
+    runtime_free(&rt);
+    if (!j) {
+        reply_internal(r, rq, "out of memory describing a runtime");
+        return;
+    }
+    r->status = 200;
+    r->json = j;
 }
 
 void route_runtimes_delete(struct http_server *s, struct request *rq, const char *id_text,

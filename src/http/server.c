@@ -19,6 +19,8 @@ struct conn_state {
     char *body;
     size_t len, cap;
     bool too_large;
+    int denied; /* 401 or 403: answered without routing, the body is dropped */
+    const char *denied_msg;
 };
 
 bool request_aborted(void *arg)
@@ -60,6 +62,7 @@ void reply_pipe_status(struct reply *r, const struct request *rq, enum pipe_stat
     case PIPE_QUEUE_FULL:
         reply_message(r, 503,
                       "The server is busy: the queue of waiting requests is full, try again later");
+        r->retry_after = 1;
         break;
     case PIPE_STOPPING:
         reply_message(r, 503, "The server is shutting down");
@@ -100,9 +103,12 @@ static void route(struct http_server *s, struct request *rq, struct reply *r)
         else
             goto not_allowed;
     } else if (strncmp(p, "/runtimes/", 10) == 0) {
-        if (strcmp(m, "DELETE") != 0)
+        if (get)
+            route_runtimes_get(s, rq, p + 10, r);
+        else if (strcmp(m, "DELETE") == 0)
+            route_runtimes_delete(s, rq, p + 10, r);
+        else
             goto not_allowed;
-        route_runtimes_delete(s, rq, p + 10, r);
     } else if (strcmp(p, "/update") == 0) {
         if (!post)
             goto not_allowed;
@@ -112,7 +118,10 @@ static void route(struct http_server *s, struct request *rq, struct reply *r)
             goto not_allowed;
         const char *proj =
             MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "is_project");
-        route_execute(s, rq, proj && strcasecmp(proj, "true") == 0, r);
+        const char *b64 =
+            MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "base64_output");
+        route_execute(s, rq, proj && strcasecmp(proj, "true") == 0,
+                      b64 && strcasecmp(b64, "true") == 0, r);
     } else {
         reply_message(r, 404, "Not found: %s %.200s", m, p);
     }
@@ -141,6 +150,13 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct repl
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (r->retry_after) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%u", r->retry_after);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
+    if (r->status == 401)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -172,9 +188,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         cs->id = atomic_fetch_add(&s->next_id, 1);
         cs->t0 = monotonic_ns();
         *con_cls = cs;
+        /* API keys first, from the headers alone: a refused request's body is never kept. */
+        cs->denied = auth_check(s->auth, method, url,
+                                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
+                                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Auth-Token"),
+                                &cs->denied_msg);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
         uint64_t n;
+        if (cs->denied && expect && strcasecmp(expect, "100-continue") == 0) {
+            struct reply r = {0};
+            reply_message(&r, cs->denied, "%s", cs->denied_msg);
+            enum MHD_Result ret = send_reply(conn, &r);
+            log_request(cs->id, method, url, &r, cs->t0);
+            json_decref(r.json);
+            return ret;
+        }
         if (cl && parse_u64(cl, &n) == 0 && n > s->cfg->max_request_bytes) {
             cs->too_large = true;
             /* A client that waits for "100 Continue" gets its answer before sending the body;
@@ -194,6 +223,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
+        if (cs->denied)
+            return MHD_YES;
         if (cs->too_large || cs->len + n > s->cfg->max_request_bytes) {
             cs->too_large = true;
             free(cs->body);
@@ -218,7 +249,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
 
     struct reply r = {0};
-    if (cs->too_large) {
+    if (cs->denied) {
+        reply_message(&r, cs->denied, "%s", cs->denied_msg);
+    } else if (cs->too_large) {
         reply_message(&r, 413, "The request body is larger than %llu bytes",
                       (unsigned long long)s->cfg->max_request_bytes);
     } else {
@@ -278,8 +311,8 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0,
         NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, NULL,
         MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-        MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->connection_timeout, MHD_OPTION_END);
     if (!s->daemon)
         return ev_fail(err, errno, "start the HTTP server");
     return 0;

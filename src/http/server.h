@@ -9,12 +9,14 @@
 #include <stdint.h>
 
 #include "common/error.h"
+#include "http/auth.h"
 #include "pipeline/pipeline.h"
 
 struct http_server {
     struct MHD_Daemon *daemon;
     struct pipeline *pipeline;
     const struct ev_config *cfg;
+    const struct auth_keys *auth; /* set before http_start; NULL or empty: no API keys */
     atomic_uint_fast64_t next_id;
 };
 
@@ -37,9 +39,10 @@ struct request {
 
 struct reply {
     int status;
-    json_t *json;     /* the body, or NULL with text */
-    const char *text; /* static text body */
-    bool drop;        /* the client is gone: close without answering */
+    json_t *json;         /* the body, or NULL with text */
+    const char *text;     /* static text body */
+    bool drop;            /* the client is gone: close without answering */
+    unsigned retry_after; /* seconds, for a Retry-After header; 0: none */
 };
 
 /* Whether the client of rq has gone away (the pipeline's abort hook). */
@@ -57,9 +60,12 @@ json_t *output_pair(const char *out, const char *errout);
 
 void route_runtimes_list(struct http_server *s, struct request *rq, struct reply *r);
 void route_runtimes_add(struct http_server *s, struct request *rq, struct reply *r);
+void route_runtimes_get(struct http_server *s, struct request *rq, const char *id, struct reply *r);
 void route_runtimes_delete(struct http_server *s, struct request *rq, const char *id,
                            struct reply *r);
 void route_update(struct http_server *s, struct request *rq, struct reply *r);
-void route_execute(struct http_server *s, struct request *rq, bool is_project, struct reply *r);
+void route_gc(struct http_server *s, struct request *rq, struct reply *r);
+void route_execute(struct http_server *s, struct request *rq, bool is_project, bool base64_output,
+                   struct reply *r);
 
 #endif

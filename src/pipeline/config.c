@@ -116,7 +116,10 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
     if (env_count(get, "MAX_CONCURRENT_SUBMISSIONS", 8, 1, 1024, &v, err) < 0)
         return -1;
     cfg->max_concurrent = (unsigned)v;
-    if (env_count(get, "MAX_QUEUED_REQUESTS", 64, 0, 100000, &v, err) < 0)
+    /* MAX_QUEUE_SIZE; MAX_QUEUED_REQUESTS is its earlier name, still read when the new one is
+     * not set. */
+    const char *queue_var = get("MAX_QUEUE_SIZE") ? "MAX_QUEUE_SIZE" : "MAX_QUEUED_REQUESTS";
+    if (env_count(get, queue_var, 64, 0, 100000, &v, err) < 0)
         return -1;
     cfg->max_queue = (unsigned)v;
     if (env_count(get, "INSTALLATION_TIMEOUT", 120, 1, 86400, &cfg->installation_timeout, err) <
@@ -127,7 +130,8 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
         env_count(get, "MAX_OUTPUT_SIZE", 4ull << 20, 0, 1ull << 30, &cfg->max_output_bytes, err) <
             0 ||
         env_count(get, "BOX_DISK_SIZE", 262144, 1024, MAX_KB, &cfg->box_disk_kb, err) < 0 ||
-        env_count(get, "BOX_MAX_FILES", 16384, 64, 1ull << 31, &cfg->box_max_files, err) < 0)
+        env_count(get, "BOX_MAX_FILES", 16384, 64, 1ull << 31, &cfg->box_max_files, err) < 0 ||
+        env_count(get, "CONNECTION_TIMEOUT", 60, 1, 3600, &cfg->connection_timeout, err) < 0)
         return -1;
     if (env_string(get, "ENVICUTOR_DATA_DIR", "/var/lib/envicutor", cfg->data_dir,
                    sizeof(cfg->data_dir), true, err) < 0 ||
@@ -137,56 +141,120 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
     return 0;
 }
 
+void format_seconds(uint64_t us, char *buf, size_t size)
+{
+    if (us % 1000000 == 0) {
+        snprintf(buf, size, "%llu", (unsigned long long)(us / 1000000));
+        return;
+    }
+    snprintf(buf, size, "%llu.%06llu", (unsigned long long)(us / 1000000),
+             (unsigned long long)(us % 1000000));
+    char *e = buf + strlen(buf) - 1;
+    while (*e == '0')
+        *e-- = '\0';
+}
+
 static void format_max(int i, uint64_t max, char *buf, size_t size)
 {
-    if (limit_is_seconds[i])
-        snprintf(buf, size, "%g%s", (double)max / 1e6, limit_units[i]);
-    else
+    if (limit_is_seconds[i]) {
+        char s[32];
+        format_seconds(max, s, sizeof(s));
+        snprintf(buf, size, "%s%s", s, limit_units[i]);
+    } else {
         snprintf(buf, size, "%llu%s", (unsigned long long)max, limit_units[i]);
+    }
+}
+
+/* "wall_time must be a number of seconds from 0.000001 to 60": the whole allowed range, for a
+ * value of the wrong type or below the minimum. Times have a resolution of one microsecond, so
+ * a positive time that rounds to 0 us is out of range too. */
+static void range_message(int i, uint64_t max, const char *stage, char *msg, size_t size)
+{
+    const char *name = limit_names[i];
+    if (limit_is_seconds[i]) {
+        char m[32];
+        format_seconds(max, m, sizeof(m));
+        snprintf(msg, size, "Invalid %s limits: %s must be a number of seconds from %s to %s",
+                 stage, name, i == LIM_EXTRA_TIME ? "0" : "0.000001", m);
+    } else
+        snprintf(msg, size, "Invalid %s limits: %s must be a whole number%s from 1 to %llu", stage,
+                 name, limit_units[i][0] ? " of kilobytes" : "", (unsigned long long)max);
+}
+
+int limit_check(int i, double v, uint64_t max, const char *stage, uint64_t *out, char *msg,
+                size_t msg_size)
+{
+    bool zero_ok = i == LIM_EXTRA_TIME;
+    /* NaN (a value of the wrong type reaches here as NaN), infinities, negatives. */
+    if (!isfinite(v) || v < 0 || (v == 0 && !zero_ok) || (!limit_is_seconds[i] && floor(v) != v)) {
+        range_message(i, max, stage, msg, msg_size);
+        return -1;
+    }
+    double scaled = limit_is_seconds[i] ? v * 1e6 : v;
+    /* The comparison is in doubles, so values far beyond uint64_t never reach a conversion. */
+    if (scaled > (double)max) {
+        char m[64];
+        format_max(i, max, m, sizeof(m));
+        snprintf(msg, msg_size, "Invalid %s limits: %s can't exceed %s", stage, limit_names[i], m);
+        return -1;
+    }
+    uint64_t u = (uint64_t)llround(scaled);
+    if (u > max)
+        u = max;
+    if (u == 0 && !zero_ok) {
+        range_message(i, max, stage, msg, msg_size);
+        return -1;
+    }
+    *out = u;
+    return 0;
+}
+
+void limits_to_array(const struct ev_limits *l, uint64_t v[LIM_COUNT])
+{
+    v[LIM_WALL_TIME] = l->wall_time_us;
+    v[LIM_CPU_TIME] = l->cpu_time_us;
+    v[LIM_MEMORY] = l->memory_kb;
+    v[LIM_EXTRA_TIME] = l->extra_time_us;
+    v[LIM_MAX_OPEN_FILES] = l->max_open_files;
+    v[LIM_MAX_FILE_SIZE] = l->max_file_size_kb;
+    v[LIM_MAX_PROCESSES] = l->max_processes;
+}
+
+void limits_from_array(const uint64_t v[LIM_COUNT], struct ev_limits *l)
+{
+    *l = (struct ev_limits){
+        .wall_time_us = v[LIM_WALL_TIME],
+        .cpu_time_us = v[LIM_CPU_TIME],
+        .extra_time_us = v[LIM_EXTRA_TIME],
+        .memory_kb = v[LIM_MEMORY],
+        .max_open_files = v[LIM_MAX_OPEN_FILES],
+        .max_file_size_kb = v[LIM_MAX_FILE_SIZE],
+        .max_processes = v[LIM_MAX_PROCESSES],
+    };
 }
 
 int limits_resolve(const struct limit_request *req, const struct ev_limits *max, const char *stage,
                    struct ev_limits *out, char *msg, size_t msg_size)
 {
-    const uint64_t maxv[LIM_COUNT] = {
-        max->wall_time_us,   max->cpu_time_us,      max->memory_kb,    max->extra_time_us,
-        max->max_open_files, max->max_file_size_kb, max->max_processes};
-    uint64_t val[LIM_COUNT];
+    uint64_t maxv[LIM_COUNT], val[LIM_COUNT];
+    limits_to_array(max, maxv);
     for (int i = 0; i < LIM_COUNT; i++) {
         val[i] = maxv[i];
-        if (!req || !req->present[i])
-            continue;
-        double v = req->value[i];
-        const char *name = limit_names[i];
-        bool zero_ok = i == LIM_EXTRA_TIME;
-        if (!isfinite(v) || v < 0 || (v == 0 && !zero_ok)) {
-            snprintf(msg, msg_size, "Invalid %s limits: %s must be %s", stage, name,
-                     zero_ok ? "zero or more" : "greater than zero");
+        if (req && req->present[i] &&
+            limit_check(i, req->value[i], maxv[i], stage, &val[i], msg, msg_size) < 0)
             return -1;
-        }
-        if (!limit_is_seconds[i] && floor(v) != v) {
-            snprintf(msg, msg_size, "Invalid %s limits: %s must be a whole number", stage, name);
-            return -1;
-        }
-        double scaled = limit_is_seconds[i] ? v * 1e6 : v;
-        if (scaled > (double)maxv[i]) {
-            char m[64];
-            format_max(i, maxv[i], m, sizeof(m));
-            snprintf(msg, msg_size, "Invalid %s limits: %s can't exceed %s", stage, name, m);
-            return -1;
-        }
-        val[i] = (uint64_t)llround(scaled);
-        if (val[i] == 0 && !zero_ok)
-            val[i] = 1;
     }
-    *out = (struct ev_limits){
-        .wall_time_us = val[LIM_WALL_TIME],
-        .cpu_time_us = val[LIM_CPU_TIME],
-        .extra_time_us = val[LIM_EXTRA_TIME],
-        .memory_kb = val[LIM_MEMORY],
-        .max_open_files = val[LIM_MAX_OPEN_FILES],
-        .max_file_size_kb = val[LIM_MAX_FILE_SIZE],
-        .max_processes = val[LIM_MAX_PROCESSES],
-    };
+    limits_from_array(val, out);
     return 0;
+}
+
+void limits_override(const struct ev_limits *system, const struct limit_override *o,
+                     struct ev_limits *out)
+{
+    uint64_t v[LIM_COUNT];
+    limits_to_array(system, v);
+    for (int i = 0; o && i < LIM_COUNT; i++)
+        if (o->present[i] && o->value[i] < v[i])
+            v[i] = o->value[i];
+    limits_from_array(v, out);
 }

@@ -18,13 +18,14 @@ struct ev_config {
     unsigned port;
     struct ev_limits compile, run;
     unsigned max_concurrent;       /* MAX_CONCURRENT_SUBMISSIONS */
-    unsigned max_queue;            /* MAX_QUEUED_REQUESTS: waiting requests before 503 */
+    unsigned max_queue;            /* MAX_QUEUE_SIZE: waiting requests before 503 */
     uint64_t installation_timeout; /* seconds */
     uint64_t update_timeout;       /* seconds */
     uint64_t max_request_bytes;    /* MAX_REQUEST_SIZE: larger bodies get 413 */
     uint64_t max_output_bytes;     /* MAX_OUTPUT_SIZE: per stream and stage */
     uint64_t box_disk_kb;          /* BOX_DISK_SIZE: whole submission directory */
     uint64_t box_max_files;        /* BOX_MAX_FILES */
+    uint64_t connection_timeout;   /* CONNECTION_TIMEOUT: seconds a connection may stay silent */
     char data_dir[200];            /* ENVICUTOR_DATA_DIR */
     char user[64];                 /* ENVICUTOR_USER: the unprivileged identity */
 };
@@ -60,5 +61,28 @@ extern const char *const limit_names[LIM_COUNT];
  * wall_time can't exceed 60 seconds") to msg and returns -1. stage is "run" or "compile". */
 int limits_resolve(const struct limit_request *req, const struct ev_limits *max, const char *stage,
                    struct ev_limits *out, char *msg, size_t msg_size);
+
+/* One limit: v (NaN for a value of the wrong type) checked against [minimum, max] and
+ * converted to microseconds, kilobytes or a count in *out; -1 with the client-facing message
+ * naming the limit and its allowed range. */
+int limit_check(int i, double v, uint64_t max, const char *stage, uint64_t *out, char *msg,
+                size_t msg_size);
+void limits_to_array(const struct ev_limits *l, uint64_t v[LIM_COUNT]);
+/* Microseconds as exact decimal seconds: 60000000 -> "60", 1500 -> "0.0015". */
+void format_seconds(uint64_t us, char *buf, size_t size);
+void limits_from_array(const uint64_t v[LIM_COUNT], struct ev_limits *l);
+
+/* A runtime's own limits (POST /runtimes compile_limits / run_limits), in the units of
+ * struct ev_limits: for that runtime each is both the default and the maximum. */
+struct limit_override {
+    bool present[LIM_COUNT];
+    uint64_t value[LIM_COUNT];
+};
+
+/* The limits of a stage of a runtime: the system's, lowered by the runtime's override (a value
+ * above the system's, possible when the configuration was lowered after the runtime was added,
+ * never raises it). */
+void limits_override(const struct ev_limits *system, const struct limit_override *o,
+                     struct ev_limits *out);
 
 #endif

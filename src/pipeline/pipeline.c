@@ -298,15 +298,21 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
     if (st != PIPE_OK)
         return st;
     int r = store_name_taken(p->store, rt->name, err);
+    int id_taken = r == 0 && rt->id > 0 ? store_id_taken(p->store, rt->id, err) : 0;
     if (r != 0) {
         st = r > 0 ? PIPE_NAME_TAKEN : PIPE_INTERNAL;
+    } else if (id_taken != 0) {
+        st = id_taken > 0 ? PIPE_ID_TAKEN : PIPE_INTERNAL;
     } else if (store_prepare(p->store, rt, err) < 0) {
         st = PIPE_INTERNAL;
     } else {
         st = setup_runtime(p, rt, out, errout, err);
         if (st == PIPE_OK) {
             r = store_commit(p->store, rt, err);
-            st = r == 0 ? PIPE_OK : r > 0 ? PIPE_NAME_TAKEN : PIPE_INTERNAL;
+            st = r == 0   ? PIPE_OK
+                 : r == 2 ? PIPE_ID_TAKEN
+                 : r > 0  ? PIPE_NAME_TAKEN
+                          : PIPE_INTERNAL;
         }
         if (st != PIPE_OK)
             store_discard(p->store, rt->dir);

@@ -45,6 +45,7 @@ enum pipe_status {
     PIPE_ABORTED,    /* the client went away */
     PIPE_STOPPING,   /* the server is shutting down */
     PIPE_NAME_TAKEN, /* install */
+    PIPE_ID_TAKEN,   /* install with an id the client chose */
     PIPE_SETUP_FAILED /* install/update: output in the outcome */,
     PIPE_INTERNAL, /* err says why */
 };

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/cleanup.h"
@@ -35,6 +36,86 @@ static const char schema[] =
     " env BLOB NOT NULL,"
     " dir TEXT NOT NULL UNIQUE);"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+/* Columns added after the first schema: a database created by an earlier version gets them
+ * at open (ALTER TABLE ADD COLUMN, with the default older rows take). Limits are stored as
+ * seven comma-separated values in the units of struct ev_limits (microseconds, kilobytes,
+ * counts), in the order of enum limit_index, empty when the runtime does not set that limit. */
+static const struct {
+    const char *name, *decl;
+} added_columns[] = {
+    {"compile_limits", "TEXT NOT NULL DEFAULT ''"},
+    {"run_limits", "TEXT NOT NULL DEFAULT ''"},
+    {"created_at", "INTEGER NOT NULL DEFAULT 0"},
+};
+
+static int column_exists(sqlite3 *db, const char *table, const char *column)
+{
+    char sql[128];
+    snprintf(sql, sizeof(sql), "PRAGMA table_info(%s)", table);
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    int found = 0, r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *n = sqlite3_column_text(st, 1);
+        if (n && strcmp((const char *)n, column) == 0)
+            found = 1;
+    }
+    sqlite3_finalize(st);
+    return r == SQLITE_DONE ? found : -1;
+}
+
+static int exec_sql(struct store *s, const char *sql, struct ev_err *err);
+
+static int migrate(struct store *s, struct ev_err *err)
+{
+    for (size_t i = 0; i < sizeof(added_columns) / sizeof(added_columns[0]); i++) {
+        int r = column_exists(s->db, "runtimes", added_columns[i].name);
+        if (r < 0)
+            return ev_fail(err, 0, "database: read the columns of runtimes: %s",
+                           sqlite3_errmsg(s->db));
+        if (r)
+            continue;
+        char sql[256];
+        snprintf(sql, sizeof(sql), "ALTER TABLE runtimes ADD COLUMN %s %s", added_columns[i].name,
+                 added_columns[i].decl);
+        if (exec_sql(s, sql, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void override_text(const struct limit_override *o, char *buf, size_t size)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < LIM_COUNT; i++) {
+        if (o->present[i])
+            n += (size_t)snprintf(buf + n, size - n, "%llu", (unsigned long long)o->value[i]);
+        if (i + 1 < LIM_COUNT)
+            n += (size_t)snprintf(buf + n, size - n, ",");
+    }
+}
+
+static void override_parse(const char *text, struct limit_override *o)
+{
+    memset(o, 0, sizeof(*o));
+    const char *p = text ? text : "";
+    for (int i = 0; i < LIM_COUNT && *p; i++) {
+        if (*p != ',') {
+            char *end;
+            unsigned long long v = strtoull(p, &end, 10);
+            if (end != p) {
+                o->present[i] = true;
+                o->value[i] = v;
+            }
+            p = end;
+        }
+        if (*p == ',')
+            p++;
+    }
+}
 
 void runtime_free(struct runtime *rt)
 {
@@ -95,7 +176,7 @@ struct store *store_open(const char *data_dir, struct ev_err *err)
     sqlite3_busy_timeout(s->db, 5000);
     /* WAL with synchronous=FULL: a committed runtime survives a crash of the machine too. */
     if (exec_sql(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", err) < 0 ||
-        exec_sql(s, schema, err) < 0) {
+        exec_sql(s, schema, err) < 0 || migrate(s, err) < 0) {
         ev_wrap(err, "%s: ", path);
         goto fail;
     }
@@ -243,7 +324,8 @@ int store_get(struct store *s, int64_t id, struct runtime *rt, struct ev_err *er
     int rc;
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id, name, provider, source_file_name, compile_script, "
-                           "run_script, nix_shell, env, dir FROM runtimes WHERE id = ?",
+                           "run_script, nix_shell, env, dir, compile_limits, run_limits, "
+                           "created_at FROM runtimes WHERE id = ?",
                            -1, &st, NULL) != SQLITE_OK) {
         rc = db_fail(s, err, "get a runtime");
         goto out;
@@ -273,6 +355,9 @@ int store_get(struct store *s, int64_t id, struct runtime *rt, struct ev_err *er
         }
         const unsigned char *dir = sqlite3_column_text(st, 8);
         snprintf(rt->dir, sizeof(rt->dir), "%s", dir ? (const char *)dir : "");
+        override_parse((const char *)sqlite3_column_text(st, 9), &rt->compile_limits);
+        override_parse((const char *)sqlite3_column_text(st, 10), &rt->run_limits);
+        rt->created_at = sqlite3_column_int64(st, 11);
         rc = 0;
         if (!rt->name || !rt->provider || !rt->source_file_name || !rt->compile_script ||
             !rt->run_script || !rt->nix_shell || !rt->env) {
@@ -298,6 +383,24 @@ int store_name_taken(struct store *s, const char *name, struct ev_err *err)
         sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
         int r = sqlite3_step(st);
         rc = r == SQLITE_ROW ? 1 : r == SQLITE_DONE ? 0 : db_fail(s, err, "look a name up");
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int store_id_taken(struct store *s, int64_t id, struct ev_err *err)
+{
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int rc;
+    if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM runtimes WHERE id = ?", -1, &st, NULL) !=
+        SQLITE_OK) {
+        rc = db_fail(s, err, "look an id up");
+    } else {
+        sqlite3_bind_int64(st, 1, id);
+        int r = sqlite3_step(st);
+        rc = r == SQLITE_ROW ? 1 : r == SQLITE_DONE ? 0 : db_fail(s, err, "look an id up");
         sqlite3_finalize(st);
     }
     pthread_mutex_unlock(&s->mu);
@@ -363,8 +466,9 @@ int store_commit(struct store *s, struct runtime *rt, struct ev_err *err)
     int rc;
     if (sqlite3_prepare_v2(s->db,
                            "INSERT INTO runtimes (name, provider, source_file_name, "
-                           "compile_script, run_script, nix_shell, env, dir) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           "compile_script, run_script, nix_shell, env, dir, compile_limits, "
+                           "run_limits, created_at, id) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            -1, &st, NULL) != SQLITE_OK) {
         rc = db_fail(s, err, "add a runtime");
         goto out;
@@ -377,12 +481,24 @@ int store_commit(struct store *s, struct runtime *rt, struct ev_err *err)
     sqlite3_bind_text(st, 6, rt->nix_shell ? rt->nix_shell : "", -1, SQLITE_TRANSIENT);
     sqlite3_bind_blob(st, 7, rt->env ? rt->env : "", (int)rt->env_len, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 8, rt->dir, -1, SQLITE_TRANSIENT);
+    char cl[200], rl[200];
+    override_text(&rt->compile_limits, cl, sizeof(cl));
+    override_text(&rt->run_limits, rl, sizeof(rl));
+    sqlite3_bind_text(st, 9, cl, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 10, rl, -1, SQLITE_TRANSIENT);
+    int64_t now = (int64_t)time(NULL);
+    sqlite3_bind_int64(st, 11, now);
+    if (rt->id > 0)
+        sqlite3_bind_int64(st, 12, rt->id);
+    else
+        sqlite3_bind_null(st, 12); /* NULL: the next id (AUTOINCREMENT) */
     int r = sqlite3_step(st);
     if (r == SQLITE_DONE) {
         rt->id = sqlite3_last_insert_rowid(s->db);
+        rt->created_at = now;
         rc = 0;
     } else if (r == SQLITE_CONSTRAINT) {
-        rc = 1;
+        rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_PRIMARYKEY ? 2 : 1;
     } else {
         rc = db_fail(s, err, "add a runtime");
     }

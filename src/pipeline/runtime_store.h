@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "common/error.h"
+#include "pipeline/config.h"
 
 struct runtime {
     int64_t id;
@@ -26,6 +27,9 @@ struct runtime {
     char *env;       /* NAME=VALUE\0NAME=VALUE\0... */
     size_t env_len;
     char dir[40]; /* directory name under runtimes/ */
+    /* The runtime's own limits: for it, each is both the default and the maximum. */
+    struct limit_override compile_limits, run_limits;
+    int64_t created_at; /* seconds since the epoch; 0 for rows older than the column */
 };
 
 void runtime_free(struct runtime *rt);
@@ -55,7 +59,10 @@ int store_name_taken(struct store *s, const char *name, struct ev_err *err);
 
 /* Writes rt's directory under a fresh name (set in rt->dir), complete and synced. */
 int store_prepare(struct store *s, struct runtime *rt, struct ev_err *err);
-/* Inserts rt's row in one transaction; sets rt->id. Returns 1 when the name is taken. */
+/* 1 when a runtime has this id, 0 when not, -1 on error. */
+int store_id_taken(struct store *s, int64_t id, struct ev_err *err);
+/* Inserts rt's row in one transaction, with rt->id when it is positive (an id the client chose),
+ * and sets rt->id and rt->created_at. Returns 1 when the name is taken, 2 when the id is. */
 int store_commit(struct store *s, struct runtime *rt, struct ev_err *err);
 /* Removes a prepared directory that will not be committed. */
 void store_discard(struct store *s, const char *dir);

@@ -193,7 +193,11 @@ def test_delegation_from_a_cgroup_shared_with_other_processes(slice_):
 
 # ---- at emulation speed ------------------------------------------------------------------
 
-@pytest.mark.skipif(slack(1) == 1, reason="test_limits.py checks these at host speed")
+at_emulation_speed = pytest.mark.skipif(slack(1) == 1,
+                                        reason="test_limits.py checks this at host speed")
+
+
+@at_emulation_speed
 def test_wall_limit_and_set_up_cost_with_scaled_bounds():
     """What test_limits.py's clean-exit and wall-limit tests check, with bounds on the
     program's own start-up and exit cost scaled (tests/vm/host-speed-tests)."""
@@ -206,3 +210,22 @@ def test_wall_limit_and_set_up_cost_with_scaled_bounds():
     assert r["exit_message"] == "Time limit exceeded (wall clock)"
     assert 0.5 <= r["wall_time"] < 0.5 + slack(0.3)
     assert r["cpu_time"] < slack(0.05)
+
+
+@at_emulation_speed
+def test_under_wall_and_cpu_limits_with_scaled_bounds():
+    r = sandbox("sleep", "0.3", opts=["--wall-time", "5"])
+    assert r["exit_status"] is None
+    assert 0.3 <= r["wall_time"] < 0.3 + slack(0.1)
+    r = sandbox(prog("burn"), "0.3", "1", "0", opts=["--cpu-time", "1", "--extra-time", "0"])
+    assert r["exit_status"] is None
+    assert 0.3 - slack(0.01) <= r["cpu_time"] < 0.3 + slack(0.05)
+
+
+@at_emulation_speed
+def test_memory_is_for_the_whole_run_with_programs_that_hold_it():
+    # each holds 40 MB (written, so charged) until both have it; 2 x 40 MB > 64 MB
+    hold = "import time; b = b'x' * (40 << 20); time.sleep(5)"
+    r = sandbox("sh", "-c", f"python3 -c \"{hold}\" & python3 -c \"{hold}\" & wait",
+                opts=["--memory", "65536", "--wall-time", "30"])
+    assert r["memory_limit_exceeded"] is True
