@@ -113,6 +113,10 @@ static void route(struct http_server *s, struct request *rq, struct reply *r)
         if (!post)
             goto not_allowed;
         route_update(s, rq, r);
+    } else if (strcmp(p, "/gc") == 0) {
+        if (!post)
+            goto not_allowed;
+        route_gc(s, rq, r);
     } else if (strcmp(p, "/execute") == 0) {
         if (!post)
             goto not_allowed;

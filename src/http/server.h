@@ -65,6 +65,7 @@ void route_runtimes_delete(struct http_server *s, struct request *rq, const char
                            struct reply *r);
 void route_update(struct http_server *s, struct request *rq, struct reply *r);
 void route_gc(struct http_server *s, struct request *rq, struct reply *r);
+void route_gc(struct http_server *s, struct request *rq, struct reply *r);
 void route_execute(struct http_server *s, struct request *rq, bool is_project, bool base64_output,
                    struct reply *r);
 

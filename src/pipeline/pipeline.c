@@ -88,6 +88,62 @@ static size_t build_env(const struct runtime *rt, char **envp, size_t cap)
     return n;
 }
 
+/* Nix runtimes. The stored environment is exactly what nix-shell's shell exported (see
+ * privsep/nix.c); a run gets it without what described that one shell process on the host
+ * (its working directory, shell level, temporary directories, terminal), with HOME and the
+ * temporary directories at /tmp, and with PATH minus the entry nix-shell put first for its
+ * own shell (the directory of NIX_BUILD_SHELL, /bin): otherwise the host's /bin would shadow
+ * the runtime's own packages. Scripts run with the host's /bin/bash, the same bash nix-shell
+ * used, which every box has. */
+#define NIX_BASH "/bin/bash"
+#define NIX_SHELL_DIR "/bin"
+
+static bool is_nix(const struct runtime *rt)
+{
+    return rt && rt->provider && strcmp(rt->provider, "nix") == 0;
+}
+
+static size_t build_nix_env(const struct runtime *rt, char **envp, size_t cap, char **path_owned)
+{
+    static char *const fixed[] = {"HOME=/tmp", "TMPDIR=/tmp",  "TMP=/tmp",
+                                  "TEMP=/tmp", "TEMPDIR=/tmp", "NIX_BUILD_TOP=/tmp"};
+    static const char *const dropped[] = {"PWD",  "OLDPWD", "SHLVL",        "_",
+                                          "HOME", "TMP",    "TEMP",         "TEMPDIR",
+                                          "TERM", "TMPDIR", "NIX_BUILD_TOP"};
+    size_t n = 0;
+    *path_owned = NULL;
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+        envp[n++] = fixed[i];
+    for (const char *e = rt->env; e < rt->env + rt->env_len && n + 2 < cap; e += strlen(e) + 1) {
+        const char *eq = strchr(e, '=');
+        if (!eq)
+            continue;
+        size_t klen = (size_t)(eq - e);
+        bool drop = false;
+        for (size_t i = 0; i < sizeof(dropped) / sizeof(dropped[0]) && !drop; i++)
+            drop = strlen(dropped[i]) == klen && strncmp(e, dropped[i], klen) == 0;
+        if (drop)
+            continue;
+        if (klen == 4 && strncmp(e, "PATH", 4) == 0) {
+            const char *v = eq + 1;
+            size_t d = strlen(NIX_SHELL_DIR);
+            if (strncmp(v, NIX_SHELL_DIR, d) == 0 && (v[d] == ':' || v[d] == '\0'))
+                v += d + (v[d] == ':');
+            if (asprintf(path_owned, "PATH=%s", v[0] ? v : "/path-not-set") < 0) {
+                *path_owned = NULL;
+                continue;
+            }
+            envp[n++] = *path_owned;
+            continue;
+        }
+        envp[n++] = (char *)e;
+    }
+    if (!*path_owned)
+        envp[n++] = "PATH=/path-not-set";
+    envp[n] = NULL;
+    return n;
+}
+
 static struct ps_limits to_ps(const struct pipeline *p, const struct ev_limits *l)
 {
     return (struct ps_limits){
@@ -120,11 +176,12 @@ static char *with_newline(const char *text, size_t len, size_t *out_len)
 }
 
 static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const char *runtime_dir,
-                                  char *const *argv, char *const *envp, const char *input,
+                                  bool nix, char *const *argv, char *const *envp, const char *input,
                                   size_t input_len, const struct ev_limits *l, struct abort_ctx *ac,
                                   struct sbx_result *res, struct ev_err *err)
 {
     struct psc_run run = {.runtime = runtime_dir,
+                          .mount_nix = nix,
                           .argv = argv,
                           .envp = envp,
                           .input = input,
@@ -144,7 +201,13 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
                                        struct exec_outcome *out, struct ev_err *err)
 {
     char *envp[MAX_ENV_ENTRIES + 8];
-    build_env(rt, envp, sizeof(envp) / sizeof(envp[0]));
+    cleanup_free char *nix_path = NULL;
+    bool nix = is_nix(rt);
+    char *bash = nix ? NIX_BASH : "bash";
+    if (nix)
+        build_nix_env(rt, envp, sizeof(envp) / sizeof(envp[0]), &nix_path);
+    else
+        build_env(rt, envp, sizeof(envp) / sizeof(envp[0]));
     enum pipe_status st;
     if (req->is_project) {
         if (psc_write_file(p->psc, box, ARCHIVE_NAME, 0644, req->source, req->source_len, err) < 0)
@@ -152,7 +215,7 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
         char *argv[] = {"bash", "-c", (char *)extract_script, NULL};
         char *env0[8];
         build_env(NULL, env0, 8);
-        st = run_stage(p, box, NULL, argv, env0, NULL, 0, &req->compile, ac,
+        st = run_stage(p, box, NULL, false, argv, env0, NULL, 0, &req->compile, ac,
                        &out->res[STAGE_EXTRACT], err);
         if (st != PIPE_OK)
             return st;
@@ -168,8 +231,8 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
             return PIPE_INTERNAL;
     }
     if (rt->compile_script[0]) {
-        char *argv[] = {"bash", "-c", rt->compile_script, "/runtime/compile.sh", NULL};
-        st = run_stage(p, box, rt->dir, argv, envp, NULL, 0, &req->compile, ac,
+        char *argv[] = {bash, "-c", rt->compile_script, "/runtime/compile.sh", NULL};
+        st = run_stage(p, box, rt->dir, nix, argv, envp, NULL, 0, &req->compile, ac,
                        &out->res[STAGE_COMPILE], err);
         if (st != PIPE_OK)
             return st;
@@ -181,9 +244,9 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
     cleanup_free char *in = with_newline(req->input ? req->input : "", req->input_len, &in_len);
     if (!in)
         return ev_fail(err, ENOMEM, "input"), PIPE_INTERNAL;
-    char *argv[] = {"bash", "-c", rt->run_script, "/runtime/run.sh", NULL};
-    st = run_stage(p, box, rt->dir, argv, envp, in, in_len, &req->run, ac, &out->res[STAGE_RUN],
-                   err);
+    char *argv[] = {bash, "-c", rt->run_script, "/runtime/run.sh", NULL};
+    st = run_stage(p, box, rt->dir, nix, argv, envp, in, in_len, &req->run, ac,
+                   &out->res[STAGE_RUN], err);
     if (st != PIPE_OK)
         return st;
     out->ran[STAGE_RUN] = true;
@@ -270,7 +333,8 @@ static enum pipe_status setup_runtime(struct pipeline *p, const struct runtime *
     char *argv[] = {"bash", "-c", (char *)setup_script, NULL};
     struct sbx_result res;
     struct abort_ctx ac = {p, NULL, NULL};
-    enum pipe_status st = run_stage(p, box, rt->dir, argv, envp, NULL, 0, &l, &ac, &res, err);
+    enum pipe_status st =
+        run_stage(p, box, rt->dir, false, argv, envp, NULL, 0, &l, &ac, &res, err);
     struct ev_err cerr;
     if (psc_close_box(p->psc, box, &cerr) < 0)
         fprintf(stderr, "envicutor: close box: %s\n", cerr.msg);
@@ -287,6 +351,47 @@ static enum pipe_status setup_runtime(struct pipeline *p, const struct runtime *
     if (!*out || !*errout)
         return ev_fail(err, ENOMEM, "set-up output"), PIPE_INTERNAL;
     return ok ? PIPE_OK : PIPE_SETUP_FAILED;
+}
+
+/* The set-up of a Nix runtime: nix-shell once, as root, in the helper (privsep/nix.c); its
+ * environment becomes the runtime's. */
+static enum pipe_status setup_nix_runtime(struct pipeline *p, struct runtime *rt, char **out,
+                                          char **errout, struct ev_err *err)
+{
+    struct psc_nix_result res;
+    if (psc_nix(p->psc, PS_NIX_INSTALL, rt->dir, (unsigned)p->cfg->installation_timeout, &res,
+                err) < 0)
+        return PIPE_INTERNAL;
+    *out = res.out;
+    *errout = res.err;
+    res.out = res.err = NULL;
+    enum pipe_status st = res.exit_code == 0 ? PIPE_OK : PIPE_SETUP_FAILED;
+    size_t count = 0;
+    for (size_t i = 0; i < res.env_len; i++)
+        count += res.env[i] == '\0';
+    /* Every run carries the environment in one helper message. */
+    if (st == PIPE_OK && (count > MAX_ENV_ENTRIES || res.env_len > PS_MAX_MSG / 2)) {
+        char *e = NULL;
+        if (asprintf(&e,
+                     "%senvicutor: the shell's environment is too large (%zu variables, %zu "
+                     "bytes; at most %d and %d)\n",
+                     *errout ? *errout : "", count, res.env_len, MAX_ENV_ENTRIES,
+                     PS_MAX_MSG / 2) >= 0) {
+            free(*errout);
+            *errout = e;
+        }
+        st = PIPE_SETUP_FAILED;
+    }
+    if (st == PIPE_OK) {
+        free(rt->env);
+        rt->env = res.env;
+        rt->env_len = res.env_len;
+        res.env = NULL;
+    }
+    psc_nix_result_free(&res);
+    if (!*out || !*errout)
+        return ev_fail(err, ENOMEM, "set-up output"), PIPE_INTERNAL;
+    return st;
 }
 
 enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_abort_fn abort_fn,
@@ -306,7 +411,8 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
     } else if (store_prepare(p->store, rt, err) < 0) {
         st = PIPE_INTERNAL;
     } else {
-        st = setup_runtime(p, rt, out, errout, err);
+        st = is_nix(rt) ? setup_nix_runtime(p, rt, out, errout, err)
+                        : setup_runtime(p, rt, out, errout, err);
         if (st == PIPE_OK) {
             r = store_commit(p->store, rt, err);
             st = r == 0   ? PIPE_OK
@@ -363,25 +469,108 @@ bool nix_available(void)
 enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx, char **out,
                                  char **errout, struct ev_err *err)
 {
-    (void)err;
     *out = *errout = NULL;
     struct abort_ctx ac = {p, abort_fn, ctx};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
-    /* The Nix provider (and with it the channel update) is its own piece of work; until it
-     * lands, a server without Nix says so. */
-    *out = strdup("");
-    *errout =
-        strdup(nix_available() ? "Updating Nix is not supported by this server yet"
-                               : "Nix is not available on this server: there is no package manager "
-                                 "to update (host runtimes use the system's own packages)");
+    if (!nix_available()) {
+        *out = strdup("");
+        *errout = strdup("Nix is not available on this server: there is no package manager "
+                         "to update (host runtimes use the system's own packages)");
+        st = PIPE_SETUP_FAILED;
+    } else {
+        struct psc_nix_result res;
+        if (psc_nix(p->psc, PS_NIX_UPDATE, NULL, (unsigned)p->cfg->update_timeout, &res, err) < 0) {
+            st = PIPE_INTERNAL;
+        } else {
+            st = res.exit_code == 0 ? PIPE_OK : PIPE_SETUP_FAILED;
+            *out = res.out;
+            *errout = res.err;
+            res.out = res.err = NULL;
+            psc_nix_result_free(&res);
+        }
+    }
     sched_done(&p->sched, SCHED_EXCLUSIVE);
+    if (st == PIPE_INTERNAL)
+        return st;
     if (!*out || !*errout) {
         free(*out);
         free(*errout);
         *out = *errout = NULL;
         return ev_fail(err, ENOMEM, "update"), PIPE_INTERNAL;
     }
-    return PIPE_SETUP_FAILED;
+    return st;
+}
+
+void gc_outcome_free(struct gc_outcome *g)
+{
+    for (size_t i = 0; i < g->n_paths; i++)
+        free(g->paths[i]);
+    free(g->paths);
+    free(g->out);
+    free(g->err);
+    memset(g, 0, sizeof(*g));
+}
+
+/* nix-store --gc says "deleting '/nix/store/...'" on stderr for each path it removes. */
+static int collect_deleted(struct gc_outcome *g)
+{
+    static const char mark[] = "deleting '/nix/store/";
+    for (const char *l = g->err; l && *l;) {
+        const char *nl = strchr(l, '\n');
+        size_t len = nl ? (size_t)(nl - l) : strlen(l);
+        if (len > sizeof(mark) && strncmp(l, mark, sizeof(mark) - 1) == 0 && l[len - 1] == '\'') {
+            char **np = realloc(g->paths, (g->n_paths + 1) * sizeof(*np));
+            if (!np)
+                return -1;
+            g->paths = np;
+            g->paths[g->n_paths] = strndup(l + 10, len - 11);
+            if (!g->paths[g->n_paths])
+                return -1;
+            g->n_paths++;
+        }
+        l = nl ? nl + 1 : l + len;
+    }
+    return 0;
+}
+
+enum pipe_status pipeline_gc(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx,
+                             struct gc_outcome *g, struct ev_err *err)
+{
+    memset(g, 0, sizeof(*g));
+    struct abort_ctx ac = {p, abort_fn, ctx};
+    enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
+    if (st != PIPE_OK)
+        return st;
+    /* Directories without a row first: they would otherwise hold GC roots. */
+    int removed = store_sweep(p->store, err);
+    if (removed < 0) {
+        st = PIPE_INTERNAL;
+    } else {
+        g->dirs_removed = (size_t)removed;
+        g->nix = nix_available();
+        struct psc_nix_result res;
+        if (g->nix) {
+            if (psc_nix(p->psc, PS_NIX_GC, NULL, (unsigned)p->cfg->update_timeout, &res, err) < 0) {
+                st = PIPE_INTERNAL;
+            } else {
+                g->ok = res.exit_code == 0;
+                g->out = res.out;
+                g->err = res.err;
+                res.out = res.err = NULL;
+                psc_nix_result_free(&res);
+                if (collect_deleted(g) < 0) {
+                    ev_fail(err, ENOMEM, "garbage collection");
+                    st = PIPE_INTERNAL;
+                }
+            }
+        } else {
+            g->ok = true;
+        }
+    }
+    sched_done(&p->sched, SCHED_EXCLUSIVE);
+    if (st != PIPE_OK)
+        gc_outcome_free(g);
+    return st;
 }

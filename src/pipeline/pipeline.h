@@ -85,6 +85,20 @@ enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn a
 enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx, char **out,
                                  char **errout, struct ev_err *err);
 
+/* Garbage collection (exclusive work): removes runtime directories without a row, then, with
+ * Nix, every store path that no GC root keeps (each Nix runtime's directory holds roots for
+ * the store paths its environment names). */
+struct gc_outcome {
+    size_t dirs_removed;
+    bool nix, ok; /* ok: nix-store --gc exited 0 (or there is no Nix) */
+    char **paths; /* store paths deleted */
+    size_t n_paths;
+    char *out, *err; /* nix-store's output; NULL without Nix */
+};
+void gc_outcome_free(struct gc_outcome *g);
+enum pipe_status pipeline_gc(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx,
+                             struct gc_outcome *g, struct ev_err *err);
+
 /* Whether nix-shell can be found (for the Nix provider). */
 bool nix_available(void);
 

@@ -318,6 +318,7 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
     r->limits = run->limits;
     if (run->runtime)
         snprintf(r->runtime, sizeof(r->runtime), "%s", run->runtime);
+    r->flags = run->mount_nix ? PS_RUN_MOUNT_NIX : 0;
     size_t head = offsetof(struct ps_request, u) + sizeof(*r), off = head;
     char *base = (char *)req;
     char *const *lists[2] = {run->argv, run->envp};
@@ -369,5 +370,48 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
     res->err.truncated = pr->flags & PS_F_ERR_TRUNC;
     memcpy(res->message, pr->message, sizeof(res->message));
     res->message[sizeof(res->message) - 1] = '\0';
+    return 0;
+}
+
+void psc_nix_result_free(struct psc_nix_result *r)
+{
+    free(r->out);
+    free(r->err);
+    free(r->env);
+    memset(r, 0, sizeof(*r));
+}
+
+int psc_nix(struct psc *c, enum ps_type type, const char *runtime, unsigned timeout_s,
+            struct psc_nix_result *res, struct ev_err *err)
+{
+    memset(res, 0, sizeof(*res));
+    struct ps_request req = {.h = {.type = (uint32_t)type}};
+    if (runtime)
+        snprintf(req.u.nix.runtime, sizeof(req.u.nix.runtime), "%s", runtime);
+    req.u.nix.timeout_s = timeout_s;
+    struct ps_reply rep;
+    cleanup_close int fd = -1;
+    if (call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.nix), -1, NULL, NULL, &rep, &fd,
+             NULL, err) < 0)
+        return -1;
+    if (fd < 0)
+        return ev_fail(err, 0, "the helper sent no output");
+    const struct ps_result *pr = &rep.res;
+    struct sbx_output o[3] = {{0}};
+    if (read_output(fd, 0, pr->out_len, &o[0], err) < 0 ||
+        read_output(fd, pr->out_len, pr->err_len, &o[1], err) < 0 ||
+        read_output(fd, pr->out_len + pr->err_len, pr->env_len, &o[2], err) < 0) {
+        for (int i = 0; i < 3; i++)
+            free(o[i].data);
+        return -1;
+    }
+    res->exit_code = pr->exit_code;
+    res->timed_out = pr->flags & PS_F_TIMED_OUT;
+    res->out = o[0].data;
+    res->out_len = o[0].len;
+    res->err = o[1].data;
+    res->err_len = o[1].len;
+    res->env = o[2].data;
+    res->env_len = o[2].len;
     return 0;
 }

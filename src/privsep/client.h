@@ -35,11 +35,27 @@ struct psc_run {
     const void *input; /* NULL: empty stdin */
     size_t input_len;
     struct ps_limits limits;
+    bool mount_nix; /* a Nix runtime: /nix read-only */
 };
 
 /* Runs one stage. Returns 0 with res filled (res may be SBX_XX when the sandbox failed); -1 when
  * the request itself failed or was aborted (*aborted then says so). */
 int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn abort_fn,
             void *abort_ctx, struct sbx_result *res, bool *aborted, struct ev_err *err);
+
+/* The outcome of a Nix operation in the helper (PS_NIX_*): malloc'ed, NUL-terminated. */
+struct psc_nix_result {
+    int exit_code; /* -1 when killed */
+    bool timed_out;
+    char *out, *err, *env;
+    size_t out_len, err_len, env_len;
+};
+void psc_nix_result_free(struct psc_nix_result *r);
+
+/* type: PS_NIX_INSTALL (runtime: the prepared directory), PS_NIX_UPDATE or PS_NIX_GC
+ * (runtime NULL). 0 with res filled, whatever the command's outcome; -1 when the request
+ * failed. */
+int psc_nix(struct psc *c, enum ps_type type, const char *runtime, unsigned timeout_s,
+            struct psc_nix_result *res, struct ev_err *err);
 
 #endif

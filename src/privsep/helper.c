@@ -15,6 +15,7 @@
 
 #include "common/cleanup.h"
 #include "common/fileutil.h"
+#include "privsep/nix.h"
 #include "privsep/protocol.h"
 
 #define MAX_SLOTS 256
@@ -239,7 +240,7 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
         return;
     const struct ps_run *r = &req->u.run;
     char stdin_path[64], rt_path[512];
-    struct sbx_mount mount;
+    struct sbx_mount mounts[2];
     struct sbx_run_config cfg = {.argv = argv, .envp = envp, .cancel_fd = s->cancel_fd};
     struct sbx_result res;
     memset(&res, 0, sizeof(res));
@@ -258,10 +259,12 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
             reply_error(rep, "run: no such runtime directory");
             goto out;
         }
-        mount = (struct sbx_mount){rt_path, "/runtime"};
-        cfg.mounts = &mount;
-        cfg.n_mounts = 1;
+        mounts[cfg.n_mounts++] = (struct sbx_mount){.source = rt_path, .target = "/runtime"};
     }
+    /* Nix runtimes: the store their environment points into, read-only like every mount. */
+    if (r->flags & PS_RUN_MOUNT_NIX)
+        mounts[cfg.n_mounts++] = (struct sbx_mount){.source = "/nix", .target = "/nix"};
+    cfg.mounts = mounts;
     cfg.limits = (struct sbx_limits){
         .wall_time_us = r->limits.wall_time_us,
         .cpu_time_us = r->limits.cpu_time_us,
@@ -314,6 +317,53 @@ out:
     give_slot(s);
 }
 
+/* A Nix operation: runs as root on the host (not in a box), one at a time because the server
+ * only asks for them as exclusive work. The reply's memfd holds stdout, stderr and, for an
+ * installation, the environment. */
+static void do_nix(const struct ps_request *req, struct ps_reply *rep)
+{
+    struct nix_result res;
+    struct ev_err err = {0};
+    int rc;
+    switch (req->h.type) {
+    case PS_NIX_INSTALL:
+        rc = nix_install(H.host, H.runtimes_dir, req->u.nix.runtime, req->u.nix.timeout_s, &res,
+                         &err);
+        break;
+    case PS_NIX_UPDATE:
+        rc = nix_update(H.host, req->u.nix.timeout_s, &res, &err);
+        break;
+    default:
+        rc = nix_gc(H.host, req->u.nix.timeout_s, &res, &err);
+    }
+    if (rc < 0) {
+        reply_error(rep, err.msg);
+        return;
+    }
+    cleanup_close int fd = memfd_create("envicutor-nix", MFD_CLOEXEC);
+    if (fd < 0 || (res.out_len && write_full(fd, res.out, res.out_len) < 0) ||
+        (res.err_len && write_full(fd, res.err, res.err_len) < 0) ||
+        (res.env_len && write_full(fd, res.env, res.env_len) < 0)) {
+        reply_error(rep, "nix: could not write the output");
+        nix_result_free(&res);
+        return;
+    }
+    rep->res = (struct ps_result){
+        .status = res.exit_code == 0 ? SBX_OK
+                  : res.timed_out    ? SBX_TO
+                                     : SBX_RE,
+        .exit_code = res.exit_code,
+        .exit_signal = -1,
+        .flags = res.timed_out ? PS_F_TIMED_OUT : 0,
+        .out_len = res.out_len,
+        .err_len = res.err_len,
+        .env_len = res.env_len,
+    };
+    nix_result_free(&res);
+    send_reply(rep, fd);
+    rep->type = 0; /* sent */
+}
+
 static void *job_main(void *arg)
 {
     struct job *j = arg;
@@ -330,6 +380,11 @@ static void *job_main(void *arg)
         break;
     case PS_CLOSE_BOX:
         do_close(j->req, &rep);
+        break;
+    case PS_NIX_INSTALL:
+    case PS_NIX_UPDATE:
+    case PS_NIX_GC:
+        do_nix(j->req, &rep);
         break;
     default:
         reply_error(&rep, "unknown request");

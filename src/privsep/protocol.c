@@ -78,6 +78,20 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
         if (fd_count != 0)
             return ev_fail(err, 0, "unexpected descriptor");
         return 0;
+    case PS_NIX_INSTALL:
+    case PS_NIX_UPDATE:
+    case PS_NIX_GC:
+        if (n != fixed + sizeof(req->u.nix) || fd_count != 0)
+            return ev_fail(err, 0, "malformed nix message");
+        if (memchr(req->u.nix.runtime, 0, sizeof(req->u.nix.runtime)) == NULL ||
+            !runtime_name_ok(req->u.nix.runtime))
+            return ev_fail(err, 0, "nix: bad runtime directory name");
+        /* an installation names its runtime; the others name none */
+        if ((req->h.type == PS_NIX_INSTALL) != (req->u.nix.runtime[0] != '\0'))
+            return ev_fail(err, 0, "nix: a runtime directory is required for an installation only");
+        if (req->u.nix.timeout_s < 1 || req->u.nix.timeout_s > PS_MAX_NIX_TIMEOUT)
+            return ev_fail(err, 0, "nix: timeout out of range: %u", req->u.nix.timeout_s);
+        return 0;
     case PS_RUN:
         break;
     default:
@@ -93,6 +107,8 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
         return ev_fail(err, 0, "run: %u arguments and %u variables", r->argc, r->envc);
     if (memchr(r->runtime, 0, sizeof(r->runtime)) == NULL || !runtime_name_ok(r->runtime))
         return ev_fail(err, 0, "run: bad runtime directory name");
+    if (r->flags & ~PS_RUN_MOUNT_NIX)
+        return ev_fail(err, 0, "run: unknown flags %#x", r->flags);
     if (check_limits(&r->limits, err) < 0)
         return -1;
     const char *p = (const char *)req + head, *end = p + r->strings_len;

@@ -17,7 +17,7 @@
 
 #include "common/error.h"
 
-#define PS_MAGIC 0x45564331u /* "EVC1": bumped with any change of layout */
+#define PS_MAGIC 0x45564332u /* "EVC2": bumped with any change of layout */
 #define PS_MAX_MSG 65536
 #define PS_MAX_ARGS 64
 #define PS_MAX_ENV 256
@@ -30,6 +30,10 @@ enum ps_type {
     PS_RUN,          /* optional fd: stdin; reply fd: stdout then stderr */
     PS_CANCEL,       /* kills the box's current and future runs; no reply */
     PS_CLOSE_BOX,
+    PS_NIX_INSTALL, /* nix-shell once on runtimes/NAME/shell.nix; reply fd: stdout, stderr,
+                       then the environment (NUL-separated) */
+    PS_NIX_UPDATE,  /* nix-channel --update, nix-env -u; reply fd: stdout, stderr */
+    PS_NIX_GC,      /* nix-store --gc; reply fd: stdout, stderr */
     PS_TYPE_END,
 };
 
@@ -64,6 +68,17 @@ struct ps_run {
     uint32_t argc, envc;
     uint32_t strings_len; /* bytes of strings following this struct */
     uint32_t has_stdin;   /* an fd comes with the message */
+    uint32_t flags;       /* PS_RUN_* */
+    uint32_t pad;
+};
+
+#define PS_RUN_MOUNT_NIX 1u /* mount /nix read-only (Nix runtimes) */
+
+/* The Nix operations run as root on the host, bounded by timeout_s. */
+struct ps_nix {
+    char runtime[PS_RUNTIME_MAX]; /* PS_NIX_INSTALL: the prepared runtime's directory */
+    uint32_t timeout_s;
+    uint32_t pad;
 };
 
 struct ps_request {
@@ -72,6 +87,7 @@ struct ps_request {
         struct ps_open_box open;
         struct ps_write_file write;
         struct ps_run run;
+        struct ps_nix nix;
     } u;
     /* PS_RUN: argc then envc NUL-terminated strings */
 };
@@ -82,6 +98,7 @@ struct ps_result {
     uint32_t flags; /* PS_F_* */
     uint64_t cpu_time_us, wall_time_us, memory_kb;
     uint64_t out_len, err_len; /* bytes of the reply's memfd: stdout then stderr */
+    uint64_t env_len;          /* PS_NIX_INSTALL: then the environment */
     char message[256];
 };
 
@@ -90,6 +107,7 @@ struct ps_result {
 #define PS_F_WALL 4u
 #define PS_F_OUT_TRUNC 8u
 #define PS_F_ERR_TRUNC 16u
+#define PS_F_TIMED_OUT 32u /* a Nix operation was killed at its timeout */
 
 struct ps_reply {
     uint32_t magic;
@@ -106,6 +124,7 @@ struct ps_reply {
 #define PS_MAX_SECONDS_US (86400ull * 1000000ull)
 #define PS_MAX_KB (1ull << 32)
 #define PS_MAX_COUNT (1ull << 20)
+#define PS_MAX_NIX_TIMEOUT 86400u
 
 /* Validates a request of n bytes that came with fd_count descriptors. On success the strings
  * of a PS_RUN are split into argv/envp (pointers into req, NULL-terminated arrays of at least

@@ -1,4 +1,5 @@
 """Every endpoint, status code and message of SPEC §4, through HTTP to a real server."""
+import shutil
 import base64
 import json
 
@@ -64,6 +65,8 @@ def test_add_runtime_validation(server, body, message):
     assert r.json() == {"message": message}
 
 
+@pytest.mark.skipif(shutil.which("nix-shell") is not None,
+                    reason="Nix is installed (test_nix.py covers a server without it)")
 def test_nix_runtime_without_nix(server):
     r = server.post("/runtimes", rt_body(provider=None, nix_shell="{ pkgs ? import <nixpkgs> {} }: pkgs.mkShell {}"))
     assert r.status_code == 400
@@ -235,6 +238,8 @@ def test_unknown_path_and_method(server):
     assert requests.put(server.url + "/runtimes/1", timeout=10).status_code == 405
 
 
+@pytest.mark.skipif(shutil.which("nix-shell") is not None,
+                    reason="Nix is installed (test_nix.py covers a server without it)")
 def test_update_without_nix(server):
     r = server.post("/update")
     assert r.status_code == 500

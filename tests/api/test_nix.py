@@ -1,0 +1,213 @@
+"""Nix runtimes, offline: shells made of plain derivations (builder /bin/sh, no nixpkgs), real
+store builds, exact environment capture, timeouts, /gc and /update. Skipped when nix-shell is
+not installed (scripts/install-deps installs Debian's nix-bin)."""
+import os
+import shutil
+import time
+import uuid
+
+import pytest
+
+from conftest import ROOT, Server
+
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "nix")
+INSTALLATION_TIMEOUT = 6
+HAVE_NIX = shutil.which("nix-shell", path="/usr/sbin:/usr/bin:/sbin:/bin") is not None
+
+pytestmark = pytest.mark.skipif(not HAVE_NIX, reason="nix-shell is not installed")
+
+# One nonce per test session: every store path the fixtures build is new, so what /gc must
+# remove and keep is known exactly.
+NONCE = uuid.uuid4().hex[:10]
+
+
+def fixture(name, **subst):
+    with open(os.path.join(FIXTURES, name)) as f:
+        text = f.read().replace("@NONCE@", NONCE)
+    for k, v in subst.items():
+        text = text.replace(f"@{k}@", v)
+    return text
+
+
+def nix_body(name, shell, run_script, compile_script="", source_file_name="main.sh"):
+    return {"name": name, "nix_shell": shell, "compile_script": compile_script,
+            "run_script": run_script, "source_file_name": source_file_name}
+
+
+@pytest.fixture(scope="module")
+def nix_server():
+    # no binary cache: offline, nix would spend seconds retrying cache.nixos.org per build
+    s = Server(INSTALLATION_TIMEOUT=INSTALLATION_TIMEOUT, UPDATE_TIMEOUT=20,
+               NIX_CONFIG="substituters =\nconnect-timeout = 2").start()
+    yield s
+    assert s.stop() == 0, s.log_text()
+
+
+def runtime_dirs(server):
+    return sorted(os.listdir(os.path.join(server.data_dir, "runtimes")))
+
+
+def store_paths(marker):
+    return sorted(p for p in os.listdir("/nix/store") if marker in p and not p.endswith(".drv"))
+
+
+def test_env_exact(nix_server):
+    r = nix_server.post("/runtimes", nix_body(
+        "nix-env", fixture("env.nix"),
+        'printf "%s|%s|%s|%s" "$MULTI" "$EQUALS" "$SPACES" "$HOME"'))
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"stdout", "stderr"}
+    rid = nix_server.runtimes()["nix-env"]
+    d = nix_server.execute(rid, "unused").json()
+    assert d["run"]["exit_status"] is None, d
+    assert d["run"]["stdout"] == "first line\nsecond = line\n  third|a=b==c=|  two  spaces  |/tmp"
+    # the shell.nix is in the runtime's directory, unchanged
+    dirs = [x for x in runtime_dirs(nix_server)]
+    found = [x for x in dirs if os.path.exists(os.path.join(nix_server.data_dir, "runtimes", x,
+                                                            "shell.nix"))]
+    texts = [open(os.path.join(nix_server.data_dir, "runtimes", x, "shell.nix")).read()
+             for x in found]
+    assert fixture("env.nix") in texts
+
+
+def test_two_versions_side_by_side(nix_server):
+    ids = {}
+    for v in ("1.0", "2.0"):
+        r = nix_server.post("/runtimes", nix_body(
+            f"greet-{v}", fixture(f"greet-{v}.nix"),
+            'greet "$(< input.txt)"; type -P greet; type -P cat || echo "no cat"',
+            source_file_name="input.txt"))
+        assert r.status_code == 200, r.text
+        assert f"hook ran for greet {v}" in r.json()["stdout"]
+        ids[v] = nix_server.runtimes()[f"greet-{v}"]
+    for v in ("1.0", "2.0"):
+        d = nix_server.execute(ids[v], "hello").json()
+        assert d["run"]["exit_status"] is None, d
+        out = d["run"]["stdout"].splitlines()
+        assert out[0] == f"greet {v} hello"
+        assert out[1].startswith("/nix/store/") and f"greet-{v}-{NONCE}/bin/greet" in out[1]
+        # only what the shell put on PATH: the host's /bin is not searched
+        assert out[2] == "no cat"
+
+
+def test_compile_stage_has_the_environment(nix_server):
+    r = nix_server.post("/runtimes", nix_body(
+        "greet-compiled", fixture("greet-2.0.nix"), "./prog",
+        compile_script='printf "#!/bin/sh\\n%s\\n" "$(greet compiled)" > prog && /bin/chmod +x prog'))
+    assert r.status_code == 200, r.text
+    rid = nix_server.runtimes()["greet-compiled"]
+    d = nix_server.execute(rid, "x").json()
+    assert d["compile"]["exit_status"] is None, d
+    # the compiled program runs `greet 2.0 compiled`: greet is on PATH in both stages
+    assert d["run"]["stdout"] == "greet 2.0 2.0 compiled\n", d
+
+
+def no_leftovers(server, before_dirs, marker=None):
+    assert runtime_dirs(server) == before_dirs
+    helper = server.helper_pid()
+    from conftest import descendants
+    assert descendants(helper) == []
+    if marker:
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        assert marker.encode() not in f.read(), f"process {pid} left"
+                except FileNotFoundError:
+                    pass
+
+
+@pytest.mark.parametrize("name", ["loop.nix", "loop-child.nix"])
+def test_installation_timeout(nix_server, name):
+    before = runtime_dirs(nix_server)
+    marker = "envicutor-loop-" + uuid.uuid4().hex[:8]
+    t0 = time.time()
+    r = nix_server.post("/runtimes", nix_body("loop-" + name, fixture(name, MARKER=marker),
+                                              "true"))
+    took = time.time() - t0
+    assert r.status_code == 400, r.text
+    assert "timeout expired" in r.json()["stderr"]
+    if name == "loop.nix":
+        assert "looping" in r.json()["stdout"]
+    else:
+        assert "started" in r.json()["stdout"]
+    assert INSTALLATION_TIMEOUT <= took < INSTALLATION_TIMEOUT + 5, took
+    assert "loop-" + name not in nix_server.runtimes()
+    no_leftovers(nix_server, before, marker)
+
+
+def test_syntax_error(nix_server):
+    before = runtime_dirs(nix_server)
+    r = nix_server.post("/runtimes", nix_body("broken", fixture("syntax-error.nix"), "true"))
+    assert r.status_code == 400, r.text
+    assert "error" in r.json()["stderr"] and "syntax" in r.json()["stderr"]
+    assert "broken" not in nix_server.runtimes()
+    no_leftovers(nix_server, before)
+
+
+def test_gc_frees_deleted_runtime_keeps_live(nix_server):
+    ids = nix_server.runtimes()
+    v1 = store_paths(f"greet-1.0-{NONCE}")
+    v2 = store_paths(f"greet-2.0-{NONCE}")
+    assert v1 and v2
+    assert nix_server.delete(f"/runtimes/{ids['greet-1.0']}").status_code == 200
+    r = nix_server.post("/gc")
+    assert r.status_code == 200, r.text
+    g = r.json()
+    assert g["nix"] is True
+    assert all("/nix/store/" + p in g["store_paths_deleted"] for p in v1), g
+    assert store_paths(f"greet-1.0-{NONCE}") == []
+    assert store_paths(f"greet-2.0-{NONCE}") == v2
+    # the live runtimes still run
+    d = nix_server.execute(ids["greet-2.0"], "again").json()
+    assert d["run"]["stdout"].splitlines()[0] == "greet 2.0 again", d
+
+
+def test_gc_removes_orphan_directories(nix_server):
+    orphan = os.path.join(nix_server.data_dir, "runtimes", "rt-orphan00000000")
+    os.mkdir(orphan)
+    r = nix_server.post("/gc")
+    assert r.status_code == 200, r.text
+    assert r.json()["runtime_directories_removed"] == 1
+    assert not os.path.exists(orphan)
+
+
+def test_update_offline(nix_server):
+    """With a channel to fetch and no network, the update fails cleanly: 500 and the output.
+    root's channel list is the one the helper's nix-channel reads; the test adds a channel
+    only when root has none, and removes it again."""
+    channels = "/root/.nix-channels"
+    added = not os.path.exists(channels)
+    if added:
+        with open(channels, "w") as f:
+            f.write("https://nixos.org/channels/nixpkgs-unstable nixpkgs\n")
+    try:
+        t0 = time.time()
+        r = nix_server.post("/update", timeout=60)
+        assert r.status_code == 500, r.text
+        assert set(r.json()) == {"stdout", "stderr"}
+        assert "nixos.org" in r.json()["stderr"], r.json()
+        assert time.time() - t0 < 25
+    finally:
+        if added:
+            os.unlink(channels)
+
+
+def test_restart_keeps_nix_runtime(nix_server):
+    rid = nix_server.runtimes()["nix-env"]
+    nix_server.stop()
+    nix_server.start()
+    d = nix_server.execute(rid, "x").json()
+    assert d["run"]["stdout"].startswith("first line\n"), d
+
+
+def test_nix_unavailable_without_nix_on_path(tmp_path):
+    """A server that cannot find Nix serves host runtimes and says so for Nix requests."""
+    s = Server(PATH="/usr/sbin:/sbin:/nonexistent").start()
+    try:
+        r = s.post("/runtimes", nix_body("n", fixture("env.nix"), "true"))
+        assert r.status_code == 400 and "Nix is not available" in r.json()["message"]
+        r = s.post("/update")
+        assert r.status_code == 500 and "Nix is not available" in r.json()["stderr"]
+    finally:
+        assert s.stop() == 0
