@@ -335,6 +335,44 @@ static void test_helper_checks_messages(void **state)
     free(req);
 }
 
+static void test_helper_checks_nix_messages(void **state)
+{
+    (void)state;
+    struct ps_request req;
+    char *argv[PS_MAX_ARGS + 1], *envp[PS_MAX_ENV + 1];
+    struct ev_err err;
+    size_t n = offsetof(struct ps_request, u) + sizeof(req.u.nix);
+    memset(&req, 0, sizeof(req));
+    req.h.magic = PS_MAGIC;
+    req.h.type = PS_NIX_INSTALL;
+    snprintf(req.u.nix.runtime, sizeof(req.u.nix.runtime), "rt-0123abcd");
+    req.u.nix.timeout_s = 120;
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), 0);
+    /* exact length, no descriptor */
+    assert_int_equal(ps_check_request(&req, n - 1, 0, argv, envp, &err), -1);
+    assert_int_equal(ps_check_request(&req, n, 1, argv, envp, &err), -1);
+    /* timeout range */
+    req.u.nix.timeout_s = 0;
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), -1);
+    req.u.nix.timeout_s = PS_MAX_NIX_TIMEOUT + 1;
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), -1);
+    req.u.nix.timeout_s = 120;
+    /* the runtime directory: a plain name of [a-z0-9-], NUL-terminated, required */
+    snprintf(req.u.nix.runtime, sizeof(req.u.nix.runtime), "../etc");
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), -1);
+    memset(req.u.nix.runtime, 'a', sizeof(req.u.nix.runtime));
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), -1);
+    req.u.nix.runtime[0] = '\0';
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), -1);
+    /* update and gc name no runtime */
+    req.h.type = PS_NIX_GC;
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), 0);
+    req.h.type = PS_NIX_UPDATE;
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), 0);
+    snprintf(req.u.nix.runtime, sizeof(req.u.nix.runtime), "rt-0123abcd");
+    assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -346,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_parse_runtime),
         cmocka_unit_test(test_parse_execute),
         cmocka_unit_test(test_helper_checks_messages),
+        cmocka_unit_test(test_helper_checks_nix_messages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
