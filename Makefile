@@ -23,7 +23,7 @@ PROG_SRC := $(wildcard tests/sandbox/progs/*.c)
 PROG_BIN := $(PROG_SRC:tests/sandbox/progs/%.c=$(B)/progs/%)
 
 .PHONY: all asan unit progs test test-unit test-sandbox test-cgroup2 bench format format-check \
-        clean deps
+        clean deps fuzz
 
 all: $(B)/envicutor
 
@@ -60,10 +60,25 @@ test-unit: unit
 test-cgroup2: all progs
 	./tests/vm/run-in-vm.sh tests/vm/cgroup2-suite.sh
 
+# libFuzzer targets (clang) for request parsing and the helper's message checks, with ASan and
+# UBSan, into build-fuzz/; fuzz/run-short is the bounded run of the test suite, docs/fuzzing.md
+# describes long campaigns.
+FUZZ_SRC := src/http/request.c src/pipeline/config.c src/pipeline/runtime_store.c \
+            src/privsep/protocol.c $(wildcard src/common/*.c)
+FUZZ_BIN := $(patsubst fuzz/%.c,build-fuzz/%,$(wildcard fuzz/fuzz_*.c))
+
+fuzz: $(FUZZ_BIN)
+
+build-fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRC) $(wildcard src/*/*.h)
+	@mkdir -p build-fuzz
+	clang -std=gnu17 -D_GNU_SOURCE -Isrc -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(FUZZ_SRC) $(LIBS)
+
 bench: all progs
 	./bench/run
 
-FORMAT_FILES = $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c bench/*.c)
+FORMAT_FILES = $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c bench/*.c \
+                          fuzz/*.c)
 
 format:
 	clang-format -i $(FORMAT_FILES)
@@ -75,4 +90,4 @@ deps:
 	./scripts/install-deps
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -196,7 +196,7 @@ int cmd_sandbox(int argc, char **argv)
                 break;
             }
             *colon = '\0';
-            mounts[cfg.n_mounts++] = (struct sbx_mount){optarg, colon + 1};
+            mounts[cfg.n_mounts++] = (struct sbx_mount){.source = optarg, .target = colon + 1};
             break;
         }
         case OPT_ENV:

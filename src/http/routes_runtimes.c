@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include "http/request.h"
+#include "common/logsafe.h"
 #include "http/server.h"
 #include "pipeline/runtime_info.h"
 
@@ -58,9 +59,11 @@ void route_runtimes_add(struct http_server *s, struct request *rq, struct reply 
     case PIPE_SETUP_FAILED:
         r->status = st == PIPE_OK ? 200 : 400;
         r->json = output_pair(out, errout);
-        if (st == PIPE_OK)
+        if (st == PIPE_OK) {
+            char name[300];
             fprintf(stderr, "req %llu: runtime %lld \"%s\" added\n", (unsigned long long)rq->id,
-                    (long long)rt.id, rt.name);
+                    (long long)rt.id, log_safe(rt.name, name, sizeof(name)));
+        }
         break;
     case PIPE_NAME_TAKEN:
         reply_message(r, 400, "A runtime with this name already exists");

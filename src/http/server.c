@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "common/fileutil.h"
+#include "common/logsafe.h"
 #include "common/utf8.h"
 
 /* What a connection accumulates between libmicrohttpd's calls. */
@@ -51,7 +52,9 @@ void reply_message(struct reply *r, int status, const char *fmt, ...)
 
 void reply_internal(struct reply *r, const struct request *rq, const char *cause)
 {
-    fprintf(stderr, "req %llu: internal error: %s\n", (unsigned long long)rq->id, cause);
+    char buf[1024];
+    fprintf(stderr, "req %llu: internal error: %s\n", (unsigned long long)rq->id,
+            log_safe(cause, buf, sizeof(buf)));
     reply_message(r, 500, "Internal server error");
 }
 
@@ -170,6 +173,10 @@ static void log_request(uint64_t id, const char *method, const char *path, const
                         uint64_t t0)
 {
     double ms = (double)(monotonic_ns() - t0) / 1e6;
+    /* libmicrohttpd hands over the path URL-decoded: "%0a" is a newline by now. */
+    char mbuf[64], pbuf[600];
+    method = log_safe(method, mbuf, sizeof(mbuf));
+    path = log_safe(path, pbuf, sizeof(pbuf));
     if (r->drop)
         fprintf(stderr, "req %llu %s %s aborted by the client %.1fms\n", (unsigned long long)id,
                 method, path, ms);

@@ -254,12 +254,21 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
         cfg.stdin_path = stdin_path;
     }
     if (r->runtime[0]) {
-        snprintf(rt_path, sizeof(rt_path), "%s/%s", H.runtimes_dir, r->runtime);
-        if (lstat(rt_path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        /* The runtime store belongs to the unprivileged server, so nothing below the data
+         * directory is trusted: a compromised server could swap "runtimes" (or a runtime)
+         * for a link to any host directory and have it bound into a box. Each level is
+         * opened without following links, and the sandbox refuses the bind unless it
+         * mounted that very directory (a swap after this check is caught there). */
+        cleanup_close int rfd = open(H.runtimes_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        cleanup_close int dfd =
+            rfd < 0 ? -1 : openat(rfd, r->runtime, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0 || fstat(dfd, &st) < 0) {
             reply_error(rep, "run: no such runtime directory");
             goto out;
         }
-        mounts[cfg.n_mounts++] = (struct sbx_mount){.source = rt_path, .target = "/runtime"};
+        snprintf(rt_path, sizeof(rt_path), "%s/%s", H.runtimes_dir, r->runtime);
+        mounts[cfg.n_mounts++] = (struct sbx_mount){
+            .source = rt_path, .target = "/runtime", .dev = st.st_dev, .ino = st.st_ino};
     }
     /* Nix runtimes: the store their environment points into, read-only like every mount. */
     if (r->flags & PS_RUN_MOUNT_NIX)

@@ -332,6 +332,11 @@ int mounts_build_root(const struct root_plan *p, struct ev_err *err)
         snprintf(path, sizeof(path), "%s%s", root, p->mounts[i].target);
         if (bind(p->mounts[i].source, path, RO_FLAGS, err) < 0)
             return -1;
+        struct stat st;
+        if ((p->mounts[i].dev || p->mounts[i].ino) &&
+            (stat(path, &st) < 0 || st.st_dev != p->mounts[i].dev || st.st_ino != p->mounts[i].ino))
+            return ev_fail(err, 0, "bind %s on %s: not the directory that was checked",
+                           p->mounts[i].source, p->mounts[i].target);
     }
 
     /* pivot_root(".", ".") stacks the old root under the new one at the same place; the

@@ -88,6 +88,11 @@ struct sbx_limits {
 struct sbx_mount {
     const char *source; /* host path */
     const char *target; /* absolute path inside the box, outside /usr, /etc, /box, ... */
+    /* When dev or ino is not 0: the directory the caller checked. The bind fails unless the
+     * source mounted is that very inode, so a path that someone else can change between the
+     * caller's check and the mount (a link swapped in) cannot redirect it. */
+    dev_t dev;
+    ino_t ino;
 };
 
 struct sbx_run_config {
