@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "privsep/protocol.h"
 
@@ -61,11 +62,41 @@ static int parse_limits(json_t *v, const char *stage, struct limit_request *out,
     return 0;
 }
 
+static int parse_execute_root(struct execute_body *out, char *msg, size_t size);
+
 int parse_execute(const char *body, size_t len, struct execute_body *out, char *msg, size_t size)
 {
     memset(out, 0, sizeof(*out));
     if (load_object(body, len, &out->root, msg, size) < 0)
         return -1;
+    return parse_execute_root(out, msg, size);
+}
+
+int parse_execute_fd(int fd, struct execute_body *out, char *msg, size_t size)
+{
+    memset(out, 0, sizeof(*out));
+    json_error_t e;
+    /* jansson reads through a small buffer: the raw text is never in memory as a whole */
+    if (lseek(fd, 0, SEEK_SET) < 0) {
+        snprintf(msg, size, "Invalid JSON: the body could not be read");
+        return -1;
+    }
+    json_t *root = json_loadfd(fd, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+    if (!root) {
+        snprintf(msg, size, "Invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
+        return -1;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        snprintf(msg, size, "The request body must be a JSON object");
+        return -1;
+    }
+    out->root = root;
+    return parse_execute_root(out, msg, size);
+}
+
+static int parse_execute_root(struct execute_body *out, char *msg, size_t size)
+{
     json_t *id = json_object_get(out->root, "runtime_id");
     json_t *src = json_object_get(out->root, "source_code");
     json_t *in = json_object_get(out->root, "input");

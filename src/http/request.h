@@ -23,6 +23,8 @@ struct execute_body {
 
 /* 0, or -1 with the message of a 400 in msg. */
 int parse_execute(const char *body, size_t len, struct execute_body *out, char *msg, size_t size);
+/* The same from a body in a file (read from its start). */
+int parse_execute_fd(int fd, struct execute_body *out, char *msg, size_t size);
 void execute_body_free(struct execute_body *b);
 
 /* Fills rt (malloc'ed strings; runtime_free releases them). nix_ok says whether the Nix

@@ -27,7 +27,8 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, b
 {
     struct execute_body b;
     char msg[512];
-    if (parse_execute(rq->body, rq->body_len, &b, msg, sizeof(msg)) < 0) {
+    if ((rq->body_fd >= 0 ? parse_execute_fd(rq->body_fd, &b, msg, sizeof(msg))
+                          : parse_execute(rq->body, rq->body_len, &b, msg, sizeof(msg))) < 0) {
         reply_message(r, 400, "%s", msg);
         return;
     }

@@ -1,6 +1,7 @@
 #include "http/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -8,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "common/fileutil.h"
 #include "common/logsafe.h"
@@ -19,10 +22,50 @@ struct conn_state {
     uint64_t t0;
     char *body;
     size_t len, cap;
+    int body_fd; /* a body beyond SPILL_BYTES goes to this unlinked file as it arrives */
     bool too_large;
-    int denied; /* 401 or 403: answered without routing, the body is dropped */
+    bool answered; /* a response was queued before the body ended (413) */
+    int denied;    /* 401 or 403: answered without routing, the body is dropped */
     const char *denied_msg;
 };
+
+/* Bodies up to this size stay in memory; a larger one is written to an unlinked file in the
+ * data directory as it arrives, and /execute parses it from there (json_loadfd), so a request
+ * of tens of megabytes is never held in memory as raw text next to its parsed form. */
+#define SPILL_BYTES (1u << 20)
+
+/* An unlinked file for a large body: O_TMPFILE in the data directory (disk), else a memfd. */
+static int spill_file(const struct ev_config *cfg)
+{
+    int fd = open(cfg->data_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0)
+        fd = memfd_create("envicutor-body", MFD_CLOEXEC);
+    return fd;
+}
+
+static int pread_full(int fd, char *buf, size_t len, off_t off)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd, buf + got, len - got, off + (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+static void drop_body(struct conn_state *cs)
+{
+    free(cs->body);
+    cs->body = NULL;
+    cs->len = cs->cap = 0;
+    if (cs->body_fd >= 0)
+        close(cs->body_fd);
+    cs->body_fd = -1;
+}
 
 bool request_aborted(void *arg)
 {
@@ -197,6 +240,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!cs)
             return MHD_NO;
         cs->id = atomic_fetch_add(&s->next_id, 1);
+        cs->body_fd = -1;
         cs->t0 = monotonic_ns();
         *con_cls = cs;
         /* API keys first, from the headers alone: a refused request's body is never kept. */
@@ -215,32 +259,53 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             json_decref(r.json);
             return ret;
         }
+        (void)expect;
         if (cl && parse_u64(cl, &n) == 0 && n > s->cfg->max_request_bytes) {
-            cs->too_large = true;
-            /* A client that waits for "100 Continue" gets its answer before sending the body;
-             * any other client's body is read and dropped so it can read the answer. */
-            if (expect && strcasecmp(expect, "100-continue") == 0) {
-                struct reply r = {0};
-                reply_message(&r, 413, "The request body is larger than %llu bytes",
-                              (unsigned long long)s->cfg->max_request_bytes);
-                enum MHD_Result ret = send_reply(conn, &r);
-                log_request(cs->id, method, url, &r, cs->t0);
-                json_decref(r.json);
-                return ret;
-            }
+            /* Answered at once, before a byte of the body is read; libmicrohttpd then closes
+             * the connection instead of reading the rest. */
+            cs->too_large = cs->answered = true;
+            struct reply r = {0};
+            reply_message(&r, 413, "The request body is larger than %llu bytes",
+                          (unsigned long long)s->cfg->max_request_bytes);
+            enum MHD_Result ret = send_reply(conn, &r);
+            log_request(cs->id, method, url, &r, cs->t0);
+            json_decref(r.json);
+            return ret;
         }
         return MHD_YES;
     }
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (cs->denied)
+        if (cs->denied || cs->answered)
             return MHD_YES;
         if (cs->too_large || cs->len + n > s->cfg->max_request_bytes) {
+            /* A body without a Content-Length (chunked) is cut off at the limit: nothing
+             * beyond it is kept, what was kept is freed. libmicrohttpd cannot queue an answer
+             * in the middle of a body, so the 413 goes out once the client has sent it all
+             * (closing at once would leave the client without an answer). */
             cs->too_large = true;
+            drop_body(cs);
+            return MHD_YES;
+        }
+        if (cs->body_fd < 0 && cs->len + n > SPILL_BYTES) {
+            cs->body_fd = spill_file(s->cfg);
+            if (cs->body_fd < 0 || (cs->len && write_full(cs->body_fd, cs->body, cs->len) < 0)) {
+                fprintf(stderr, "req %llu: internal error: spill the body to a file: %s\n",
+                        (unsigned long long)cs->id, strerror(errno));
+                return MHD_NO;
+            }
             free(cs->body);
             cs->body = NULL;
-            cs->len = cs->cap = 0;
+            cs->cap = 0;
+        }
+        if (cs->body_fd >= 0) {
+            if (write_full(cs->body_fd, upload_data, n) < 0) {
+                fprintf(stderr, "req %llu: internal error: write the body to a file: %s\n",
+                        (unsigned long long)cs->id, strerror(errno));
+                return MHD_NO;
+            }
+            cs->len += n;
             return MHD_YES;
         }
         if (cs->len + n + 1 > cs->cap) {
@@ -259,6 +324,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
 
+    if (cs->answered)
+        return MHD_YES;
     struct reply r = {0};
     if (cs->denied) {
         reply_message(&r, cs->denied, "%s", cs->denied_msg);
@@ -273,9 +340,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                              .path = url,
                              .body = cs->body ? cs->body : "",
                              .body_len = cs->len,
+                             .body_fd = cs->body_fd,
                              .conn = conn,
                              .fd = ci ? ci->connect_fd : -1};
-        route(s, &rq, &r);
+        /* Only /execute parses a spilled body from its file; the other routes' bodies are
+         * small, and one that was not is read back. */
+        if (cs->body_fd >= 0 && strcmp(url, "/execute") != 0) {
+            cs->body = malloc(cs->len + 1);
+            if (!cs->body || pread_full(cs->body_fd, cs->body, cs->len, 0) < 0) {
+                reply_internal(&r, &rq, "read a spilled body back");
+            } else {
+                cs->body[cs->len] = '\0';
+                rq.body = cs->body;
+                rq.body_fd = -1;
+                route(s, &rq, &r);
+            }
+        } else {
+            route(s, &rq, &r);
+        }
     }
     if (!r.drop && !r.json && !r.text) {
         fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",
@@ -287,9 +369,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     log_request(cs->id, method, url, &r, cs->t0);
     json_decref(r.json);
     /* The body is no longer needed; the state itself goes in on_completed. */
-    free(cs->body);
-    cs->body = NULL;
-    cs->len = cs->cap = 0;
+    drop_body(cs);
     return ret;
 }
 
@@ -299,7 +379,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)cls, (void)conn, (void)code;
     struct conn_state *cs = *con_cls;
     if (cs) {
-        free(cs->body);
+        drop_body(cs);
         free(cs);
         *con_cls = NULL;
     }

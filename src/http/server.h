@@ -31,8 +31,9 @@ void http_stop(struct http_server *s);
 struct request {
     uint64_t id;
     const char *method, *path;
-    const char *body;
+    const char *body; /* "" when the body is in body_fd */
     size_t body_len;
+    int body_fd; /* /execute: a large body, in an unlinked file; -1 otherwise */
     struct MHD_Connection *conn;
     int fd; /* the client's socket, watched for a disconnect */
 };
@@ -64,7 +65,6 @@ void route_runtimes_get(struct http_server *s, struct request *rq, const char *i
 void route_runtimes_delete(struct http_server *s, struct request *rq, const char *id,
                            struct reply *r);
 void route_update(struct http_server *s, struct request *rq, struct reply *r);
-void route_gc(struct http_server *s, struct request *rq, struct reply *r);
 void route_gc(struct http_server *s, struct request *rq, struct reply *r);
 void route_execute(struct http_server *s, struct request *rq, bool is_project, bool base64_output,
                    struct reply *r);

@@ -186,6 +186,10 @@ static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const char *
                           .envp = envp,
                           .input = input,
                           .input_len = input_len,
+                          /* SPEC §4: an input that does not end in a newline gets one; added
+                           * by the client as it fills the memfd, so a large input is not
+                           * copied */
+                          .input_newline = input && input_len && input[input_len - 1] != '\n',
                           .limits = to_ps(p, l)};
     bool aborted;
     if (psc_run(p->psc, box, &run, should_abort, ac, res, &aborted, err) < 0) {
@@ -240,10 +244,8 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
         if (out->res[STAGE_COMPILE].status != SBX_OK)
             return PIPE_OK;
     }
-    size_t in_len = 0;
-    cleanup_free char *in = with_newline(req->input ? req->input : "", req->input_len, &in_len);
-    if (!in)
-        return ev_fail(err, ENOMEM, "input"), PIPE_INTERNAL;
+    const char *in = req->input ? req->input : "";
+    size_t in_len = req->input ? req->input_len : 0;
     char *argv[] = {bash, "-c", rt->run_script, "/runtime/run.sh", NULL};
     st = run_stage(p, box, rt->dir, nix, argv, envp, in, in_len, &req->run, ac,
                    &out->res[STAGE_RUN], err);

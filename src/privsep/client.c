@@ -341,6 +341,8 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
         in_fd = memfd_with(run->input, run->input_len, err);
         if (in_fd < 0)
             return -1;
+        if (run->input_newline && write_full(in_fd, "\n", 1) < 0)
+            return ev_fail(err, errno, "write to a memfd");
         r->has_stdin = 1;
     }
     struct ps_reply rep;

@@ -34,6 +34,7 @@ struct psc_run {
     char *const *envp;
     const void *input; /* NULL: empty stdin */
     size_t input_len;
+    bool input_newline; /* append a newline to the input (written to the memfd, not copied) */
     struct ps_limits limits;
     bool mount_nix; /* a Nix runtime: /nix read-only */
 };
