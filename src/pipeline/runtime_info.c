@@ -23,8 +23,11 @@ void runtime_limits(const struct runtime *rt, const struct ev_config *cfg,
 json_t *env_json(const char *env, size_t len)
 {
     json_t *o = json_object();
-    for (const char *e = env; o && e && e < env + len; e += strlen(e) + 1) {
-        const char *eq = strchr(e, '=');
+    for (const char *e = env; o && e && e < env + len;
+         e += strnlen(e, (size_t)(env + len - e)) + 1) {
+        /* bounded by len: the last entry need not be NUL-terminated */
+        size_t elen = strnlen(e, (size_t)(env + len - e));
+        const char *eq = memchr(e, '=', elen);
         if (!eq)
             continue;
         char name[256];
@@ -33,7 +36,7 @@ json_t *env_json(const char *env, size_t len)
             continue;
         memcpy(name, e, n);
         name[n] = '\0';
-        if (json_object_set_new(o, name, json_string(eq + 1)) < 0) {
+        if (json_object_set_new(o, name, json_stringn(eq + 1, elen - n - 1)) < 0) {
             json_decref(o);
             o = NULL;
         }

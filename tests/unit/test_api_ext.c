@@ -281,8 +281,8 @@ static void test_runtime_canonical_and_hash(void **state)
     cfg.compile = sys_max;
     cfg.run = sys_max;
     struct runtime a, b;
-    fill_runtime(&a, "A", "X=1\0Y=\xc3\xa9", 10);
-    fill_runtime(&b, "B", "Y=\xc3\xa9\0X=1", 10);
+    fill_runtime(&a, "A", "X=1\0Y=\xc3\xa9", 9); /* the literal's 8 bytes and its NUL */
+    fill_runtime(&b, "B", "Y=\xc3\xa9\0X=1", 9);
     a.id = 1;
     b.id = 2;
     a.created_at = 100;
