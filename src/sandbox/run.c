@@ -45,13 +45,26 @@
 /* CLONE_NEWCGROUP is not among them: init unshares it once it sits in all its cgroups. */
 #define NS_FLAGS (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
 
-enum report_kind { REPORT_SETUP = 1, REPORT_EXEC = 2 };
+enum report_kind { REPORT_SETUP = 1, REPORT_EXEC = 2, REPORT_START = 3 };
+
+/* What init sends when main has ended: its wait status, and the run's CPU counter and the
+ * clock at that moment, before init's own exit tears the namespaces down (work the kernel
+ * charges to the run's cgroup, and that is not the program's). */
+struct end_mark {
+    int status;
+    int have_cpu;
+    uint64_t cpu_usec;
+    uint64_t t_ns;
+};
 
 /* What the child sends back when it fails before execve. */
 struct report {
     int kind;
     int errnum;
     char msg[400];
+    /* REPORT_START: the run's CPU counter and the monotonic clock just before execve */
+    uint64_t cpu_usec;
+    uint64_t t_ns;
 };
 
 struct child_ctx {
@@ -66,6 +79,8 @@ struct child_ctx {
     int report_w; /* close-on-exec: EOF at execve */
     int status_w; /* init -> caller: main's wait status */
     const char *workdir;
+    int cpu_dirfd; /* the cgroup directory holding the CPU counter */
+    bool cpu_v2;   /* cpu.stat usage_usec (v2) or cpuacct.usage in ns (v1) */
 };
 
 /* ---- child side ------------------------------------------------------------------------- */
@@ -77,6 +92,21 @@ static __attribute__((noreturn)) void child_fail(const struct child_ctx *c, int 
     snprintf(r.msg, sizeof(r.msg), "%s", e->msg);
     write_full(c->report_w, &r, sizeof(r));
     _exit(127);
+}
+
+/* The run's CPU counter in microseconds, read from inside the box's processes through the
+ * cgroup directory descriptor the caller opened. */
+static int read_cpu(const struct child_ctx *c, uint64_t *usec)
+{
+    if (c->cpu_dirfd < 0)
+        return -1;
+    uint64_t v;
+    if (c->cpu_v2)
+        return read_keyed_u64_at(c->cpu_dirfd, "cpu.stat", "usage_usec", usec, NULL);
+    if (read_u64_at(c->cpu_dirfd, "cpuacct.usage", &v, NULL) < 0)
+        return -1;
+    *usec = v / 1000;
+    return 0;
 }
 
 static int loopback_up(struct ev_err *err)
@@ -221,6 +251,14 @@ static __attribute__((noreturn)) void run_main(const struct child_ctx *c)
         ev_fail(&e, errno, "install the seccomp filter");
         child_fail(c, REPORT_SETUP, &e);
     }
+    /* The baseline of the run's time, taken here rather than when the caller notices the
+     * execve: on a loaded machine the caller may wake up milliseconds later, and the program's
+     * first CPU time would go uncounted. Without it the caller measures at end of file. */
+    struct report start = {.kind = REPORT_START};
+    if (read_cpu(c, &start.cpu_usec) == 0) {
+        start.t_ns = monotonic_ns();
+        write_full(c->report_w, &start, sizeof(start));
+    }
     exec_search(c->cfg->argv, c->cfg->envp);
     ev_fail(&e, errno, "cannot execute '%s'", c->cfg->argv[0]);
     child_fail(c, REPORT_EXEC, &e);
@@ -262,9 +300,9 @@ static void close_all_except(int *keep, int n)
 static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 {
     struct ev_err e = {0};
-    int keep[8 + 4] = {c->stdin_fd, c->out_w,    c->err_w,
-                       c->report_w, c->status_w, c->cg->v2_procs_fd};
-    int n_keep = 6;
+    int keep[8 + 4] = {c->stdin_fd, c->out_w,     c->err_w,          c->report_w,
+                       c->status_w, c->cpu_dirfd, c->cg->v2_procs_fd};
+    int n_keep = 7;
     for (int i = 0; i < c->cg->n_join && i < 4; i++)
         keep[n_keep++] = c->cg->join_fds[i];
     close_all_except(keep, n_keep);
@@ -313,7 +351,9 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
         if (r < 0)
             _exit(1);
         if (r == pid) {
-            write_full(c->status_w, &status, sizeof(status));
+            struct end_mark end = {.status = status, .t_ns = monotonic_ns()};
+            end.have_cpu = read_cpu(c, &end.cpu_usec) == 0;
+            write_full(c->status_w, &end, sizeof(end));
             _exit(0); /* and the kernel kills whatever is left in the namespace */
         }
     }
@@ -364,12 +404,33 @@ static int append_output(struct sbx_output *o, const char *buf, size_t n, uint64
 struct watch {
     int out_r, err_r, report_r, status_r;
     bool exec_seen, main_done, report_failed, init_died;
-    struct report report;
+    struct report reports[2]; /* a REPORT_START, a failure, or a start then a failure */
     size_t report_got;
-    int status;
+    struct report report; /* the failure, when report_failed */
+    struct end_mark end;
     uint64_t t_start, t_end, cpu0;
     bool cpu_killed, wall_killed, cancelled;
 };
+
+/* Makes sense of what came through the report pipe: an optional REPORT_START, then an
+ * optional failure, which goes to w->report with w->report_failed set. Returns the start. */
+static const struct report *report_parse(struct watch *w)
+{
+    size_t n = w->report_got / sizeof(struct report);
+    const struct report *start =
+        n >= 1 && w->reports[0].kind == REPORT_START ? &w->reports[0] : NULL;
+    const struct report *fail =
+        start ? (n >= 2 ? &w->reports[1] : NULL) : (n >= 1 ? &w->reports[0] : NULL);
+    if (fail || (w->report_got % sizeof(struct report)) != 0) {
+        w->report_failed = true;
+        if (fail)
+            w->report = *fail;
+        else
+            snprintf(w->report.msg, sizeof(w->report.msg), "a truncated report from the box");
+        w->report.kind = fail ? fail->kind : REPORT_SETUP;
+    }
+    return start;
+}
 
 /* Reads what is available on an output pipe; returns false at end of file. */
 static bool drain(int *fd, struct sbx_output *o, uint64_t cap, bool *oom_out)
@@ -476,6 +537,8 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         .report_w = rep[1],
         .status_w = st[1],
         .workdir = cfg->workdir ? cfg->workdir : "/box",
+        .cpu_dirfd = host->cg.cpu == CG_V2 ? cg.v2_fd : cg.cpu_fd,
+        .cpu_v2 = host->cg.cpu == CG_V2,
     };
     bool joined;
     pid_t init = clone_init(&cg, &joined);
@@ -570,23 +633,27 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
             break;
         }
         if (pfd[2].revents && w.report_r >= 0) {
-            ssize_t r =
-                read(w.report_r, (char *)&w.report + w.report_got, sizeof(w.report) - w.report_got);
+            ssize_t r = read(w.report_r, (char *)w.reports + w.report_got,
+                             sizeof(w.reports) - w.report_got);
             if (r > 0) {
                 w.report_got += (size_t)r;
             } else if (r == 0 || (r < 0 && errno != EINTR)) {
                 close(w.report_r);
                 w.report_r = -1;
-                if (w.report_got == 0) {
-                    /* end of file without a report: execve succeeded */
+                const struct report *start = report_parse(&w);
+                if (!w.report_failed) {
+                    /* end of file without a failure: execve succeeded */
                     w.exec_seen = true;
-                    w.t_start = monotonic_ns();
-                    if (cg_run_cpu_usec(&host->cg, &cg, &w.cpu0, err) < 0) {
-                        rc = -1;
-                        break;
+                    if (start) {
+                        w.t_start = start->t_ns;
+                        w.cpu0 = start->cpu_usec;
+                    } else {
+                        w.t_start = monotonic_ns();
+                        if (cg_run_cpu_usec(&host->cg, &cg, &w.cpu0, err) < 0) {
+                            rc = -1;
+                            break;
+                        }
                     }
-                } else {
-                    w.report_failed = true;
                 }
             }
         }
@@ -595,11 +662,13 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         if (pfd[1].revents && w.err_r >= 0)
             drain(&w.err_r, &res->err, l->max_output_bytes, &alloc_failed);
         if (pfd[3].revents) {
-            ssize_t r = read_full(w.status_r, &w.status, sizeof(w.status));
+            ssize_t r = read_full(w.status_r, &w.end, sizeof(w.end));
             w.t_end = monotonic_ns();
-            if (r == (ssize_t)sizeof(w.status))
+            if (r == (ssize_t)sizeof(w.end)) {
                 w.main_done = true;
-            else /* init died without a word: its report, if any, is read after teardown */
+                if (w.end.t_ns > w.t_start && w.end.t_ns < w.t_end)
+                    w.t_end = w.end.t_ns;
+            } else /* init died without a word: its report, if any, is read after teardown */
                 w.init_died = true;
             if (!w.main_done)
                 break;
@@ -623,12 +692,11 @@ teardown:
         drain(&w.err_r, &res->err, l->max_output_bytes, &alloc_failed);
     if (w.report_r >= 0) {
         /* the box died before exec or before we read the report */
-        ssize_t r = read_full(w.report_r, (char *)&w.report + w.report_got,
-                              sizeof(w.report) - w.report_got);
+        ssize_t r = read_full(w.report_r, (char *)w.reports + w.report_got,
+                              sizeof(w.reports) - w.report_got);
         if (r > 0)
             w.report_got += (size_t)r;
-        if (w.report_got)
-            w.report_failed = true;
+        report_parse(&w);
         close(w.report_r);
     }
     close(w.status_r);
@@ -637,8 +705,13 @@ teardown:
     bool oom = false;
     struct ev_err merr;
     if (rc == 0 && init > 0) {
-        if (cg_run_cpu_usec(&host->cg, &cg, &cpu_end, &merr) < 0 ||
-            cg_run_memory(&host->cg, &cg, &peak, &oom, &merr) < 0) {
+        if (w.main_done && w.end.have_cpu)
+            cpu_end = w.end.cpu_usec;
+        else if (cg_run_cpu_usec(&host->cg, &cg, &cpu_end, &merr) < 0)
+            rc = -1;
+        if (rc == 0 && cg_run_memory(&host->cg, &cg, &peak, &oom, &merr) < 0)
+            rc = -1;
+        if (rc < 0) {
             *err = merr;
             rc = -1;
         }
@@ -674,10 +747,10 @@ teardown:
     res->memory_kb = peak / 1024;
     res->memory_limit_exceeded = oom;
     if (w.main_done) {
-        if (WIFEXITED(w.status))
-            res->exit_code = WEXITSTATUS(w.status);
-        else if (WIFSIGNALED(w.status))
-            res->exit_signal = WTERMSIG(w.status);
+        if (WIFEXITED(w.end.status))
+            res->exit_code = WEXITSTATUS(w.end.status);
+        else if (WIFSIGNALED(w.end.status))
+            res->exit_signal = WTERMSIG(w.end.status);
     } else {
         res->exit_signal = SIGKILL; /* we killed it */
     }
