@@ -558,5 +558,8 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
         if (H.slots[i].used)
             close_slot_locked(&H.slots[i]);
     pthread_mutex_unlock(&H.mu);
+    struct ev_err err;
+    if (sbx_host_cleanup(H.host, &err) < 0)
+        fprintf(stderr, "envicutor helper: cgroup clean-up: %s\n", err.msg);
     return status;
 }

@@ -1,10 +1,10 @@
 /* Boxes: a uid/gid from the reserved range, a lock that proves ownership, and the directory
  * that becomes /box.
  *
- * The lock is an flock on run_dir/locks/N, held for the box's life. The kernel drops it when
- * the owner dies, even by kill -9, so the next owner of N knows the box may hold residue and
- * cleans it (cgroups, the tmpfs mount, the directory) before use. Two live boxes therefore
- * never share a uid, across any number of servers and `envicutor sandbox` commands. */
+ * The lock is an flock on lock_dir/N (global to the host), held for the box's life. The kernel
+ * drops it when the owner dies, even by kill -9, so the next owner of N knows the box may hold
+ * residue and cleans it (cgroups, the tmpfs mount, the directory) before use. Two live boxes
+ * therefore never share a uid, across any number of servers and `envicutor sandbox` commands. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -42,7 +42,7 @@ static int clean_residue(struct sbx_host *host, int id, struct ev_err *err)
 static int try_lock(struct sbx_host *host, int id)
 {
     char path[320];
-    snprintf(path, sizeof(path), "%s/locks/%d", host->run_dir, id);
+    snprintf(path, sizeof(path), "%s/%d", host->lock_dir, id);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return -1;
@@ -134,7 +134,7 @@ int sbx_cleanup_stale(struct sbx_host *host, struct ev_err *err)
 {
     /* Only boxes that were ever used have a lock file. */
     char locks[320];
-    snprintf(locks, sizeof(locks), "%s/locks", host->run_dir);
+    snprintf(locks, sizeof(locks), "%s", host->lock_dir);
     cleanup_closedir DIR *d = opendir(locks);
     if (!d)
         return ev_fail(err, errno, "opendir %s", locks);

@@ -423,9 +423,21 @@ int cg_v2_read_memory(int dirfd, bool have_peak, uint64_t sampled, uint64_t *pea
 
 /* ---- per run ------------------------------------------------------------------------------- */
 
-static int open_dir(const char *base, const char *name, bool create, struct ev_err *err)
+/* Opens base/name, creating name. Our subtree (base) may have been removed since detection:
+ * another owner removes it at shutdown when it is empty (cg_host_cleanup), so it is made again,
+ * with `controllers` enabled for its children on v2. */
+static int open_dir(const char *base, const char *name, bool create, const char *controllers,
+                    struct ev_err *err)
 {
     cleanup_close int bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (bfd < 0 && errno == ENOENT && create) {
+        if (mkdir(base, 0755) < 0 && errno != EEXIST)
+            return ev_fail(err, errno, "mkdir %s", base);
+        bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (bfd >= 0 && controllers && controllers[0] &&
+            write_file_at(bfd, "cgroup.subtree_control", controllers, err) < 0)
+            return ev_wrap(err, "%s: ", base);
+    }
     if (bfd < 0)
         return ev_fail(err, errno, "open %s", base);
     if (create && mkdirat(bfd, name, 0755) < 0)
@@ -470,7 +482,10 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
     char num[32];
 
     if (h->v2) {
-        if ((r->v2_fd = open_dir(h->v2_base, name, true, err)) < 0)
+        char ctl[64];
+        snprintf(ctl, sizeof(ctl), "%s%s%s", h->memory == CG_V2 ? "+memory " : "",
+                 h->pids == CG_V2 ? "+pids " : "", h->v2_cpu_ctl ? "+cpu" : "");
+        if ((r->v2_fd = open_dir(h->v2_base, name, true, ctl, err)) < 0)
             goto fail;
         r->v2_procs_fd = openat(r->v2_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
         if (r->v2_procs_fd < 0) {
@@ -481,7 +496,7 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
             goto fail;
     }
     if (h->memory == CG_V1) {
-        if ((r->mem_fd = open_dir(h->v1_memory, name, true, err)) < 0)
+        if ((r->mem_fd = open_dir(h->v1_memory, name, true, NULL, err)) < 0)
             goto fail;
         snprintf(num, sizeof(num), "%llu", (unsigned long long)l->memory_bytes);
         /* memsw (memory + swap) must not be below the memory limit, so memory goes first. */
@@ -495,7 +510,7 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
             goto fail;
     }
     if (h->pids == CG_V1) {
-        if ((r->pids_fd = open_dir(h->v1_pids, name, true, err)) < 0)
+        if ((r->pids_fd = open_dir(h->v1_pids, name, true, NULL, err)) < 0)
             goto fail;
         snprintf(num, sizeof(num), "%llu", (unsigned long long)l->pids);
         if (write_file_at(r->pids_fd, "pids.max", num, err) < 0)
@@ -504,7 +519,7 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
             goto fail;
     }
     if (h->cpu == CG_V1) {
-        if ((r->cpu_fd = open_dir(h->v1_cpuacct, name, true, err)) < 0)
+        if ((r->cpu_fd = open_dir(h->v1_cpuacct, name, true, NULL, err)) < 0)
             goto fail;
         if (add_join(r, r->cpu_fd, err) < 0)
             goto fail;

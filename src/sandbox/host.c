@@ -54,18 +54,34 @@ int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, stru
                        run_dir);
     snprintf(host->run_dir, sizeof(host->run_dir), "%s", run_dir);
     snprintf(host->root_dir, sizeof(host->root_dir), "%s/root", run_dir);
+    const char *lock_dir = cfg && cfg->lock_dir ? cfg->lock_dir : "/run/envicutor/locks";
+    if (lock_dir[0] != '/' || strlen(lock_dir) > 200)
+        return ev_fail(err, 0, "lock directory '%s' must be an absolute path of at most 200 bytes",
+                       lock_dir);
+    snprintf(host->lock_dir, sizeof(host->lock_dir), "%s", lock_dir);
     host->first_uid = cfg && cfg->first_uid ? cfg->first_uid : 60000;
     host->n_boxes = cfg && cfg->n_boxes ? cfg->n_boxes : 1000;
 
     char path[320];
     if (make_dir(run_dir, 0711, err) < 0)
         return -1;
-    const char *subdirs[] = {"locks", "boxes", "root"};
-    for (size_t i = 0; i < 3; i++) {
+    const char *subdirs[] = {"boxes", "root"};
+    for (size_t i = 0; i < 2; i++) {
         snprintf(path, sizeof(path), "%s/%s", run_dir, subdirs[i]);
         if (make_dir(path, 0700, err) < 0)
             return -1;
     }
+    /* the lock directory's parent too, when it is not under run_dir (the default's is
+     * /run/envicutor) */
+    snprintf(path, sizeof(path), "%s", lock_dir);
+    char *slash = strrchr(path, '/');
+    if (slash && slash != path) {
+        *slash = '\0';
+        if (make_dir(path, 0711, err) < 0)
+            return -1;
+    }
+    if (make_dir(lock_dir, 0700, err) < 0)
+        return -1;
     if (cg_host_detect(&host->cg, err) < 0)
         return -1;
     if (seccomp_build(&host->bpf, &host->bpf_len, err) < 0)
@@ -75,6 +91,11 @@ int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, stru
         return -1;
     }
     return 0;
+}
+
+int sbx_host_cleanup(struct sbx_host *host, struct ev_err *err)
+{
+    return cg_host_cleanup(&host->cg, host->lock_dir, err);
 }
 
 void sbx_host_free(struct sbx_host *host)

@@ -26,8 +26,12 @@
 #define SBX_MAX_MOUNTS 16
 
 struct sbx_host_config {
-    const char *run_dir; /* lock files, box directories, the root staging point */
-    uid_t first_uid;     /* box N runs as first_uid + N, gid likewise */
+    const char *run_dir; /* box directories, the root staging point */
+    /* Box ownership locks. Global to the host by default (/run/envicutor/locks), whatever
+     * run_dir is: box N is uid first_uid + N and cgroup box-N for every owner, so two owners
+     * must never hold the same N, even with different run directories. */
+    const char *lock_dir;
+    uid_t first_uid; /* box N runs as first_uid + N, gid likewise */
     unsigned n_boxes;
     const char *cgroup_root; /* for tests: a fake cgroup v2 tree; NULL = detect */
 };
@@ -36,6 +40,7 @@ struct sbx_host_config {
 struct sbx_host {
     char run_dir[256];
     char root_dir[300]; /* run_dir/root: mount point of each run's new root */
+    char lock_dir[256];
     uid_t first_uid;
     unsigned n_boxes;
     struct cg_host cg;
@@ -149,8 +154,12 @@ int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struc
 void sbx_box_close(struct sbx_host *host, struct sbx_box *box);
 
 /* Removes what killed owners left behind: boxes whose lock is free (their cgroups, mounts and
- * directories). Returns the number of boxes cleaned. */
+ * directories). Returns the number of boxes checked. */
 int sbx_cleanup_stale(struct sbx_host *host, struct ev_err *err);
+
+/* At shutdown, after the owner's boxes are closed: removes box cgroups nobody holds and our
+ * cgroup subtree when it is empty (other owners' live boxes are left alone). */
+int sbx_host_cleanup(struct sbx_host *host, struct ev_err *err);
 
 /* Runs one command. Returns 0 when the sandbox did its job, whatever the program did (the
  * verdict is in res); -1 with err when the sandbox itself failed, in which case res->status

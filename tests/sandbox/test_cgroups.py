@@ -230,3 +230,22 @@ def test_memory_is_for_the_whole_run_with_programs_that_hold_it():
     r = sandbox("sh", "-c", f"python3 -c \"{hold}\" & python3 -c \"{hold}\" & wait",
                 opts=["--memory", "65536", "--wall-time", "30"])
     assert r["memory_limit_exceeded"] is True
+
+
+def test_subtree_removed_by_another_owner_is_made_again():
+    # A server that stops removes our (shared) cgroup subtree when it is empty; the next run of
+    # any other owner must make it again rather than fail.
+    removed = []
+    for base, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(base) == "envicutor" and not [d for d in dirs if d.startswith("box-")]:
+            try:
+                os.rmdir(base)
+                removed.append(base)
+            except OSError:
+                pass  # not empty: another owner is using it
+    assert removed
+    r = sandbox("sh", "-c", "echo again", opts=["--memory", "65536",
+                                                "--max-number-of-processes", "8"])
+    assert (r["exit_status"], r["stdout"]) == (None, "again\n")
+    for base in removed:
+        assert os.path.isdir(base)
