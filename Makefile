@@ -3,12 +3,14 @@
 
 CC      ?= gcc
 PKGS    := jansson libseccomp libmicrohttpd sqlite3
+# libmicrohttpd is compiled against but loaded with dlopen by `serve` (src/http/mhd_loader.c).
+LINK_PKGS := jansson libseccomp sqlite3
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
            -Wpointer-arith -Wundef -Wvla \
            -Wno-format-truncation  # messages are cut on purpose; path lengths are checked up front
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=gnu17 -D_GNU_SOURCE -Isrc $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
-LIBS    := $(shell pkg-config --libs $(PKGS)) -lm
+LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lm
 
 # Layers, bottom up: common <- sandbox <- pipeline <- http <- cli (see docs/architecture.md).
 LIB_SRC     := $(filter-out src/cli/main.c,$(wildcard src/*/*.c))

@@ -23,6 +23,7 @@
 
 #include "cli/commands.h"
 #include "http/auth.h"
+#include "http/mhd_loader.h"
 #include "http/server.h"
 #include "pipeline/catalog.h"
 #include "pipeline/config.h"
@@ -202,6 +203,10 @@ int cmd_serve(int argc, char **argv)
     if (auth_load(&keys, env_lookup, &err) < 0) {
         fprintf(stderr, "envicutor serve: %s\n", err.msg);
         return 2;
+    }
+    if (mhd_load(&err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        return 1;
     }
     /* Only digests are kept; the keys leave the environment so nothing started later (the
      * helper, a tool) inherits them. */

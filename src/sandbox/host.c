@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "sandbox/mounts.h"
@@ -86,6 +87,9 @@ int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, stru
         return -1;
     if (seccomp_build(&host->bpf, &host->bpf_len, err) < 0)
         return -1;
+    /* With a bad descriptor the call fails at once: EBADF when it exists, ENOSYS when not. */
+    host->have_mount_setattr =
+        syscall(SYS_mount_setattr, -1, "", 0, NULL, 0) < 0 && errno != ENOSYS;
     if (mounts_scan_host(host, err) < 0) {
         sbx_host_free(host);
         return -1;

@@ -57,6 +57,7 @@ struct sbx_host {
     char top_names[8][16];
     char top_links[8][64]; /* empty: a directory to bind */
     unsigned n_top;
+    bool have_mount_setattr; /* Linux >= 5.12: the root tree made read-only in one call */
 };
 
 struct sbx_box_options {
