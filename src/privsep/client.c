@@ -127,26 +127,8 @@ void psc_stop(struct psc *c)
 
 static int send_request(struct psc *c, const void *msg, size_t len, int fd, struct ev_err *err)
 {
-    struct iovec iov = {(void *)msg, len};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (fd >= 0) {
-        memset(&u, 0, sizeof(u));
-        mh.msg_control = u.buf;
-        mh.msg_controllen = sizeof(u.buf);
-        struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
-        h->cmsg_level = SOL_SOCKET;
-        h->cmsg_type = SCM_RIGHTS;
-        h->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(h), &fd, sizeof(int));
-    }
     pthread_mutex_lock(&c->send_mu);
-    ssize_t r;
-    while ((r = sendmsg(c->sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-        ;
+    ssize_t r = ps_send(c->sock, msg, len, fd);
     pthread_mutex_unlock(&c->send_mu);
     if (r < 0)
         return ev_fail(err, errno, "send a request to the helper");

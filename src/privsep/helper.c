@@ -47,26 +47,8 @@ struct job {
 
 static void send_reply(struct ps_reply *rep, int fd)
 {
-    struct iovec iov = {rep, sizeof(*rep)};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (fd >= 0) {
-        memset(&u, 0, sizeof(u));
-        mh.msg_control = u.buf;
-        mh.msg_controllen = sizeof(u.buf);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof(int));
-    }
     pthread_mutex_lock(&H.send_mu);
-    ssize_t r;
-    while ((r = sendmsg(H.sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-        ;
+    ssize_t r = ps_send(H.sock, rep, sizeof(*rep), fd);
     pthread_mutex_unlock(&H.send_mu);
     if (r < 0 && errno != EPIPE && errno != ECONNRESET)
         fprintf(stderr, "envicutor helper: send reply: %s\n", strerror(errno));

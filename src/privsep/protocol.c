@@ -1,6 +1,8 @@
 #include "privsep/protocol.h"
 
+#include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 
 int ps_plain_name(const char *name, size_t max)
 {
@@ -133,4 +135,28 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
     argv[r->argc] = NULL;
     envp[r->envc] = NULL;
     return 0;
+}
+
+ssize_t ps_send(int sock, const void *msg, size_t len, int fd)
+{
+    struct iovec iov = {(void *)msg, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        memset(&u, 0, sizeof(u));
+        mh.msg_control = u.buf;
+        mh.msg_controllen = sizeof(u.buf);
+        struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
+        h->cmsg_level = SOL_SOCKET;
+        h->cmsg_type = SCM_RIGHTS;
+        h->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(h), &fd, sizeof(int));
+    }
+    ssize_t r;
+    while ((r = sendmsg(sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    return r;
 }

@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "common/error.h"
 
@@ -131,6 +132,10 @@ struct ps_reply {
  * PS_MAX_ARGS + 1 and PS_MAX_ENV + 1 entries). */
 int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char **argv, char **envp,
                      struct ev_err *err);
+
+/* Sends one datagram of len bytes with fd (when >= 0) attached (SCM_RIGHTS), retrying on
+ * EINTR; returns what sendmsg returned. Callers that share the socket serialise calls. */
+ssize_t ps_send(int sock, const void *msg, size_t len, int fd);
 
 /* A plain file name: not empty, not "." or "..", no '/', at most PS_NAME_MAX bytes. */
 int ps_plain_name(const char *name, size_t max);
