@@ -7,6 +7,7 @@
  * helper for boxes and runs over a socket pair (privsep/protocol.h). See docs/server.md. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
 #include <pwd.h>
@@ -24,6 +25,9 @@
 #include "cli/commands.h"
 #include "http/auth.h"
 #include "http/mhd_loader.h"
+
+#define HELPER_FD 3
+#define HELPER_COMMAND "privileged-helper"
 #include "http/server.h"
 #include "pipeline/catalog.h"
 #include "pipeline/config.h"
@@ -182,6 +186,28 @@ static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
     return 0;
 }
 
+/* `envicutor privileged-helper RUNTIMES_DIR`, started by serve only (socket on fd 3). */
+int cmd_privileged_helper(int argc, char **argv)
+{
+    if (argc != 2 || geteuid() != 0 || fcntl(HELPER_FD, F_GETFD) < 0) {
+        fprintf(stderr, "envicutor: %s is started by 'envicutor serve' only\n", HELPER_COMMAND);
+        return 2;
+    }
+    if (fcntl(HELPER_FD, F_SETFD, FD_CLOEXEC) < 0)
+        return 1;
+    prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
+    static struct sbx_host host;
+    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR")};
+    struct ev_err err;
+    if (sbx_host_init(&host, &hcfg, &err) < 0) {
+        fprintf(stderr, "envicutor helper: %s\n", err.msg);
+        return 1;
+    }
+    int rc = helper_main(&host, HELPER_FD, argv[1]);
+    sbx_host_free(&host);
+    return rc;
+}
+
 int cmd_serve(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
@@ -241,6 +267,13 @@ int cmd_serve(int argc, char **argv)
 
     char runtimes_dir[300];
     snprintf(runtimes_dir, sizeof(runtimes_dir), "%s/runtimes", cfg.data_dir);
+    /* this binary's path (through readlink rather than /proc/self/exe at exec time, which
+     * would be a memory checker's own binary when one runs the server) */
+    char self_exe[4096];
+    ssize_t exe_len = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+    if (exe_len <= 0)
+        die("readlink /proc/self/exe: %s", strerror(errno));
+    self_exe[exe_len] = '\0';
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         die("socketpair: %s", strerror(errno));
@@ -249,13 +282,16 @@ int cmd_serve(int argc, char **argv)
     if (helper < 0)
         die("fork the helper: %s", strerror(errno));
     if (helper == 0) {
-        close(sv[0]);
-        close(lfd);
-        catalog_free(catalog, n_catalog);
-        prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
-        int rc = helper_main(&host, sv[1], runtimes_dir);
-        sbx_host_free(&host);
-        _exit(rc);
+        /* The helper starts from a fresh image of this binary rather than as a copy of the
+         * server: it holds nothing of the server's memory (the catalog, the configuration,
+         * the API key digests), and a memory checker run on the server does not end up
+         * emulating the sandbox. Its socket is descriptor 3. */
+        if (dup2(sv[1], HELPER_FD) < 0)
+            _exit(127);
+        char *const hargv[] = {"envicutor", HELPER_COMMAND, runtimes_dir, NULL};
+        execv(self_exe, hargv);
+        fprintf(stderr, "envicutor serve: start the helper: %s\n", strerror(errno));
+        _exit(127);
     }
     close(sv[1]);
     sbx_host_free(&host);

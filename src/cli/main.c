@@ -22,6 +22,8 @@ int main(int argc, char **argv)
         return cmd_serve(argc - 1, argv + 1);
     if (strcmp(argv[1], "sandbox") == 0)
         return cmd_sandbox(argc - 1, argv + 1);
+    if (strcmp(argv[1], "privileged-helper") == 0)
+        return cmd_privileged_helper(argc - 1, argv + 1);
     fprintf(stderr, "envicutor: unknown command '%s'\n%s", argv[1], usage);
     return 2;
 }

@@ -117,8 +117,11 @@ int seccomp_build(void **bpf, unsigned short *len, struct ev_err *err)
     int rc = -1;
     int r;
     cleanup_close int fd = -1;
-    if ((r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
-        (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)) < 0) {
+    /* Killing the whole process needs Linux >= 4.14 (and a libseccomp that can tell, which it
+     * cannot under valgrind); killing the calling thread is the fallback. */
+    if ((r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0)
+        r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL);
+    if (r < 0 || (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)) < 0) {
         ev_fail(err, -r, "seccomp attributes");
         goto out;
     }

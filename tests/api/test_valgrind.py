@@ -1,0 +1,72 @@
+"""The long-running server under valgrind: requests of every kind, a client abort and a
+graceful stop leave no leak and no memory error in it. (The privileged helper is a fresh image
+of the binary, started with exec, so it runs natively: valgrind cannot emulate the sandbox's
+rlimits.)"""
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import BIN, Server
+
+pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
+
+
+class ValgrindServer(Server):
+    def start(self, timeout=180):
+        self.vg_log = self.log_path + ".valgrind"
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect,possible",
+             "--errors-for-leak-kinds=definite,indirect,possible", "--error-exitcode=9",
+             "--log-file=" + self.vg_log, BIN, "serve"],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.log_text()
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not start under valgrind: " + self.log_text())
+
+
+def test_no_leaks_and_no_memory_errors_in_the_server():
+    s = ValgrindServer(MAX_CONCURRENT_SUBMISSIONS=2).start()
+    try:
+        ids = {r["name"]: r["id"] for r in s.get("/runtimes").json()}
+        py = ids["Python 3"]
+        for i in range(10):
+            r = s.post("/execute", {"runtime_id": py, "source_code": "print(input())",
+                                    "input": f"line {i}"})
+            assert r.json()["run"]["stdout"] == f"line {i}\n"
+        if "C" in ids:
+            r = s.post("/execute", {"runtime_id": ids["C"], "source_code": "int main(){return 3;}"})
+            assert r.json()["run"]["exit_code"] == 3
+        assert s.post("/execute", {"runtime_id": py, "source_code": "x", "run_limits":
+                                   {"memory": -1}}).status_code == 400
+        assert requests.post(s.url + "/execute", data="{not json",
+                             headers={"Content-Type": "application/json"}).status_code == 400
+        assert s.get("/nowhere").status_code == 404
+        r = s.post("/runtimes", {"name": "Leak check", "provider": "host",
+                                 "run_script": "cat main.txt", "source_file_name": "main.txt"})
+        assert r.status_code == 200
+        new = [x["id"] for x in s.get("/runtimes").json() if x["name"] == "Leak check"][0]
+        assert s.get(f"/runtimes/{new}").status_code == 200
+        assert requests.delete(s.url + f"/runtimes/{new}").status_code == 200
+        with pytest.raises(requests.exceptions.Timeout):  # a client that goes away
+            requests.post(s.url + "/execute", json={"runtime_id": py, "source_code":
+                                                    "import time; time.sleep(30)"}, timeout=0.3)
+        time.sleep(1)
+    finally:
+        rc = s.stop(timeout=120)
+    with open(s.vg_log) as f:
+        report = f.read()
+    assert "definitely lost: 0 bytes" in report or "All heap blocks were freed" in report, report
+    assert "ERROR SUMMARY: 0 errors" in report, report
+    assert rc == 0, report
