@@ -114,7 +114,7 @@ def test_queue_full_503_retry_after():
         assert r.status_code == 503
         assert r.headers["Retry-After"] == "1"
         assert "queue" in r.json()["message"]
-        assert took < 0.5, took
+        assert took < 1.0, took  # at once: a place frees only after 1.5 s
         for t in threads:
             t.join()
         assert [x.status_code for x in res] == [200, 200]

@@ -51,7 +51,8 @@ def test_queue_full_answers_503_at_once(small):
     t0 = time.time()
     r = small.execute(bash, "true")
     assert r.status_code == 503 and "queue" in r.json()["message"]
-    assert time.time() - t0 < 0.5
+    # at once: waiting for a place would take the running programs' 1.5 s
+    assert time.time() - t0 < 1.0
     for t in threads:
         t.join()
     assert all(x.status_code == 200 for x in res)
@@ -81,7 +82,8 @@ def test_install_waits_for_running_and_holds_back_new(small):
     time.sleep(0.7)
     t1 = time.time()
     assert small.get("/runtimes").status_code == 200
-    assert time.time() - t1 < 0.3
+    # not held behind the installation, which waits about a second for the first submission
+    assert time.time() - t1 < 0.8
     for t in threads:
         t.join()
     assert all(r.status_code == 200 for r in res), [r.text for r in res]
