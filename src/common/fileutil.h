@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "common/error.h"
 
@@ -37,5 +38,9 @@ int parse_u64(const char *s, uint64_t *out);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t monotonic_ns(void);
+
+/* The CLOCK_MONOTONIC time ms milliseconds from now, for pthread_cond_timedwait on a condition
+ * variable set to that clock. */
+struct timespec monotonic_after_ms(unsigned ms);
 
 #endif

@@ -2,6 +2,8 @@
 
 #include <time.h>
 
+#include "common/fileutil.h"
+
 void sched_init(struct sched *s, unsigned max_running, unsigned max_waiting)
 {
     *s = (struct sched){.max_running = max_running, .max_waiting = max_waiting};
@@ -112,13 +114,7 @@ enum sched_outcome sched_acquire(struct sched *s, enum sched_kind kind, bool (*a
         } else if (abort_fn && abort_fn(ctx)) {
             o = SCHED_ABORTED;
         } else {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_nsec += 10 * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            struct timespec ts = monotonic_after_ms(10);
             pthread_cond_timedwait(&s->cv, &s->mu, &ts);
             continue;
         }

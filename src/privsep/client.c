@@ -160,13 +160,7 @@ static int call(struct psc *c, struct ps_request *req, size_t len, int fd, psc_a
     pthread_mutex_lock(&c->mu);
     while (rc == 0 && !p.done && !c->dead) {
         if (abort_fn && !cancelled) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_nsec += 10 * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            struct timespec ts = monotonic_after_ms(10);
             pthread_cond_timedwait(&c->cv, &c->mu, &ts);
             if (!p.done && abort_fn(abort_ctx)) {
                 cancelled = true;
