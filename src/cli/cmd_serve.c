@@ -197,7 +197,8 @@ int cmd_privileged_helper(int argc, char **argv)
         return 1;
     prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
     static struct sbx_host host;
-    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR")};
+    /* a few network namespaces kept ready, so that no run waits for its own */
+    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4};
     struct ev_err err;
     if (sbx_host_init(&host, &hcfg, &err) < 0) {
         fprintf(stderr, "envicutor helper: %s\n", err.msg);

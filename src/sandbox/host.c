@@ -42,9 +42,8 @@ static int make_dir(const char *path, mode_t mode, struct ev_err *err)
     return 0;
 }
 
-int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, struct ev_err *err)
+static int host_init(struct sbx_host *host, const struct sbx_host_config *cfg, struct ev_err *err)
 {
-    memset(host, 0, sizeof(*host));
     if (geteuid() != 0)
         return ev_fail(err, 0,
                        "the sandbox must run as root (it creates namespaces, cgroups "
@@ -60,6 +59,8 @@ int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, stru
         return ev_fail(err, 0, "lock directory '%s' must be an absolute path of at most 200 bytes",
                        lock_dir);
     snprintf(host->lock_dir, sizeof(host->lock_dir), "%s", lock_dir);
+    if (cfg && cfg->netns_ahead && netns_pool_start(&host->netns, cfg->netns_ahead, err) < 0)
+        return -1;
     host->first_uid = cfg && cfg->first_uid ? cfg->first_uid : 60000;
     host->n_boxes = cfg && cfg->n_boxes ? cfg->n_boxes : 1000;
 
@@ -90,7 +91,13 @@ int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, stru
     /* With a bad descriptor the call fails at once: EBADF when it exists, ENOSYS when not. */
     host->have_mount_setattr =
         syscall(SYS_mount_setattr, -1, "", 0, NULL, 0) < 0 && errno != ENOSYS;
-    if (mounts_scan_host(host, err) < 0) {
+    return mounts_scan_host(host, err);
+}
+
+int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, struct ev_err *err)
+{
+    memset(host, 0, sizeof(*host));
+    if (host_init(host, cfg, err) < 0) {
         sbx_host_free(host);
         return -1;
     }
@@ -106,6 +113,8 @@ void sbx_host_free(struct sbx_host *host)
 {
     free(host->bpf);
     host->bpf = NULL;
+    netns_pool_stop(host->netns);
+    host->netns = NULL;
 }
 
 void sbx_result_free(struct sbx_result *res)

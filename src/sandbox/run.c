@@ -20,17 +20,14 @@
 #include <linux/filter.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
-#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,8 +39,9 @@
 #include "sandbox/mounts.h"
 #include "sandbox/sandbox.h"
 
-/* CLONE_NEWCGROUP is not among them: init unshares it once it sits in all its cgroups. */
-#define NS_FLAGS (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
+/* CLONE_NEWCGROUP is not among them: init unshares it once it sits in all its cgroups; nor is
+ * CLONE_NEWNET when a namespace made ahead is at hand (init joins it). */
+#define NS_FLAGS (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
 
 enum report_kind { REPORT_SETUP = 1, REPORT_EXEC = 2, REPORT_START = 3 };
 
@@ -78,6 +76,7 @@ struct child_ctx {
     int out_w, err_w;
     int report_w; /* close-on-exec: EOF at execve */
     int status_w; /* init -> caller: main's wait status */
+    int net_fd;   /* a fresh network namespace made ahead, loopback up; -1: clone made one */
     const char *workdir;
     int cpu_dirfd; /* the cgroup directory holding the CPU counter */
     bool cpu_v2;   /* cpu.stat usage_usec (v2) or cpuacct.usage in ns (v1) */
@@ -107,23 +106,6 @@ static int read_cpu(const struct child_ctx *c, uint64_t *usec)
         return -1;
     *usec = v / 1000;
     return 0;
-}
-
-static int loopback_up(struct ev_err *err)
-{
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return ev_fail(err, errno, "socket for loopback");
-    struct ifreq ifr = {0};
-    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
-    int r = ioctl(fd, SIOCGIFFLAGS, &ifr);
-    if (r == 0) {
-        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-        r = ioctl(fd, SIOCSIFFLAGS, &ifr);
-    }
-    int e = errno;
-    close(fd);
-    return r < 0 ? ev_fail(err, e, "bring loopback up") : 0;
 }
 
 static int set_limit(int resource, uint64_t value, const char *name, struct ev_err *err)
@@ -300,14 +282,21 @@ static void close_all_except(int *keep, int n)
 static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 {
     struct ev_err e = {0};
-    int keep[8 + 4] = {c->stdin_fd, c->out_w,     c->err_w,          c->report_w,
-                       c->status_w, c->cpu_dirfd, c->cg->v2_procs_fd};
-    int n_keep = 7;
+    int keep[8 + 4] = {c->stdin_fd, c->out_w,     c->err_w,  c->report_w,
+                       c->status_w, c->cpu_dirfd, c->net_fd, c->cg->v2_procs_fd};
+    int n_keep = 8;
     for (int i = 0; i < c->cg->n_join && i < 4; i++)
         keep[n_keep++] = c->cg->join_fds[i];
     close_all_except(keep, n_keep);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     reset_signals();
+    if (c->net_fd >= 0) {
+        if (setns(c->net_fd, CLONE_NEWNET) < 0) {
+            ev_fail(&e, errno, "join the network namespace made ahead");
+            child_fail(c, REPORT_SETUP, &e);
+        }
+        close(c->net_fd);
+    }
     /* v1 hierarchies (and v2 when clone3 could not place us) are joined by writing "0",
      * which moves the writer. */
     if (!c->joined && c->cg->v2_procs_fd >= 0 && write_full(c->cg->v2_procs_fd, "0", 1) < 0) {
@@ -326,7 +315,7 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
         ev_fail(&e, errno, "cgroup namespace");
         child_fail(c, REPORT_SETUP, &e);
     }
-    if (mounts_build_root(&c->plan, &e) < 0 || loopback_up(&e) < 0)
+    if (mounts_build_root(&c->plan, &e) < 0 || (c->net_fd < 0 && netns_loopback_up(&e) < 0))
         child_fail(c, REPORT_SETUP, &e);
     if (sethostname("box", 3) < 0) {
         ev_fail(&e, errno, "sethostname");
@@ -361,12 +350,13 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 
 /* ---- caller side ------------------------------------------------------------------------ */
 
-static pid_t clone_init(const struct cg_run *cg, bool *joined)
+static pid_t clone_init(const struct cg_run *cg, bool new_net, bool *joined)
 {
     *joined = false;
+    uint64_t flags = NS_FLAGS | (new_net ? CLONE_NEWNET : 0);
     if (cg->v2_fd >= 0) {
         struct clone_args args = {
-            .flags = NS_FLAGS | CLONE_INTO_CGROUP,
+            .flags = flags | CLONE_INTO_CGROUP,
             .exit_signal = SIGCHLD,
             .cgroup = (uint64_t)cg->v2_fd,
         };
@@ -378,7 +368,7 @@ static pid_t clone_init(const struct cg_run *cg, bool *joined)
         if (errno != ENOSYS && errno != E2BIG && errno != EINVAL)
             return -1;
     }
-    return (pid_t)syscall(SYS_clone, NS_FLAGS | SIGCHLD, 0, 0, 0, 0);
+    return (pid_t)syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
 }
 
 static int append_output(struct sbx_output *o, const char *buf, size_t n, uint64_t cap)
@@ -540,14 +530,17 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         .cpu_dirfd = host->cg.cpu == CG_V2 ? cg.v2_fd : cg.cpu_fd,
         .cpu_v2 = host->cg.cpu == CG_V2,
     };
+    c.net_fd = host->netns ? netns_pool_take(host->netns) : -1;
     bool joined;
-    pid_t init = clone_init(&cg, &joined);
+    pid_t init = clone_init(&cg, c.net_fd < 0, &joined);
     if (init == 0) {
         c.joined = joined;
         run_init(&c);
     }
     int clone_errno = errno;
     close(out[1]), close(errp[1]), close(rep[1]), close(st[1]);
+    if (c.net_fd >= 0)
+        close(c.net_fd);
 
     struct watch w = {.out_r = out[0], .err_r = errp[0], .report_r = rep[0], .status_r = st[0]};
     int rc = 0;
@@ -644,6 +637,8 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
                 if (!w.report_failed) {
                     /* end of file without a failure: execve succeeded */
                     w.exec_seen = true;
+                    if (host->netns)
+                        netns_pool_refill(host->netns);
                     if (start) {
                         w.t_start = start->t_ns;
                         w.cpu0 = start->cpu_usec;
@@ -678,6 +673,8 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         w.t_end = monotonic_ns();
 
 teardown:
+    if (host->netns && !w.exec_seen)
+        netns_pool_refill(host->netns);
     if (init > 0) {
         cg_run_kill(&host->cg, &cg);
         kill(init, SIGKILL);

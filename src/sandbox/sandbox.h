@@ -21,6 +21,7 @@
 
 #include "common/error.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/netns.h"
 
 #define SBX_MAX_ETC 96
 #define SBX_MAX_MOUNTS 16
@@ -34,6 +35,9 @@ struct sbx_host_config {
     uid_t first_uid; /* box N runs as first_uid + N, gid likewise */
     unsigned n_boxes;
     const char *cgroup_root; /* for tests: a fake cgroup v2 tree; NULL = detect */
+    /* Network namespaces a thread keeps made ahead of the runs (see sandbox/netns.h); 0: each
+     * run makes its own when it starts. */
+    unsigned netns_ahead;
 };
 
 /* What sbx_host_init learns once about the host. */
@@ -57,7 +61,8 @@ struct sbx_host {
     char top_names[8][16];
     char top_links[8][64]; /* empty: a directory to bind */
     unsigned n_top;
-    bool have_mount_setattr; /* Linux >= 5.12: the root tree made read-only in one call */
+    bool have_mount_setattr;  /* Linux >= 5.12: the root tree made read-only in one call */
+    struct netns_pool *netns; /* NULL: none made ahead */
 };
 
 struct sbx_box_options {

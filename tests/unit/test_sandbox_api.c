@@ -1,8 +1,9 @@
 /* The sandbox through its C interface, as the server uses it: a box kept across runs (files
  * carry over, the uid stays), cancellation, several runs at once from threads (a child cloned
  * from a multi-threaded process must neither keep other runs' descriptors nor call glibc
- * functions that wait for the parent's threads), and no descriptor growth over many runs.
- * Needs root. */
+ * functions that wait for the parent's threads), no descriptor growth over many runs, and
+ * network namespaces made ahead by a thread: each run still gets one of its own, never used
+ * before. Needs root. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,11 +11,14 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <sched.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,12 +27,20 @@
 static struct sbx_host host;
 static char *const env[] = {"PATH=/usr/bin:/bin", "HOME=/tmp", NULL};
 
+/* Open descriptors, but the network namespaces the pool holds: how many of those are ready
+ * depends on when its thread last ran. */
 static int count_fds(void)
 {
     DIR *d = opendir("/proc/self/fd");
     int n = 0;
-    while (readdir(d))
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char target[64] = "";
+        if (readlinkat(dirfd(d), de->d_name, target, sizeof(target) - 1) > 0 &&
+            strncmp(target, "net:[", 5) == 0)
+            continue;
         n++;
+    }
     closedir(d);
     return n;
 }
@@ -147,6 +159,87 @@ static void test_no_descriptor_leak_over_many_runs(void **state)
     sbx_box_close(&host, &box);
 }
 
+/* Two runs one after the other in one box: the second sees none of the first's loopback
+ * traffic and is in another namespace. */
+static void test_each_run_has_a_fresh_network_namespace(void **state)
+{
+    (void)state;
+    struct sbx_box box;
+    struct ev_err err;
+    assert_int_equal(sbx_box_open(&host, NULL, &box, &err), 0);
+    /* lo's received-packet count, then the namespace; the first run also sends a datagram */
+    const char *probe =
+        "python3 -c \"import socket,os\n"
+        "if os.environ.get('SEND'):\n"
+        " s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('127.0.0.1',0))\n"
+        " s.sendto(b'x',s.getsockname()); s.recv(1)\n"
+        "l=[x for x in open('/proc/net/dev') if x.strip().startswith('lo:')][0]\n"
+        "print(l.split()[2], os.readlink('/proc/self/ns/net'))\"";
+    char script[600];
+    snprintf(script, sizeof(script), "SEND=1 %s", probe);
+    struct sbx_result first, second;
+    assert_int_equal(run_sh(&box, script, &first), 0);
+    assert_int_equal(first.status, SBX_OK);
+    assert_int_equal(run_sh(&box, probe, &second), 0);
+    assert_int_equal(second.status, SBX_OK);
+    char ns1[64], ns2[64];
+    unsigned long rx1, rx2;
+    assert_int_equal(sscanf(first.out.data, "%lu %63s", &rx1, ns1), 2);
+    assert_int_equal(sscanf(second.out.data, "%lu %63s", &rx2, ns2), 2);
+    assert_true(rx1 >= 1); /* the datagram went through the first run's loopback */
+    assert_int_equal(rx2, 0);
+    assert_string_not_equal(ns1, ns2);
+    struct stat own;
+    assert_int_equal(stat("/proc/self/ns/net", &own), 0);
+    char host_ns[64];
+    snprintf(host_ns, sizeof(host_ns), "net:[%lu]", (unsigned long)own.st_ino);
+    assert_string_not_equal(ns1, host_ns);
+    sbx_result_free(&first);
+    sbx_result_free(&second);
+    sbx_box_close(&host, &box);
+}
+
+/* The pool itself: every namespace it hands out is a different one, not the caller's, with
+ * loopback up. */
+static void test_pool_hands_out_distinct_namespaces(void **state)
+{
+    (void)state;
+    struct netns_pool *pool;
+    struct ev_err err;
+    assert_int_equal(netns_pool_start(&pool, 2, &err), 0);
+    struct stat own;
+    assert_int_equal(stat("/proc/self/ns/net", &own), 0);
+    ino_t seen[5];
+    for (int i = 0; i < 5; i++) {
+        int fd = netns_pool_take(pool);
+        assert_true(fd >= 0);
+        netns_pool_refill(pool);
+        struct stat st;
+        assert_int_equal(fstat(fd, &st), 0);
+        assert_true(st.st_ino != own.st_ino);
+        for (int j = 0; j < i; j++)
+            assert_true(st.st_ino != seen[j]);
+        seen[i] = st.st_ino;
+        pid_t pid = fork();
+        if (pid == 0) {
+            /* in the namespace, lo must be up already: bringing it up again changes nothing,
+             * so look at the flags instead */
+            if (setns(fd, CLONE_NEWNET) < 0)
+                _exit(2);
+            FILE *f = fopen("/sys/class/net/lo/flags", "r");
+            unsigned flags = 0;
+            int got = f ? fscanf(f, "%x", &flags) : 0;
+            _exit(got == 1 && (flags & 1) ? 0 : 3);
+        }
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+        close(fd);
+    }
+    netns_pool_stop(pool);
+}
+
 int main(void)
 {
     if (geteuid() != 0) {
@@ -154,7 +247,8 @@ int main(void)
         return 1;
     }
     struct ev_err err;
-    struct sbx_host_config cfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR")};
+    /* as the server's helper has it: network namespaces made ahead */
+    struct sbx_host_config cfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 2};
     if (sbx_host_init(&host, &cfg, &err) < 0) {
         fprintf(stderr, "sbx_host_init: %s\n", err.msg);
         return 1;
@@ -164,6 +258,8 @@ int main(void)
         cmocka_unit_test(test_cancel_stops_a_run_at_once),
         cmocka_unit_test(test_runs_from_several_threads_at_once),
         cmocka_unit_test(test_no_descriptor_leak_over_many_runs),
+        cmocka_unit_test(test_each_run_has_a_fresh_network_namespace),
+        cmocka_unit_test(test_pool_hands_out_distinct_namespaces),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     sbx_host_free(&host);
