@@ -59,7 +59,7 @@ test-unit: unit
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 # The sandbox suite in a throw-away VM whose kernel has cgroup v2 only (docs/cgroups.md).
-test-cgroup2: all progs
+test-cgroup2: all progs unit
 	./tests/vm/run-in-vm.sh tests/vm/cgroup2-suite.sh
 
 # libFuzzer targets (clang) for request parsing and the helper's message checks, with ASan and

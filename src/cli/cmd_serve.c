@@ -197,8 +197,12 @@ int cmd_privileged_helper(int argc, char **argv)
         return 1;
     prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
     static struct sbx_host host;
-    /* a few network namespaces kept ready, so that no run waits for its own */
-    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4};
+    /* A few network namespaces kept ready, so that no run waits for its own, and each box's
+     * read-only tree built once, with mount points for a runtime's directory and the Nix
+     * store (the helper's only extra mounts). */
+    static const char *const points[] = {"/runtime", "/nix", NULL};
+    struct sbx_host_config hcfg = {
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4, .prepared_root_points = points};
     struct ev_err err;
     if (sbx_host_init(&host, &hcfg, &err) < 0) {
         fprintf(stderr, "envicutor helper: %s\n", err.msg);

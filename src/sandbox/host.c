@@ -10,6 +10,7 @@
 
 #include "sandbox/mounts.h"
 #include "sandbox/sandbox.h"
+#include "sandbox/roots.h"
 #include "sandbox/seccomp.h"
 
 void sbx_limits_default(struct sbx_limits *l)
@@ -91,7 +92,13 @@ static int host_init(struct sbx_host *host, const struct sbx_host_config *cfg, s
     /* With a bad descriptor the call fails at once: EBADF when it exists, ENOSYS when not. */
     host->have_mount_setattr =
         syscall(SYS_mount_setattr, -1, "", 0, NULL, 0) < 0 && errno != ENOSYS;
-    return mounts_scan_host(host, err);
+    if (mounts_scan_host(host, err) < 0)
+        return -1;
+    /* open_tree, move_mount and mount_setattr come with it (Linux 5.12) */
+    if (cfg && cfg->prepared_root_points && host->have_mount_setattr &&
+        roots_new(&host->roots, cfg->prepared_root_points, err) < 0)
+        return -1;
+    return 0;
 }
 
 int sbx_host_init(struct sbx_host *host, const struct sbx_host_config *cfg, struct ev_err *err)
@@ -115,6 +122,8 @@ void sbx_host_free(struct sbx_host *host)
     host->bpf = NULL;
     netns_pool_stop(host->netns);
     host->netns = NULL;
+    roots_free(host->roots);
+    host->roots = NULL;
 }
 
 void sbx_result_free(struct sbx_result *res)

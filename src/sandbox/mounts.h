@@ -28,4 +28,18 @@ int mounts_check_target(const char *target, struct ev_err *err);
  * the root to it with pivot_root and detaches the host's. Allocates no memory. */
 int mounts_build_root(const struct root_plan *p, struct ev_err *err);
 
+/* Prepared roots. A box's read-only tree (/usr, /etc with the box's own passwd and group, its
+ * own /dev nodes, the mount points) is the same for every run in that box, so it can be built
+ * once, in a mount namespace of its own that then serves as a template: each run enters a
+ * private copy of it and adds only what is its own (/proc, /tmp, /box, extra binds). */
+
+/* Runs in a child in a new mount namespace: builds the template tree, with a mount point for
+ * each of p->mounts' targets (nothing is bound there), and makes it the root. */
+int mounts_build_template(const struct root_plan *p, struct ev_err *err);
+
+/* Runs in the box's init instead of mounts_build_root: enters a private copy of the template
+ * and mounts this run's /proc, /tmp, /box and extra binds (targets among the template's mount
+ * points). Needs Linux >= 5.12 (open_tree, move_mount, mount_setattr). Allocates nothing. */
+int mounts_enter_template(const struct root_plan *p, int template_fd, struct ev_err *err);
+
 #endif

@@ -37,11 +37,13 @@
 #include "common/cleanup.h"
 #include "common/fileutil.h"
 #include "sandbox/mounts.h"
+#include "sandbox/roots.h"
 #include "sandbox/sandbox.h"
 
-/* CLONE_NEWCGROUP is not among them: init unshares it once it sits in all its cgroups; nor is
- * CLONE_NEWNET when a namespace made ahead is at hand (init joins it). */
-#define NS_FLAGS (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
+/* CLONE_NEWCGROUP is not among them: init unshares it once it sits in all its cgroups; nor are
+ * CLONE_NEWNET when a namespace made ahead is at hand (init joins it) and CLONE_NEWNS when the
+ * box has a prepared root (init enters a copy of it). */
+#define NS_FLAGS (CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
 
 enum report_kind { REPORT_SETUP = 1, REPORT_EXEC = 2, REPORT_START = 3 };
 
@@ -77,6 +79,7 @@ struct child_ctx {
     int report_w; /* close-on-exec: EOF at execve */
     int status_w; /* init -> caller: main's wait status */
     int net_fd;   /* a fresh network namespace made ahead, loopback up; -1: clone made one */
+    int root_fd;  /* the box's prepared root (borrowed); -1: init builds the tree */
     const char *workdir;
     int cpu_dirfd; /* the cgroup directory holding the CPU counter */
     bool cpu_v2;   /* cpu.stat usage_usec (v2) or cpuacct.usage in ns (v1) */
@@ -282,9 +285,9 @@ static void close_all_except(int *keep, int n)
 static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 {
     struct ev_err e = {0};
-    int keep[8 + 4] = {c->stdin_fd, c->out_w,     c->err_w,  c->report_w,
-                       c->status_w, c->cpu_dirfd, c->net_fd, c->cg->v2_procs_fd};
-    int n_keep = 8;
+    int keep[9 + 4] = {c->stdin_fd,  c->out_w,  c->err_w,   c->report_w,       c->status_w,
+                       c->cpu_dirfd, c->net_fd, c->root_fd, c->cg->v2_procs_fd};
+    int n_keep = 9;
     for (int i = 0; i < c->cg->n_join && i < 4; i++)
         keep[n_keep++] = c->cg->join_fds[i];
     close_all_except(keep, n_keep);
@@ -315,8 +318,12 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
         ev_fail(&e, errno, "cgroup namespace");
         child_fail(c, REPORT_SETUP, &e);
     }
-    if (mounts_build_root(&c->plan, &e) < 0 || (c->net_fd < 0 && netns_loopback_up(&e) < 0))
+    if ((c->root_fd >= 0 ? mounts_enter_template(&c->plan, c->root_fd, &e)
+                         : mounts_build_root(&c->plan, &e)) < 0 ||
+        (c->net_fd < 0 && netns_loopback_up(&e) < 0))
         child_fail(c, REPORT_SETUP, &e);
+    if (c->root_fd >= 0)
+        close(c->root_fd);
     if (sethostname("box", 3) < 0) {
         ev_fail(&e, errno, "sethostname");
         child_fail(c, REPORT_SETUP, &e);
@@ -350,10 +357,10 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 
 /* ---- caller side ------------------------------------------------------------------------ */
 
-static pid_t clone_init(const struct cg_run *cg, bool new_net, bool *joined)
+static pid_t clone_init(const struct cg_run *cg, bool new_net, bool new_mnt, bool *joined)
 {
     *joined = false;
-    uint64_t flags = NS_FLAGS | (new_net ? CLONE_NEWNET : 0);
+    uint64_t flags = NS_FLAGS | (new_net ? CLONE_NEWNET : 0) | (new_mnt ? CLONE_NEWNS : 0);
     if (cg->v2_fd >= 0) {
         struct clone_args args = {
             .flags = flags | CLONE_INTO_CGROUP,
@@ -530,9 +537,22 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         .cpu_dirfd = host->cg.cpu == CG_V2 ? cg.v2_fd : cg.cpu_fd,
         .cpu_v2 = host->cg.cpu == CG_V2,
     };
+    c.root_fd = -1;
+    if (host->roots && roots_fit(host->roots, cfg->mounts, cfg->n_mounts)) {
+        c.root_fd = roots_get(host, box, err);
+        if (c.root_fd == -1) {
+            close(out[0]), close(out[1]), close(errp[0]), close(errp[1]);
+            close(rep[0]), close(rep[1]), close(st[0]), close(st[1]);
+            struct ev_err derr;
+            cg_run_destroy(&host->cg, &cg, &derr);
+            goto fail_early;
+        }
+        if (c.root_fd < 0)
+            c.root_fd = -1; /* no room for more prepared roots: this run builds its own */
+    }
     c.net_fd = host->netns ? netns_pool_take(host->netns) : -1;
     bool joined;
-    pid_t init = clone_init(&cg, c.net_fd < 0, &joined);
+    pid_t init = clone_init(&cg, c.net_fd < 0, c.root_fd < 0, &joined);
     if (init == 0) {
         c.joined = joined;
         run_init(&c);

@@ -38,6 +38,10 @@ struct sbx_host_config {
     /* Network namespaces a thread keeps made ahead of the runs (see sandbox/netns.h); 0: each
      * run makes its own when it starts. */
     unsigned netns_ahead;
+    /* Prepared roots (see sandbox/roots.h): each box's read-only tree built once and copied
+     * for each of its runs. Extra mounts of a run must target one of these points for its run
+     * to use it (NULL-terminated; the list may be empty). NULL: every run builds its tree. */
+    const char *const *prepared_root_points;
 };
 
 /* What sbx_host_init learns once about the host. */
@@ -61,8 +65,9 @@ struct sbx_host {
     char top_names[8][16];
     char top_links[8][64]; /* empty: a directory to bind */
     unsigned n_top;
-    bool have_mount_setattr;  /* Linux >= 5.12: the root tree made read-only in one call */
-    struct netns_pool *netns; /* NULL: none made ahead */
+    bool have_mount_setattr;      /* Linux >= 5.12: the root tree made read-only in one call */
+    struct netns_pool *netns;     /* NULL: none made ahead */
+    struct prepared_roots *roots; /* NULL: each run builds its tree */
 };
 
 struct sbx_box_options {

@@ -247,8 +247,10 @@ int main(void)
         return 1;
     }
     struct ev_err err;
-    /* as the server's helper has it: network namespaces made ahead */
-    struct sbx_host_config cfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 2};
+    /* as the server's helper has it: network namespaces made ahead, prepared roots */
+    static const char *const points[] = {"/runtime", NULL};
+    struct sbx_host_config cfg = {
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 2, .prepared_root_points = points};
     if (sbx_host_init(&host, &cfg, &err) < 0) {
         fprintf(stderr, "sbx_host_init: %s\n", err.msg);
         return 1;

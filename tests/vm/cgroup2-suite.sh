@@ -38,6 +38,8 @@ fi
 step "1/2 from the root cgroup ($(cut -d: -f3 /proc/self/cgroup))"
 echo "detected: $(build/envicutor sandbox --info)"
 "${PYTEST[@]}" --durations=5 tests/sandbox "${DESELECT[@]}" || fail=1
+step "the sandbox as the server's helper uses it (prepared roots, network namespaces made ahead)"
+build/tests/test_sandbox_api || fail=1
 
 # A slice with controllers handed down, and a cgroup in it that this shell, pytest and every
 # sandbox command share: the sandbox cannot enable controllers there ("no internal

@@ -1,0 +1,177 @@
+#include "sandbox/roots.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/fileutil.h"
+#include "sandbox/mounts.h"
+
+struct prepared_roots {
+    pthread_mutex_t mu;
+    struct {
+        int box_id;
+        int fd;
+    } roots[ROOTS_MAX];
+    unsigned n;
+    char points[ROOTS_MAX_POINTS][204];
+    struct sbx_mount point_mounts[ROOTS_MAX_POINTS];
+    unsigned n_points;
+};
+
+int roots_new(struct prepared_roots **out, const char *const *points, struct ev_err *err)
+{
+    *out = NULL;
+    struct prepared_roots *r = calloc(1, sizeof(*r));
+    if (!r)
+        return ev_fail(err, ENOMEM, "prepared roots");
+    for (; points && points[r->n_points]; r->n_points++) {
+        if (r->n_points == ROOTS_MAX_POINTS) {
+            free(r);
+            return ev_fail(err, 0, "at most %d mount points in a prepared root", ROOTS_MAX_POINTS);
+        }
+        if (mounts_check_target(points[r->n_points], err) < 0) {
+            free(r);
+            return -1;
+        }
+        snprintf(r->points[r->n_points], sizeof(r->points[0]), "%s", points[r->n_points]);
+        r->point_mounts[r->n_points].target = r->points[r->n_points];
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    *out = r;
+    return 0;
+}
+
+void roots_free(struct prepared_roots *r)
+{
+    if (!r)
+        return;
+    for (unsigned i = 0; i < r->n; i++)
+        close(r->roots[i].fd);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+bool roots_fit(const struct prepared_roots *r, const struct sbx_mount *mounts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool found = false;
+        for (unsigned j = 0; j < r->n_points && !found; j++)
+            found = strcmp(mounts[i].target, r->points[j]) == 0;
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+struct build_report {
+    int ok;
+    char msg[400];
+};
+
+/* The child that builds the tree in a mount namespace of its own, then waits to be killed
+ * once its namespace is held by a descriptor. Cloned from a possibly multi-threaded process:
+ * system calls and stack buffers only. */
+static __attribute__((noreturn)) void builder(const struct root_plan *plan, int report_w)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    /* the caller's other descriptors (other runs' pipes among them) are not ours to hold */
+    if (dup2(report_w, 3) < 0)
+        _exit(127);
+    syscall(SYS_close_range, 4, ~0u, 0);
+    struct build_report rep = {.ok = 1};
+    struct ev_err e = {0};
+    if (mounts_build_template(plan, &e) < 0) {
+        rep.ok = 0;
+        snprintf(rep.msg, sizeof(rep.msg), "%s", e.msg);
+        write_full(3, &rep, sizeof(rep));
+        _exit(1);
+    }
+    write_full(3, &rep, sizeof(rep));
+    for (;;)
+        pause();
+}
+
+static int build(struct sbx_host *host, const struct sbx_box *box, struct ev_err *err)
+{
+    struct prepared_roots *r = host->roots;
+    struct root_plan plan = {.host = host,
+                             .uid = box->uid,
+                             .gid = box->gid,
+                             .mounts = r->point_mounts,
+                             .n_mounts = r->n_points};
+    int rep[2];
+    if (pipe2(rep, O_CLOEXEC) < 0)
+        return ev_fail(err, errno, "pipe");
+    pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWNS | SIGCHLD, 0, 0, 0, 0);
+    if (pid == 0)
+        builder(&plan, rep[1]);
+    int clone_errno = errno;
+    close(rep[1]);
+    if (pid < 0) {
+        close(rep[0]);
+        return ev_fail(err, clone_errno, "clone the builder of a prepared root");
+    }
+    struct build_report got = {0};
+    ssize_t n = read_full(rep[0], &got, sizeof(got));
+    close(rep[0]);
+    int fd = -1;
+    if (n == (ssize_t)sizeof(got) && got.ok) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            ev_fail(err, errno, "open %s", path);
+    } else if (n == (ssize_t)sizeof(got)) {
+        got.msg[sizeof(got.msg) - 1] = '\0';
+        ev_fail(err, 0, "building the prepared root: %s", got.msg);
+    } else {
+        ev_fail(err, 0, "the builder of a prepared root died");
+    }
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return fd;
+}
+
+int roots_get(struct sbx_host *host, const struct sbx_box *box, struct ev_err *err)
+{
+    struct prepared_roots *r = host->roots;
+    pthread_mutex_lock(&r->mu);
+    for (unsigned i = 0; i < r->n; i++) {
+        if (r->roots[i].box_id == box->id) {
+            int fd = r->roots[i].fd;
+            pthread_mutex_unlock(&r->mu);
+            return fd;
+        }
+    }
+    bool full = r->n == ROOTS_MAX;
+    pthread_mutex_unlock(&r->mu);
+    if (full)
+        return -2;
+    /* Only this box's holder builds its root, so no one else adds this box meanwhile; others
+     * may add theirs, hence the second look at the count. */
+    int fd = build(host, box, err);
+    if (fd < 0)
+        return -1;
+    pthread_mutex_lock(&r->mu);
+    if (r->n == ROOTS_MAX) {
+        pthread_mutex_unlock(&r->mu);
+        close(fd);
+        return -2;
+    }
+    r->roots[r->n].box_id = box->id;
+    r->roots[r->n].fd = fd;
+    r->n++;
+    pthread_mutex_unlock(&r->mu);
+    return fd;
+}
