@@ -2,11 +2,18 @@
  * (round 1 of every command, then round 2, ...), each as fork + execvp + waitpid with its
  * output sent to /dev/null, and prints the median, 10th and 90th percentiles of each and the
  * ratio of its median to the first command's. Interleaving keeps a noisy neighbour from
- * favouring one side. */
+ * favouring one side. A command that starts with --new-namespaces is cloned into new PID,
+ * mount, IPC, UTS, network and cgroup namespaces instead of forked: the cost of fresh
+ * namespaces alone, with nothing set up in them, is the floor of any sandbox that makes them
+ * per run. */
+#define _GNU_SOURCE
 #include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,8 +42,14 @@ static int cmp(const void *a, const void *b)
 
 static double run_once(char **argv, int *failed)
 {
+    long flags = SIGCHLD;
+    if (strcmp(argv[0], "--new-namespaces") == 0) {
+        flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
+                 CLONE_NEWCGROUP;
+        argv++;
+    }
     double t0 = now();
-    pid_t pid = fork();
+    pid_t pid = (pid_t)syscall(SYS_clone, flags, 0, 0, 0, 0);
     if (pid == 0) {
         int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);

@@ -58,11 +58,54 @@ static bool has_option(const char *opts, const char *want)
     return false;
 }
 
+/* /proc/self/mountinfo and /proc/self/cgroup, read once for all the controllers looked for
+ * (the kernel writes the mount table out afresh for each read). */
+struct proc_text {
+    char *mountinfo, *cgroup;
+};
+
+static char *slurp(const char *path)
+{
+    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    size_t cap = 16384, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf)
+            return NULL;
+        ssize_t n = read(fd, buf + len, cap - len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            free(buf);
+            return NULL;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (cap - len - 1 == 0) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger)
+                free(buf);
+            buf = bigger;
+            cap *= 2;
+        }
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+static FILE *open_text(const char *text)
+{
+    return text ? fmemopen((void *)text, strlen(text), "r") : NULL;
+}
+
 /* Finds the mount of the v1 hierarchy holding `controller`, or the v2 one when controller is
  * NULL. */
-static bool find_mount(const char *controller, struct hier *out)
+static bool find_mount(const struct proc_text *pt, const char *controller, struct hier *out)
 {
-    cleanup_fclose FILE *f = fopen("/proc/self/mountinfo", "re");
+    cleanup_fclose FILE *f = open_text(pt->mountinfo);
     if (!f)
         return false;
     char line[1024];
@@ -86,9 +129,9 @@ static bool find_mount(const char *controller, struct hier *out)
 }
 
 /* Our own cgroup in the hierarchy of `controller` (NULL: the v2 "0::" line). */
-static bool find_self(const char *controller, struct hier *out)
+static bool find_self(const struct proc_text *pt, const char *controller, struct hier *out)
 {
-    cleanup_fclose FILE *f = fopen("/proc/self/cgroup", "re");
+    cleanup_fclose FILE *f = open_text(pt->cgroup);
     if (!f)
         return false;
     char line[1024];
@@ -145,10 +188,11 @@ static bool file_exists(const char *dir, const char *name)
     return access(p, F_OK) == 0;
 }
 
-static int detect_v1(const char *controller, char *base, size_t size, struct ev_err *err)
+static int detect_v1(const struct proc_text *pt, const char *controller, char *base, size_t size,
+                     struct ev_err *err)
 {
     struct hier h;
-    if (!find_mount(controller, &h) || !find_self(controller, &h))
+    if (!find_mount(pt, controller, &h) || !find_self(pt, controller, &h))
         return 0;
     hier_path(&h, SUBTREE, base, size);
     if (mkdir_p(base, err) < 0)
@@ -322,11 +366,10 @@ int cg_v2_setup(struct cg_host *h, const char *self_dir, bool self_is_root, stru
     return 0;
 }
 
-int cg_host_detect(struct cg_host *h, struct ev_err *err)
+static int detect(const struct proc_text *pt, struct cg_host *h, struct ev_err *err)
 {
-    memset(h, 0, sizeof(*h));
     struct hier v2;
-    if (find_mount(NULL, &v2) && find_self(NULL, &v2)) {
+    if (find_mount(pt, NULL, &v2) && find_self(pt, NULL, &v2)) {
         char self_dir[512];
         hier_path(&v2, NULL, self_dir, sizeof(self_dir));
         if (cg_v2_setup(h, self_dir, strcmp(v2.self, "/") == 0, err) < 0)
@@ -335,7 +378,7 @@ int cg_host_detect(struct cg_host *h, struct ev_err *err)
 
     int r;
     if (h->memory == CG_NONE) {
-        if ((r = detect_v1("memory", h->v1_memory, sizeof(h->v1_memory), err)) < 0)
+        if ((r = detect_v1(pt, "memory", h->v1_memory, sizeof(h->v1_memory), err)) < 0)
             return -1;
         if (r) {
             h->memory = CG_V1;
@@ -343,13 +386,13 @@ int cg_host_detect(struct cg_host *h, struct ev_err *err)
         }
     }
     if (h->pids == CG_NONE) {
-        if ((r = detect_v1("pids", h->v1_pids, sizeof(h->v1_pids), err)) < 0)
+        if ((r = detect_v1(pt, "pids", h->v1_pids, sizeof(h->v1_pids), err)) < 0)
             return -1;
         if (r)
             h->pids = CG_V1;
     }
     if (!h->v2) {
-        if ((r = detect_v1("cpuacct", h->v1_cpuacct, sizeof(h->v1_cpuacct), err)) < 0)
+        if ((r = detect_v1(pt, "cpuacct", h->v1_cpuacct, sizeof(h->v1_cpuacct), err)) < 0)
             return -1;
         if (r)
             h->cpu = CG_V1;
@@ -365,6 +408,21 @@ int cg_host_detect(struct cg_host *h, struct ev_err *err)
     if (h->cpu == CG_NONE)
         return ev_fail(err, 0, "no CPU accounting: neither cgroup v2 nor v1 cpuacct is mounted");
     return 0;
+}
+
+int cg_host_detect(struct cg_host *h, struct ev_err *err)
+{
+    memset(h, 0, sizeof(*h));
+    struct proc_text pt = {slurp("/proc/self/mountinfo"), slurp("/proc/self/cgroup")};
+    if (!pt.mountinfo || !pt.cgroup) {
+        free(pt.mountinfo);
+        free(pt.cgroup);
+        return ev_fail(err, errno ? errno : ENOMEM, "read /proc/self/mountinfo and cgroup");
+    }
+    int r = detect(&pt, h, err);
+    free(pt.mountinfo);
+    free(pt.cgroup);
+    return r;
 }
 
 /* ---- the v2 file protocol ---------------------------------------------------------------- */
