@@ -141,9 +141,14 @@ static int apply_rlimits(const struct sbx_limits *l, struct ev_err *err)
 
 static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
 {
-    for (int cap = 0; cap <= 63; cap++)
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
-            return ev_fail(err, errno, "drop capability %d from the bounding set", cap);
+    /* capabilities are numbered from 0 to the kernel's last one without gaps: EINVAL past it */
+    for (int cap = 0; cap <= 63; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0)
+            continue;
+        if (errno == EINVAL)
+            break;
+        return ev_fail(err, errno, "drop capability %d from the bounding set", cap);
+    }
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
         return ev_fail(err, errno, "clear ambient capabilities");
     /* Raw system calls, not glibc's wrappers: in a process cloned from a multi-threaded
