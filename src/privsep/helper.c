@@ -136,8 +136,13 @@ static void do_close(const struct ps_request *req, struct ps_reply *rep)
     struct slot *s = take_slot(req->h.box, rep);
     if (!s)
         return;
+    /* The slot is ours (busy) while the box is taken down, and the other boxes' operations need
+     * not wait for that unmount: only freeing the slot takes the lock. */
+    sbx_box_close(H.host, &s->box);
+    if (s->cancel_fd >= 0)
+        close(s->cancel_fd);
     pthread_mutex_lock(&H.mu);
-    close_slot_locked(s);
+    *s = (struct slot){.cancel_fd = -1};
     pthread_mutex_unlock(&H.mu);
 }
 
