@@ -27,8 +27,8 @@
 static struct sbx_host host;
 static char *const env[] = {"PATH=/usr/bin:/bin", "HOME=/tmp", NULL};
 
-/* Open descriptors, but the network namespaces the pool holds: how many of those are ready
- * depends on when its thread last ran. */
+/* Open descriptors, but the network namespaces the pool holds and the socket its thread opens
+ * for a moment to bring loopback up: those depend on when the thread last ran. */
 static int count_fds(void)
 {
     DIR *d = opendir("/proc/self/fd");
@@ -37,7 +37,7 @@ static int count_fds(void)
     while ((de = readdir(d))) {
         char target[64] = "";
         if (readlinkat(dirfd(d), de->d_name, target, sizeof(target) - 1) > 0 &&
-            strncmp(target, "net:[", 5) == 0)
+            (strncmp(target, "net:[", 5) == 0 || strncmp(target, "socket:[", 8) == 0))
             continue;
         n++;
     }
@@ -199,6 +199,44 @@ static void test_each_run_has_a_fresh_network_namespace(void **state)
     sbx_box_close(&host, &box);
 }
 
+/* Runs in one box enter copies of the same prepared root: nothing but /box, /tmp and /proc is
+ * writable, every mount is nosuid and all but /dev nodev, and what one run tries to leave in
+ * the shared tree is not there for the next (the two see the very same tree). */
+static void test_prepared_root_is_read_only_and_the_same_for_each_run(void **state)
+{
+    (void)state;
+    struct sbx_box box;
+    struct ev_err err;
+    assert_int_equal(sbx_box_open(&host, NULL, &box, &err), 0);
+    /* mount point and options of every mount, one per line, then writes that must fail */
+    const char *probe =
+        "awk '{print $5, $6}' /proc/self/mountinfo | while read -r mp opts; do "
+        "  case $mp in /box|/tmp|/proc) ;; *) case ,$opts, in *,ro,*) ;; *) echo \"rw $mp\";; "
+        "esac;; esac; "
+        "  case ,$opts, in *,nosuid,*) ;; *) echo \"suid $mp\";; esac; "
+        "  [ \"$mp\" = /dev ] || case ,$opts, in *,nodev,*) ;; *) echo \"dev $mp\";; esac; "
+        "done; "
+        "for f in /x /etc/x /etc/passwd /dev/x /usr/x /runtime/x; do "
+        "  (echo left >> $f) 2>/dev/null && echo \"wrote $f\"; done; "
+        /* (what each run mounts afresh, /proc, /tmp and /box, has its own times) */
+        "(ls -la --time-style=+%s / | grep -Ev ' (proc|tmp|box)$'; "
+        " ls -la --time-style=+%s /etc /dev) | md5sum";
+    struct sbx_result first, second;
+    assert_int_equal(run_sh(&box, probe, &first), 0);
+    assert_int_equal(first.status, SBX_OK);
+    assert_int_equal(run_sh(&box, probe, &second), 0);
+    assert_int_equal(second.status, SBX_OK);
+    /* nothing reported but the listing's digest, and the same listing both times */
+    if (strlen(first.out.data) != 36 || strcmp(first.out.data, second.out.data) != 0)
+        fprintf(stderr, "first run:\n%s%s\nsecond run:\n%s%s\n", first.out.data, first.err.data,
+                second.out.data, second.err.data);
+    assert_int_equal(strlen(first.out.data), 36);
+    assert_string_equal(first.out.data, second.out.data);
+    sbx_result_free(&first);
+    sbx_result_free(&second);
+    sbx_box_close(&host, &box);
+}
+
 /* The pool itself: every namespace it hands out is a different one, not the caller's, with
  * loopback up. */
 static void test_pool_hands_out_distinct_namespaces(void **state)
@@ -261,6 +299,7 @@ int main(void)
         cmocka_unit_test(test_runs_from_several_threads_at_once),
         cmocka_unit_test(test_no_descriptor_leak_over_many_runs),
         cmocka_unit_test(test_each_run_has_a_fresh_network_namespace),
+        cmocka_unit_test(test_prepared_root_is_read_only_and_the_same_for_each_run),
         cmocka_unit_test(test_pool_hands_out_distinct_namespaces),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
