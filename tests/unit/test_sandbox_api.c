@@ -11,6 +11,9 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sched.h>
 #include <sys/wait.h>
 #include <pthread.h>
@@ -260,14 +263,16 @@ static void test_pool_hands_out_distinct_namespaces(void **state)
         seen[i] = st.st_ino;
         pid_t pid = fork();
         if (pid == 0) {
-            /* in the namespace, lo must be up already: bringing it up again changes nothing,
-             * so look at the flags instead */
+            /* in the namespace, lo must be up already (asked through a socket made there:
+             * /sys would show the namespace it was mounted in, the host's) */
             if (setns(fd, CLONE_NEWNET) < 0)
                 _exit(2);
-            FILE *f = fopen("/sys/class/net/lo/flags", "r");
-            unsigned flags = 0;
-            int got = f ? fscanf(f, "%x", &flags) : 0;
-            _exit(got == 1 && (flags & 1) ? 0 : 3);
+            int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            struct ifreq ifr = {0};
+            snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+            if (sock < 0 || ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
+                _exit(3);
+            _exit(ifr.ifr_flags & IFF_UP ? 0 : 4);
         }
         int status;
         assert_int_equal(waitpid(pid, &status, 0), pid);
