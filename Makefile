@@ -45,6 +45,11 @@ $(B)/progs/%: tests/sandbox/progs/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu17 -D_GNU_SOURCE -O1 -Wall -Wextra -Werror -o $@ $< -lpthread -lm
 
+# The sandbox's C interface as the server's helper uses it, against bare fork+exec (make bench).
+$(B)/bench/helper_run: bench/helper_run.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJ) $(LIBS)
+
 unit: $(UNIT_BIN)
 progs: $(PROG_BIN)
 
@@ -76,7 +81,7 @@ build-fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRC) $(wildcard src/*/*.h)
 	clang -std=gnu17 -D_GNU_SOURCE -Isrc -g -O1 -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=all $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(FUZZ_SRC) $(LIBS)
 
-bench: all progs
+bench: all progs $(B)/bench/helper_run
 	./bench/run
 
 FORMAT_FILES = $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c bench/*.c \

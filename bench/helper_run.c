@@ -1,0 +1,124 @@
+/* helper_run [ROUNDS]: the sandbox as the server's helper uses it (network namespaces made
+ * ahead, prepared roots), through its C interface, against bare fork+exec+wait, interleaved:
+ *   bare               fork + execve("/bin/true") + waitpid
+ *   run in a box       sbx_run of /bin/true in an open box: fresh PID, mount (a copy of the
+ *                      box's prepared root), IPC, UTS, network and cgroup namespaces, cgroups,
+ *                      limits, metrics, teardown
+ *   box + run + close  the same with the box opened (tmpfs) and closed around it, as one
+ *                      submission of one stage
+ * Prints the median, 10th and 90th percentiles and the ratio to bare. Needs root. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sandbox/sandbox.h"
+
+static char *const env[] = {"PATH=/usr/bin:/bin", NULL};
+static char *const argv_true[] = {"/bin/true", NULL};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double bare(void)
+{
+    double t0 = now_ms();
+    pid_t pid = fork();
+    if (pid == 0) {
+        execve(argv_true[0], argv_true, env);
+        _exit(127);
+    }
+    waitpid(pid, NULL, 0);
+    return now_ms() - t0;
+}
+
+static int run(struct sbx_host *host, struct sbx_box *box, double *ms)
+{
+    struct sbx_run_config cfg = {.argv = argv_true, .envp = env};
+    sbx_limits_default(&cfg.limits);
+    struct sbx_result res;
+    struct ev_err err;
+    double t0 = now_ms();
+    int r = sbx_run(host, box, &cfg, &res, &err);
+    *ms = now_ms() - t0;
+    if (r < 0 || res.status != SBX_OK)
+        fprintf(stderr, "helper_run: %s\n", r < 0 ? err.msg : res.message);
+    sbx_result_free(&res);
+    return r < 0 || res.status != SBX_OK ? -1 : 0;
+}
+
+static void report(const char *name, double *s, int n, double base)
+{
+    qsort(s, (size_t)n, sizeof(double), cmp);
+    printf("%-28s %10.3f %10.3f %10.3f %7.2fx\n", name, s[n / 2], s[n / 10], s[n * 9 / 10],
+           base > 0 ? s[n / 2] / base : 1.0);
+}
+
+int main(int argc, char **argv)
+{
+    int rounds = argc > 1 ? atoi(argv[1]) : 300;
+    if (rounds < 10)
+        rounds = 10;
+    static const char *const points[] = {"/runtime", "/nix", NULL};
+    struct sbx_host_config hcfg = {
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4, .prepared_root_points = points};
+    struct sbx_host host;
+    struct ev_err err;
+    if (sbx_host_init(&host, &hcfg, &err) < 0) {
+        fprintf(stderr, "helper_run: %s\n", err.msg);
+        return 1;
+    }
+    struct sbx_box box;
+    if (sbx_box_open(&host, NULL, &box, &err) < 0) {
+        fprintf(stderr, "helper_run: %s\n", err.msg);
+        sbx_host_free(&host);
+        return 1;
+    }
+    double *b = calloc((size_t)rounds, sizeof(double));
+    double *r = calloc((size_t)rounds, sizeof(double));
+    double *c = calloc((size_t)rounds, sizeof(double));
+    int fails = 0;
+    double warm;
+    fails += run(&host, &box, &warm) < 0; /* builds the box's prepared root */
+    for (int i = 0; i < rounds; i++) {
+        b[i] = bare();
+        fails += run(&host, &box, &r[i]) < 0;
+        double t0 = now_ms();
+        struct sbx_box other;
+        if (sbx_box_open(&host, NULL, &other, &err) < 0) {
+            fprintf(stderr, "helper_run: %s\n", err.msg);
+            fails++;
+            c[i] = 0;
+            continue;
+        }
+        double ms;
+        fails += run(&host, &other, &ms) < 0;
+        sbx_box_close(&host, &other);
+        c[i] = now_ms() - t0;
+    }
+    sbx_box_close(&host, &box);
+    sbx_host_free(&host);
+    printf("%-28s %10s %10s %10s %8s\n", "command", "median ms", "p10 ms", "p90 ms", "ratio");
+    qsort(b, (size_t)rounds, sizeof(double), cmp);
+    double base = b[rounds / 2];
+    report("bare", b, rounds, base);
+    report("run in a box", r, rounds, base);
+    report("box + run + close", c, rounds, base);
+    printf("failures: %d\n", fails);
+    free(b);
+    free(r);
+    free(c);
+    return fails ? 1 : 0;
+}
