@@ -84,7 +84,7 @@ build-fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRC) $(wildcard src/*/*.h)
 bench: all progs $(B)/bench/helper_run
 	./bench/run
 
-FORMAT_FILES = $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c bench/*.c \
+FORMAT_FILES = $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c bench/*.c bench/*.h \
                           fuzz/*.c)
 
 format:

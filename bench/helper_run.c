@@ -14,34 +14,22 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "sandbox/sandbox.h"
 
 static char *const env[] = {"PATH=/usr/bin:/bin", NULL};
 static char *const argv_true[] = {"/bin/true", NULL};
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double bare(void)
 {
-    double t0 = now_ms();
+    double t0 = bench_now_ms();
     pid_t pid = fork();
     if (pid == 0) {
         execve(argv_true[0], argv_true, env);
         _exit(127);
     }
     waitpid(pid, NULL, 0);
-    return now_ms() - t0;
+    return bench_now_ms() - t0;
 }
 
 static int run(struct sbx_host *host, struct sbx_box *box, double *ms)
@@ -50,9 +38,9 @@ static int run(struct sbx_host *host, struct sbx_box *box, double *ms)
     sbx_limits_default(&cfg.limits);
     struct sbx_result res;
     struct ev_err err;
-    double t0 = now_ms();
+    double t0 = bench_now_ms();
     int r = sbx_run(host, box, &cfg, &res, &err);
-    *ms = now_ms() - t0;
+    *ms = bench_now_ms() - t0;
     if (r < 0 || res.status != SBX_OK)
         fprintf(stderr, "helper_run: %s\n", r < 0 ? err.msg : res.message);
     sbx_result_free(&res);
@@ -61,7 +49,7 @@ static int run(struct sbx_host *host, struct sbx_box *box, double *ms)
 
 static void report(const char *name, double *s, int n, double base)
 {
-    qsort(s, (size_t)n, sizeof(double), cmp);
+    qsort(s, (size_t)n, sizeof(double), bench_cmp_double);
     printf("%-28s %10.3f %10.3f %10.3f %7.2fx\n", name, s[n / 2], s[n / 10], s[n * 9 / 10],
            base > 0 ? s[n / 2] / base : 1.0);
 }
@@ -95,7 +83,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < rounds; i++) {
         b[i] = bare();
         fails += run(&host, &box, &r[i]) < 0;
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         struct sbx_box other;
         if (sbx_box_open(&host, NULL, &other, &err) < 0) {
             fprintf(stderr, "helper_run: %s\n", err.msg);
@@ -106,12 +94,12 @@ int main(int argc, char **argv)
         double ms;
         fails += run(&host, &other, &ms) < 0;
         sbx_box_close(&host, &other);
-        c[i] = now_ms() - t0;
+        c[i] = bench_now_ms() - t0;
     }
     sbx_box_close(&host, &box);
     sbx_host_free(&host);
     printf("%-28s %10s %10s %10s %8s\n", "command", "median ms", "p10 ms", "p90 ms", "ratio");
-    qsort(b, (size_t)rounds, sizeof(double), cmp);
+    qsort(b, (size_t)rounds, sizeof(double), bench_cmp_double);
     double base = b[rounds / 2];
     report("bare", b, rounds, base);
     report("run in a box", r, rounds, base);

@@ -12,18 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
+#include "bench.h"
 
 int main(int argc, char **argv)
 {
@@ -51,21 +40,21 @@ int main(int argc, char **argv)
     printf("%-20s %14s %16s\n", "namespaces", "clone ms", "exit+wait ms");
     for (size_t s = 0; s < sizeof(sets) / sizeof(sets[0]); s++) {
         for (int r = 0; r < rounds; r++) {
-            double t0 = now_ms();
+            double t0 = bench_now_ms();
             pid_t pid = (pid_t)syscall(SYS_clone, sets[s].flags | SIGCHLD, 0, 0, 0, 0);
             if (pid == 0)
                 _exit(0);
-            double t1 = now_ms();
+            double t1 = bench_now_ms();
             if (pid < 0) {
                 perror("clone");
                 return 1;
             }
             waitpid(pid, NULL, 0);
             clone_ms[r] = t1 - t0;
-            exit_ms[r] = now_ms() - t1;
+            exit_ms[r] = bench_now_ms() - t1;
         }
-        qsort(clone_ms, (size_t)rounds, sizeof(double), cmp);
-        qsort(exit_ms, (size_t)rounds, sizeof(double), cmp);
+        qsort(clone_ms, (size_t)rounds, sizeof(double), bench_cmp_double);
+        qsort(exit_ms, (size_t)rounds, sizeof(double), bench_cmp_double);
         printf("%-20s %14.3f %16.3f\n", sets[s].name, clone_ms[rounds / 2], exit_ms[rounds / 2]);
     }
     free(clone_ms);

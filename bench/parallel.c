@@ -17,20 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define MAX_SAMPLES 200000
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv)
 {
@@ -53,13 +42,13 @@ int main(int argc, char **argv)
     char *shm = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     long *count = (long *)shm;
     double *samples = (double *)(shm + sizeof(long));
-    double end = now() + secs;
+    double end = bench_now() + secs;
     int failures = 0;
     for (int w = 0; w < workers; w++) {
         if (fork() != 0)
             continue;
-        while (now() < end) {
-            double t0 = now();
+        while (bench_now() < end) {
+            double t0 = bench_now();
             pid_t pid = (pid_t)syscall(SYS_clone, flags, 0, 0, 0, 0);
             if (pid == 0) {
                 int fd = open(in, O_RDONLY);
@@ -73,7 +62,7 @@ int main(int argc, char **argv)
             waitpid(pid, &st, 0);
             long i = __atomic_fetch_add(count, 1, __ATOMIC_SEQ_CST);
             if (i < MAX_SAMPLES)
-                samples[i] = now() - t0;
+                samples[i] = bench_now() - t0;
             if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
                 failures++;
         }
@@ -83,7 +72,7 @@ int main(int argc, char **argv)
     while (wait(&st) > 0)
         bad |= !WIFEXITED(st) || WEXITSTATUS(st) != 0;
     long n = *count < MAX_SAMPLES ? *count : MAX_SAMPLES;
-    qsort(samples, (size_t)n, sizeof(double), cmp);
+    qsort(samples, (size_t)n, sizeof(double), bench_cmp_double);
     printf("%.1f per second, p50 %.2f ms, p99 %.2f ms, %ld runs%s\n", (double)*count / secs,
            samples[n / 2] * 1e3, samples[n * 99 / 100] * 1e3, *count, bad ? " (some failed)" : "");
     return bad;

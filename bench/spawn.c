@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define MAX_CMDS 8
 
 struct cmd {
@@ -27,19 +29,6 @@ struct cmd {
     int failures;
 };
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double run_once(char **argv, int *failed)
 {
     long flags = SIGCHLD;
@@ -48,7 +37,7 @@ static double run_once(char **argv, int *failed)
                  CLONE_NEWCGROUP;
         argv++;
     }
-    double t0 = now();
+    double t0 = bench_now();
     pid_t pid = (pid_t)syscall(SYS_clone, flags, 0, 0, 0, 0);
     if (pid == 0) {
         int null = open("/dev/null", O_WRONLY);
@@ -58,7 +47,7 @@ static double run_once(char **argv, int *failed)
     }
     int st;
     waitpid(pid, &st, 0);
-    double t = now() - t0;
+    double t = bench_now() - t0;
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         (*failed)++;
     return t;
@@ -95,7 +84,7 @@ int main(int argc, char **argv)
     printf("%-28s %10s %10s %10s %8s %6s\n", "command", "median ms", "p10 ms", "p90 ms", "ratio",
            "fails");
     for (int c = 0; c < n; c++) {
-        qsort(cmds[c].samples, (size_t)rounds, sizeof(double), cmp);
+        qsort(cmds[c].samples, (size_t)rounds, sizeof(double), bench_cmp_double);
         double med = cmds[c].samples[rounds / 2];
         if (c == 0)
             base = med;

@@ -123,12 +123,12 @@ static void do_open(const struct ps_request *req, struct ps_reply *rep)
     pthread_mutex_unlock(&H.mu);
 }
 
-static void close_slot_locked(struct slot *s)
+/* Takes the box of a slot down; the caller holds the slot (busy, or everything stopped). */
+static void take_down(struct slot *s)
 {
     sbx_box_close(H.host, &s->box);
     if (s->cancel_fd >= 0)
         close(s->cancel_fd);
-    *s = (struct slot){.cancel_fd = -1};
 }
 
 static void do_close(const struct ps_request *req, struct ps_reply *rep)
@@ -138,9 +138,7 @@ static void do_close(const struct ps_request *req, struct ps_reply *rep)
         return;
     /* The slot is ours (busy) while the box is taken down, and the other boxes' operations need
      * not wait for that unmount: only freeing the slot takes the lock. */
-    sbx_box_close(H.host, &s->box);
-    if (s->cancel_fd >= 0)
-        close(s->cancel_fd);
+    take_down(s);
     pthread_mutex_lock(&H.mu);
     *s = (struct slot){.cancel_fd = -1};
     pthread_mutex_unlock(&H.mu);
@@ -542,8 +540,10 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
     while (H.threads > 0)
         pthread_cond_wait(&H.idle, &H.mu);
     for (int i = 0; i < MAX_SLOTS; i++)
-        if (H.slots[i].used)
-            close_slot_locked(&H.slots[i]);
+        if (H.slots[i].used) {
+            take_down(&H.slots[i]);
+            H.slots[i] = (struct slot){.cancel_fd = -1};
+        }
     pthread_mutex_unlock(&H.mu);
     struct ev_err err;
     if (sbx_host_cleanup(H.host, &err) < 0)

@@ -508,7 +508,6 @@ out:
     if (box_fd >= 0)
         close(box_fd);
     for (size_t i = 0; i < n; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
+        close(fds[i]);
     return rc;
 }

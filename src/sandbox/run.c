@@ -490,6 +490,17 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         goto fail_early;
     }
 
+    /* The box's prepared root (built on its first run; the descriptor is the cache's), before
+     * anything that would need undoing if building it failed. */
+    int root_fd = -1;
+    if (host->roots && roots_fit(host->roots, cfg->mounts, cfg->n_mounts)) {
+        root_fd = roots_get(host, box, err);
+        if (root_fd == -1)
+            goto fail_early;
+        if (root_fd < 0)
+            root_fd = -1; /* no room for more prepared roots: this run builds its own tree */
+    }
+
     stdin_fd = open(cfg->stdin_path ? cfg->stdin_path : "/dev/null", O_RDONLY | O_CLOEXEC);
     if (stdin_fd < 0) {
         ev_fail(err, errno, "stdin file %s", cfg->stdin_path ? cfg->stdin_path : "/dev/null");
@@ -542,19 +553,7 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         .cpu_dirfd = host->cg.cpu == CG_V2 ? cg.v2_fd : cg.cpu_fd,
         .cpu_v2 = host->cg.cpu == CG_V2,
     };
-    c.root_fd = -1;
-    if (host->roots && roots_fit(host->roots, cfg->mounts, cfg->n_mounts)) {
-        c.root_fd = roots_get(host, box, err);
-        if (c.root_fd == -1) {
-            close(out[0]), close(out[1]), close(errp[0]), close(errp[1]);
-            close(rep[0]), close(rep[1]), close(st[0]), close(st[1]);
-            struct ev_err derr;
-            cg_run_destroy(&host->cg, &cg, &derr);
-            goto fail_early;
-        }
-        if (c.root_fd < 0)
-            c.root_fd = -1; /* no room for more prepared roots: this run builds its own */
-    }
+    c.root_fd = root_fd;
     c.net_fd = host->netns ? netns_pool_take(host->netns) : -1;
     bool joined;
     pid_t init = clone_init(&cg, c.net_fd < 0, c.root_fd < 0, &joined);
