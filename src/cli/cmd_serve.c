@@ -34,6 +34,7 @@
 #include "pipeline/pipeline.h"
 #include "privsep/client.h"
 #include "privsep/helper.h"
+#include "privsep/nix.h"
 #include "sandbox/sandbox.h"
 
 static const char usage[] =
@@ -208,7 +209,17 @@ int cmd_privileged_helper(int argc, char **argv)
         fprintf(stderr, "envicutor helper: %s\n", err.msg);
         return 1;
     }
+    /* Nix commands run as the server's user; its HOME for them is beside the runtimes. */
+    char data_dir[512];
+    snprintf(data_dir, sizeof(data_dir), "%s", argv[1]);
+    char *slash = strrchr(data_dir, '/');
+    if (slash && slash != data_dir)
+        *slash = '\0';
+    const char *user = getenv("ENVICUTOR_USER");
+    if (nix_start(&host, user && user[0] ? user : "envicutor", data_dir, &err) < 0)
+        fprintf(stderr, "envicutor helper: Nix runtimes will fail: %s\n", err.msg);
     int rc = helper_main(&host, HELPER_FD, argv[1]);
+    nix_stop();
     sbx_host_free(&host);
     return rc;
 }

@@ -52,6 +52,13 @@ void exec_outcome_free(struct exec_outcome *o)
     memset(o, 0, sizeof(*o));
 }
 
+/* A Nix command is given up when the server stops (its helper then kills it at once). */
+static bool stopping(void *arg)
+{
+    struct pipeline *p = arg;
+    return atomic_load(&p->stopping);
+}
+
 struct abort_ctx {
     struct pipeline *p;
     pipe_abort_fn fn;
@@ -361,8 +368,8 @@ static enum pipe_status setup_nix_runtime(struct pipeline *p, struct runtime *rt
                                           char **errout, struct ev_err *err)
 {
     struct psc_nix_result res;
-    if (psc_nix(p->psc, PS_NIX_INSTALL, rt->dir, (unsigned)p->cfg->installation_timeout, &res,
-                err) < 0)
+    if (psc_nix(p->psc, PS_NIX_INSTALL, rt->dir, (unsigned)p->cfg->installation_timeout, stopping,
+                p, &res, err) < 0)
         return PIPE_INTERNAL;
     *out = res.out;
     *errout = res.err;
@@ -483,7 +490,8 @@ enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, voi
         st = PIPE_SETUP_FAILED;
     } else {
         struct psc_nix_result res;
-        if (psc_nix(p->psc, PS_NIX_UPDATE, NULL, (unsigned)p->cfg->update_timeout, &res, err) < 0) {
+        if (psc_nix(p->psc, PS_NIX_UPDATE, NULL, (unsigned)p->cfg->update_timeout, stopping, p,
+                    &res, err) < 0) {
             st = PIPE_INTERNAL;
         } else {
             st = res.exit_code == 0 ? PIPE_OK : PIPE_SETUP_FAILED;
@@ -554,7 +562,8 @@ enum pipe_status pipeline_gc(struct pipeline *p, pipe_abort_fn abort_fn, void *c
         g->nix = nix_available();
         struct psc_nix_result res;
         if (g->nix) {
-            if (psc_nix(p->psc, PS_NIX_GC, NULL, (unsigned)p->cfg->update_timeout, &res, err) < 0) {
+            if (psc_nix(p->psc, PS_NIX_GC, NULL, (unsigned)p->cfg->update_timeout, stopping, p,
+                        &res, err) < 0) {
                 st = PIPE_INTERNAL;
             } else {
                 g->ok = res.exit_code == 0;

@@ -360,17 +360,17 @@ void psc_nix_result_free(struct psc_nix_result *r)
 }
 
 int psc_nix(struct psc *c, enum ps_type type, const char *runtime, unsigned timeout_s,
-            struct psc_nix_result *res, struct ev_err *err)
+            psc_abort_fn abort_fn, void *abort_ctx, struct psc_nix_result *res, struct ev_err *err)
 {
     memset(res, 0, sizeof(*res));
-    struct ps_request req = {.h = {.type = (uint32_t)type}};
+    struct ps_request req = {.h = {.type = (uint32_t)type, .box = PS_NIX_BOX}};
     if (runtime)
         snprintf(req.u.nix.runtime, sizeof(req.u.nix.runtime), "%s", runtime);
     req.u.nix.timeout_s = timeout_s;
     struct ps_reply rep;
     cleanup_close int fd = -1;
-    if (call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.nix), -1, NULL, NULL, &rep, &fd,
-             NULL, err) < 0)
+    if (call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.nix), -1, abort_fn, abort_ctx,
+             &rep, &fd, NULL, err) < 0)
         return -1;
     if (fd < 0)
         return ev_fail(err, 0, "the helper sent no output");

@@ -57,6 +57,6 @@ void psc_nix_result_free(struct psc_nix_result *r);
  * (runtime NULL). 0 with res filled, whatever the command's outcome; -1 when the request
  * failed. */
 int psc_nix(struct psc *c, enum ps_type type, const char *runtime, unsigned timeout_s,
-            struct psc_nix_result *res, struct ev_err *err);
+            psc_abort_fn abort_fn, void *abort_ctx, struct psc_nix_result *res, struct ev_err *err);
 
 #endif

@@ -311,9 +311,9 @@ out:
     give_slot(s);
 }
 
-/* A Nix operation: runs as root on the host (not in a box), one at a time because the server
- * only asks for them as exclusive work. The reply's memfd holds stdout, stderr and, for an
- * installation, the environment. */
+/* A Nix operation: runs on the host as the server's user (not in a box; privsep/nix.h), one at
+ * a time because the server only asks for them as exclusive work. The reply's memfd holds stdout,
+ * stderr and, for an installation, the environment. */
 static void do_nix(const struct ps_request *req, struct ps_reply *rep)
 {
     struct nix_result res;
@@ -321,14 +321,13 @@ static void do_nix(const struct ps_request *req, struct ps_reply *rep)
     int rc;
     switch (req->h.type) {
     case PS_NIX_INSTALL:
-        rc = nix_install(H.host, H.runtimes_dir, req->u.nix.runtime, req->u.nix.timeout_s, &res,
-                         &err);
+        rc = nix_install(H.runtimes_dir, req->u.nix.runtime, req->u.nix.timeout_s, &res, &err);
         break;
     case PS_NIX_UPDATE:
-        rc = nix_update(H.host, req->u.nix.timeout_s, &res, &err);
+        rc = nix_update(req->u.nix.timeout_s, &res, &err);
         break;
     default:
-        rc = nix_gc(H.host, req->u.nix.timeout_s, &res, &err);
+        rc = nix_gc(req->u.nix.timeout_s, &res, &err);
     }
     if (rc < 0) {
         reply_error(rep, err.msg);
@@ -495,6 +494,8 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
             pthread_mutex_lock(&H.mu);
             if (req->h.box < MAX_SLOTS)
                 cancel_slot_locked(&H.slots[req->h.box]);
+            else if (req->h.box == PS_NIX_BOX)
+                nix_cancel_running();
             pthread_mutex_unlock(&H.mu);
             free(req);
             continue;
@@ -534,6 +535,7 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
     }
     /* The server is gone (or stopping): kill every run, wait for the threads, close every
      * box, so nothing is left behind. */
+    nix_cancel_all();
     pthread_mutex_lock(&H.mu);
     for (int i = 0; i < MAX_SLOTS; i++)
         cancel_slot_locked(&H.slots[i]);

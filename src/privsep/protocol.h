@@ -25,11 +25,15 @@
 #define PS_NAME_MAX 255 /* a file name in the box */
 #define PS_RUNTIME_MAX 64
 
+/* The "box" of a PS_CANCEL that kills the Nix command running now. */
+#define PS_NIX_BOX UINT32_MAX
+
 enum ps_type {
     PS_OPEN_BOX = 1, /* -> box handle */
     PS_WRITE_FILE,   /* fd: contents; creates box/name (never follows or replaces) */
     PS_RUN,          /* optional fd: stdin; reply fd: stdout then stderr */
-    PS_CANCEL,       /* kills the box's current and future runs; no reply */
+    PS_CANCEL,       /* kills the box's current and future runs (PS_NIX_BOX: the Nix
+                      * command running now); no reply */
     PS_CLOSE_BOX,
     PS_NIX_INSTALL, /* nix-shell once on runtimes/NAME/shell.nix; reply fd: stdout, stderr,
                        then the environment (NUL-separated) */

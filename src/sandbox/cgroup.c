@@ -788,3 +788,29 @@ int cg_host_cleanup(const struct cg_host *h, const char *lock_dir, struct ev_err
     }
     return removed;
 }
+
+int cg_list(const struct cg_host *h, const char *prefix, char (*names)[64], int max)
+{
+    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
+                            h->pids == CG_V1 ? h->v1_pids : NULL,
+                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    size_t k = strlen(prefix);
+    int n = 0;
+    for (int i = 0; i < 4; i++) {
+        if (!bases[i])
+            continue;
+        cleanup_closedir DIR *d = opendir(bases[i]);
+        struct dirent *de;
+        while (d && n < max && (de = readdir(d)) != NULL) {
+            if (de->d_type != DT_DIR || strncmp(de->d_name, prefix, k) != 0 ||
+                strlen(de->d_name) >= 64)
+                continue;
+            bool seen = false;
+            for (int j = 0; j < n && !seen; j++)
+                seen = strcmp(names[j], de->d_name) == 0;
+            if (!seen)
+                snprintf(names[n++], 64, "%s", de->d_name);
+        }
+    }
+    return n;
+}

@@ -96,6 +96,8 @@ void cg_run_kill(const struct cg_host *h, struct cg_run *r);
 int cg_run_destroy(const struct cg_host *h, struct cg_run *r, struct ev_err *err);
 /* Removes a leftover cgroup called name (after a crash), killing what is still in it. */
 int cg_remove_stale(const struct cg_host *h, const char *name, struct ev_err *err);
+/* The names of our cgroups (in any hierarchy, each once) that start with prefix; at most max. */
+int cg_list(const struct cg_host *h, const char *prefix, char (*names)[64], int max);
 
 /* The v2 file protocol, on a cgroup directory descriptor (tested against a fake tree). */
 int cg_v2_set_limits(int dirfd, const struct cg_limits *l, bool memory, bool pids,

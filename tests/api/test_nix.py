@@ -3,10 +3,12 @@ store builds, exact environment capture, timeouts, /gc and /update. Skipped when
 not installed (scripts/install-deps installs Debian's nix-bin)."""
 import os
 import shutil
+import tempfile
 import time
 import uuid
 
 import pytest
+import requests
 
 from conftest import ROOT, Server
 
@@ -19,6 +21,11 @@ pytestmark = pytest.mark.skipif(not HAVE_NIX, reason="nix-shell is not installed
 # One nonce per test session: every store path the fixtures build is new, so what /gc must
 # remove and keep is known exactly.
 NONCE = uuid.uuid4().hex[:10]
+
+# No binary cache: offline, nix would spend seconds retrying cache.nixos.org per build. The
+# fixtures' builders are the host's /bin/sh and coreutils, which Nix's build sandbox lacks
+# (nixpkgs brings its own): the daemon the server starts is given them.
+NIX_CONFIG = "substituters =\nconnect-timeout = 2\nextra-sandbox-paths = /bin /usr /lib /lib64"
 
 
 def fixture(name, **subst):
@@ -36,9 +43,8 @@ def nix_body(name, shell, run_script, compile_script="", source_file_name="main.
 
 @pytest.fixture(scope="module")
 def nix_server():
-    # no binary cache: offline, nix would spend seconds retrying cache.nixos.org per build
     s = Server(INSTALLATION_TIMEOUT=INSTALLATION_TIMEOUT, UPDATE_TIMEOUT=20,
-               NIX_CONFIG="substituters =\nconnect-timeout = 2").start()
+               NIX_CONFIG=NIX_CONFIG).start()
     yield s
     assert s.stop() == 0, s.log_text()
 
@@ -102,11 +108,42 @@ def test_compile_stage_has_the_environment(nix_server):
     assert d["run"]["stdout"] == "greet 2.0 2.0 compiled\n", d
 
 
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def children(pid):
+    """Children of every thread of pid."""
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(k) for k in f.read().split()]
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def daemon_tree(helper):
+    """The Nix daemon the helper started: its namespace's init (a child of the helper) whose
+    only child is nix-daemon, with the daemon's own children."""
+    from conftest import descendants
+    for init in children(helper):
+        kids = children(init)
+        if kids and all(b"nix-daemon" in cmdline(k) for k in kids):
+            return {init, *descendants(init)}
+    return set()
+
+
 def no_leftovers(server, before_dirs, marker=None):
     assert runtime_dirs(server) == before_dirs
     helper = server.helper_pid()
     from conftest import descendants
-    assert descendants(helper) == []
+    assert set(descendants(helper)) - daemon_tree(helper) == set()
     if marker:
         for pid in os.listdir("/proc"):
             if pid.isdigit():
@@ -174,13 +211,17 @@ def test_gc_removes_orphan_directories(nix_server):
 
 def test_update_offline(nix_server):
     """With a channel to fetch and no network, the update fails cleanly: 500 and the output.
-    root's channel list is the one the helper's nix-channel reads; the test adds a channel
-    only when root has none, and removes it again."""
-    channels = "/root/.nix-channels"
-    added = not os.path.exists(channels)
-    if added:
-        with open(channels, "w") as f:
-            f.write("https://nixos.org/channels/nixpkgs-unstable nixpkgs\n")
+    Nix commands run as the server's user with HOME in the data directory: its channel list
+    there is the one /update reads (root's is not)."""
+    import pwd
+    user = pwd.getpwnam("envicutor")
+    home = os.path.join(nix_server.data_dir, "nix-home")
+    os.makedirs(home, exist_ok=True)
+    os.chown(home, user.pw_uid, user.pw_gid)
+    channels = os.path.join(home, ".nix-channels")
+    with open(channels, "w") as f:
+        f.write("https://nixos.org/channels/nixpkgs-unstable nixpkgs\n")
+    os.chown(channels, user.pw_uid, user.pw_gid)
     try:
         t0 = time.time()
         r = nix_server.post("/update", timeout=60)
@@ -189,8 +230,134 @@ def test_update_offline(nix_server):
         assert "nixos.org" in r.json()["stderr"], r.json()
         assert time.time() - t0 < 25
     finally:
-        if added:
-            os.unlink(channels)
+        os.unlink(channels)
+
+
+def marker_processes(marker):
+    return [p for p in os.listdir("/proc") if p.isdigit() and marker.encode() in cmdline(p)]
+
+
+def test_nix_commands_run_as_the_server_user(nix_server):
+    """nix-shell (and its shellHook) run as the server's unprivileged user, not root: the
+    hook cannot write where only root may."""
+    import pwd
+    uid = pwd.getpwnam("envicutor").pw_uid
+    target = f"/root/envicutor-nix-hook-{NONCE}"
+    hook = f"echo uid=$(/usr/bin/id -u); echo x > {target} && echo wrote-as-root"
+    r = nix_server.post("/runtimes", nix_body("nix-whoami", fixture("hook.nix", HOOK=hook),
+                                              "true"))
+    assert r.status_code == 200, r.text
+    assert f"uid={uid}" in r.json()["stdout"], r.json()
+    assert "wrote-as-root" not in r.json()["stdout"]
+    assert not os.path.exists(target)
+
+
+def test_a_daemonised_child_holding_stdout_does_not_turn_success_into_a_timeout(nix_server):
+    """The hook leaves a child in a session of its own that keeps nix-shell's stdout open and
+    never ends. The installation still answers with its own exit status at once (the child
+    goes with the command's PID namespace), and nothing of it runs on."""
+    marker = "envicutor-hold-" + uuid.uuid4().hex[:8]
+    hook = f"/usr/bin/setsid /bin/sh -c 'while :; do /bin/sleep 1; done' {marker} & echo held"
+    t0 = time.time()
+    r = nix_server.post("/runtimes", nix_body("nix-hold", fixture("hook.nix", HOOK=hook),
+                                              "true"))
+    took = time.time() - t0
+    assert r.status_code == 200, r.text
+    assert "held" in r.json()["stdout"]
+    assert "timeout" not in r.json()["stderr"]
+    assert took < INSTALLATION_TIMEOUT, took
+    assert marker_processes(marker) == []
+
+
+def nix_cgroups():
+    found = []
+    for base, dirs, _ in os.walk("/sys/fs/cgroup"):
+        found += [os.path.join(base, d) for d in dirs if d.startswith("nix-")]
+        if "/envicutor" in base:
+            dirs[:] = []
+    return found
+
+
+def test_kill_9_of_the_helper_during_an_install_leaves_nothing():
+    """The helper is killed (SIGKILL) while nix-shell's hook runs, with a child in a session
+    of its own. Nothing of the installation runs on (neither the hook, its child, nor the
+    daemon the helper started), the server stops, and after a restart the runtime is not
+    there, half-installed or otherwise, and no cgroup of the dead helper is left."""
+    marker = "envicutor-k9-" + uuid.uuid4().hex[:8]
+    hook = (f"/usr/bin/setsid /bin/sh -c 'while :; do /bin/sleep 1; done' {marker} & "
+            f"while :; do /bin/sleep 1; done")
+    # a socket of its own, so that this server's helper starts the daemon whatever else runs
+    sock_dir = tempfile.mkdtemp(prefix="envicutor-nixd-")
+    os.chmod(sock_dir, 0o755)
+    s = Server(INSTALLATION_TIMEOUT=300, NIX_CONFIG=NIX_CONFIG,
+               NIX_DAEMON_SOCKET_PATH=os.path.join(sock_dir, "socket")).start()
+    import threading
+    try:
+        before = runtime_dirs(s)
+        def install():
+            try:
+                s.post("/runtimes", nix_body("nix-k9", fixture("hook.nix", HOOK=hook), "true"))
+            except requests.ConnectionError:
+                pass  # the server stops when its helper dies
+
+        t = threading.Thread(target=install)
+        t.daemon = True
+        t.start()
+        deadline = time.time() + 60
+        while len(marker_processes(marker)) < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker_processes(marker), "the hook's child never started"
+        helper = s.helper_pid()
+        daemon = daemon_tree(helper)
+        assert daemon, "the helper started no daemon"
+        os.kill(helper, 9)
+        s.proc.wait(timeout=30)
+        deadline = time.time() + 10
+        while (marker_processes(marker) or any(os.path.exists(f"/proc/{p}") for p in daemon)) \
+                and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker_processes(marker) == []
+        assert [p for p in daemon if os.path.exists(f"/proc/{p}")] == []
+        t.join(timeout=30)
+        s.log.close()
+        s.start()
+        assert "nix-k9" not in s.runtimes()
+        assert runtime_dirs(s) == before
+        assert [c for c in nix_cgroups() if f"/nix-{helper}-" in c] == []
+    finally:
+        assert s.stop() == 0, s.log_text()
+
+
+def test_a_daemon_already_running_is_used():
+    """On a host whose Nix is set up as multi-user already (a service manager runs the
+    daemon), the server uses that daemon and starts none of its own."""
+    import subprocess
+    env = {"PATH": "/usr/bin:/bin", "NIX_CONFIG": NIX_CONFIG}
+    d = subprocess.Popen(["nix-daemon"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    s = None
+    try:
+        import socket as sk
+        deadline = time.time() + 10
+        while True:
+            try:
+                with sk.socket(sk.AF_UNIX) as c:
+                    c.connect("/nix/var/nix/daemon-socket/socket")
+                break
+            except OSError:
+                assert time.time() < deadline, "nix-daemon did not start"
+                time.sleep(0.05)
+        s = Server(NIX_CONFIG=NIX_CONFIG).start()
+        r = s.post("/runtimes", nix_body("nix-ext", fixture("env.nix"), 'printf "%s" "$EQUALS"'))
+        assert r.status_code == 200, r.text
+        assert daemon_tree(s.helper_pid()) == set()
+        rid = s.runtimes()["nix-ext"]
+        assert s.execute(rid, "x").json()["run"]["stdout"] == "a=b==c="
+    finally:
+        if s:
+            assert s.stop() == 0, s.log_text()
+        d.kill()
+        d.wait()
 
 
 def test_restart_keeps_nix_runtime(nix_server):
