@@ -501,6 +501,8 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
             root_fd = -1; /* no room for more prepared roots: this run builds its own tree */
     }
 
+    /* A descriptor is shared with the program, offset included, and never opened again by a
+     * path (which would bypass how it was opened); 0 means none, as for cancel_fd. */
     if (cfg->stdin_fd > 0)
         stdin_fd = fcntl(cfg->stdin_fd, F_DUPFD_CLOEXEC, 0);
     else

@@ -112,13 +112,10 @@ struct sbx_mount {
 };
 
 struct sbx_run_config {
-    char *const *argv;      /* argv[0] is searched in the PATH of envp when it has no '/' */
-    char *const *envp;      /* exactly the environment of the program */
-    const char *stdin_path; /* host path read as the program's stdin; NULL = /dev/null */
-    /* Or a descriptor open for reading, given to the program as it is (a copy of the
-     * descriptor, sharing its file offset); 0, the zero value, means none, as for cancel_fd.
-     * It is never opened again by a path. */
-    int stdin_fd;
+    char *const *argv;              /* argv[0] is searched in the PATH of envp when it has no '/' */
+    char *const *envp;              /* exactly the environment of the program */
+    const char *stdin_path;         /* host path read as the program's stdin; NULL = /dev/null */
+    int stdin_fd;                   /* or a readable descriptor, used as it is; 0 = none */
     const char *workdir;            /* inside the box; NULL = /box */
     const struct sbx_mount *mounts; /* extra read-only bind mounts */
     size_t n_mounts;
