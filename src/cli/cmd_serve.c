@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "common/cleanup.h"
 #include "http/auth.h"
 #include "http/mhd_loader.h"
 
@@ -119,21 +120,67 @@ static int find_user(const char *name, uid_t *uid, gid_t *gid, struct ev_err *er
     return 0;
 }
 
+/* Hands one entry of the data directory to the unprivileged user. The directory is that user's,
+ * who may have planted anything at these names before this start: a hard link to a host file
+ * (with fs.protected_hardlinks=0, the kernel's default, anyone may link to a file they do not
+ * own), a symbolic link, a FIFO. The entry is opened relative to the directory's descriptor
+ * without following links and checked through its own descriptor, so the inode checked is the
+ * inode changed: its type, a single link for a file, and an owner that is root or the user.
+ * Anything else stops the start, for the deployer to look at. */
+static int hand_over(int dfd, const char *dir, const char *name, bool is_dir, uid_t uid, gid_t gid,
+                     struct ev_err *err)
+{
+    cleanup_close int fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        return 0;
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: open %s/%s", dir, name);
+    const char *why = NULL;
+    if (S_ISLNK(st.st_mode))
+        why = "is a symbolic link";
+    else if (is_dir && !S_ISDIR(st.st_mode))
+        why = "is not a directory";
+    else if (!is_dir && !S_ISREG(st.st_mode))
+        why = "is not a regular file";
+    else if (!is_dir && st.st_nlink != 1)
+        why = "has more than one hard link (it may be a link to a file elsewhere)";
+    else if (st.st_uid != 0 && st.st_uid != uid)
+        why = "belongs to neither root nor the server's user";
+    if (why)
+        return ev_fail(err, 0,
+                       "ENVICUTOR_DATA_DIR: %s/%s %s; not starting (move it away if it is not "
+                       "the server's)",
+                       dir, name, why);
+    if (fchownat(fd, "", uid, gid, AT_EMPTY_PATH) < 0)
+        return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chown %s/%s", dir, name);
+    return 0;
+}
+
 static int prepare_data_dir(const char *dir, uid_t uid, gid_t gid, struct ev_err *err)
 {
     if (mkdir(dir, 0700) < 0 && errno != EEXIST)
         return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: mkdir %s", dir);
-    const char *names[] = {"", "/runtimes", "/envicutor.db", "/envicutor.db-wal",
-                           "/envicutor.db-shm"};
-    for (size_t i = 0; i < 5; i++) {
-        char path[300];
-        snprintf(path, sizeof(path), "%s%s", dir, names[i]);
-        if (lchown(path, uid, gid) < 0 && !(i > 0 && errno == ENOENT))
-            return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chown %s", path);
-    }
+    /* Its parent is the deployer's; the directory itself may have been swapped for a link by
+     * its owner (in a sticky /tmp, say), so it is not followed either. */
+    cleanup_close int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (dfd < 0 && (errno == ELOOP || errno == ENOTDIR))
+        return ev_fail(err, 0, "ENVICUTOR_DATA_DIR: %s is a symbolic link or not a directory", dir);
+    if (dfd < 0 || fstat(dfd, &st) < 0)
+        return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: open %s", dir);
+    if (st.st_uid != 0 && st.st_uid != uid)
+        return ev_fail(err, 0,
+                       "ENVICUTOR_DATA_DIR: %s belongs to neither root nor the server's user", dir);
     /* the database must not be readable by anyone else */
-    if (chmod(dir, 0700) < 0)
-        return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chmod %s", dir);
+    if (fchown(dfd, uid, gid) < 0 || fchmod(dfd, 0700) < 0)
+        return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chown and chmod %s", dir);
+    const char *files[] = {"envicutor.db", "envicutor.db-wal", "envicutor.db-shm"};
+    if (hand_over(dfd, dir, "runtimes", true, uid, gid, err) < 0)
+        return -1;
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+        if (hand_over(dfd, dir, files[i], false, uid, gid, err) < 0)
+            return -1;
     return 0;
 }
 

@@ -32,9 +32,11 @@ static int remove_children(int fd, int depth, struct ev_err *err)
 {
     if (depth > 512)
         return ev_fail(err, ELOOP, "directory tree too deep to remove");
-    int dupfd = dup(fd);
+    /* fdopendir takes the descriptor it is given; a copy, close-on-exec like every descriptor
+     * of the multi-threaded helper, where another thread may fork and exec at any moment. */
+    int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (dupfd < 0)
-        return ev_fail(err, errno, "dup");
+        return ev_fail(err, errno, "duplicate a directory descriptor");
     cleanup_closedir DIR *d = fdopendir(dupfd);
     if (!d) {
         close(dupfd);

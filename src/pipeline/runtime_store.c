@@ -222,7 +222,8 @@ static int dir_referenced(struct store *s, const char *dir, struct ev_err *err)
 int store_sweep(struct store *s, struct ev_err *err)
 {
     pthread_mutex_lock(&s->mu);
-    int dfd = dup(s->rt_fd);
+    /* a copy for fdopendir, close-on-exec: other threads may start processes meanwhile */
+    int dfd = fcntl(s->rt_fd, F_DUPFD_CLOEXEC, 0);
     cleanup_closedir DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (!d) {
         if (dfd >= 0)

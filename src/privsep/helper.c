@@ -144,21 +144,65 @@ static void do_close(const struct ps_request *req, struct ps_reply *rep)
     pthread_mutex_unlock(&H.mu);
 }
 
+/* A descriptor received from the server, whose contents the helper is to read. The helper is
+ * root, so it reads only through the open file description the server sent, never by a path:
+ * /proc/self/fd/N would open the inode anew with root's rights, and an O_PATH descriptor (which
+ * anyone can get for a file they may not read) or a write-only one would then read a file the
+ * server could not. So the description itself must be open for reading. */
+static int check_received(int fd, const char *what, struct ev_err *err)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return ev_fail(err, errno, "%s: the descriptor", what);
+    if (fl & O_PATH)
+        return ev_fail(err, 0, "%s: an O_PATH descriptor, not a file opened for reading", what);
+    if ((fl & O_ACCMODE) != O_RDONLY && (fl & O_ACCMODE) != O_RDWR)
+        return ev_fail(err, 0, "%s: the descriptor is not open for reading", what);
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return ev_fail(err, errno, "%s: fstat", what);
+    if (!S_ISREG(st.st_mode))
+        return ev_fail(err, 0, "%s: not a regular file", what);
+    return 0;
+}
+
+/* Copies a checked received descriptor from its offset 0 into dst, at most max bytes (a file
+ * that grows, or a sparse one, cannot make the helper copy without end). pread leaves the
+ * server's file offset alone. */
+static int copy_received(int src, int dst, uint64_t max, const char *what, struct ev_err *err)
+{
+    char buf[65536];
+    uint64_t off = 0;
+    for (;;) {
+        ssize_t n = pread(src, buf, sizeof(buf), (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return ev_fail(err, errno, "read the contents of %s", what);
+        if (n == 0)
+            return 0;
+        if ((uint64_t)n > max - off)
+            return ev_fail(err, EFBIG, "%s: more than %llu bytes", what, (unsigned long long)max);
+        if (write_full(dst, buf, (size_t)n) < 0)
+            return ev_fail(err, errno, "write %s", what);
+        off += (uint64_t)n;
+    }
+}
+
 /* Copies a regular file received from the server into the box, as the box's user. The name
  * is a plain name (checked), created exclusively without following links, relative to the
  * box directory's descriptor: nothing the box's earlier runs left there can redirect it. */
 static void do_write(const struct ps_request *req, int src, struct ps_reply *rep)
 {
+    struct ev_err err = {0};
+    if (check_received(src, "write-file: the source", &err) < 0) {
+        reply_error(rep, err.msg);
+        return;
+    }
     struct slot *s = take_slot(req->h.box, rep);
     if (!s)
         return;
-    struct ev_err err = {0};
-    struct stat st;
     cleanup_close int dfd = -1, fd = -1;
-    if (fstat(src, &st) < 0 || !S_ISREG(st.st_mode)) {
-        ev_fail(&err, 0, "write-file: the source is not a regular file");
-        goto out;
-    }
     dfd = open(s->box.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
         ev_fail(&err, errno, "open %s", s->box.dir);
@@ -174,28 +218,35 @@ static void do_write(const struct ps_request *req, int src, struct ps_reply *rep
         ev_fail(&err, errno, "chown %s", req->u.write.name);
         goto out;
     }
-    char buf[65536];
-    off_t off = 0;
-    for (;;) {
-        ssize_t n = pread(src, buf, sizeof(buf), off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            ev_fail(&err, errno, "read the contents of %s", req->u.write.name);
-            goto out;
-        }
-        if (n == 0)
-            break;
-        if (write_full(fd, buf, (size_t)n) < 0) {
-            ev_fail(&err, errno, "write %s in the box", req->u.write.name);
-            goto out;
-        }
-        off += n;
-    }
+    /* the box's size-limited tmpfs bounds the copy */
+    copy_received(src, fd, UINT64_MAX, req->u.write.name, &err);
 out:
     if (err.msg[0])
         reply_error(rep, err.msg);
     give_slot(s);
+}
+
+/* The program's stdin: a copy of the received file in a memfd of the helper's, sealed
+ * read-only, rather than the server's descriptor itself. The box then shares nothing with the
+ * server: not the file offset (the server's is at the end of what it wrote, and the box's reads
+ * would move it), not a writable description of a server file, and no contents a compromised
+ * server could change during the run. It stays a regular, seekable file, as programs expect of
+ * a redirected stdin. The cost is one copy of the input, which MAX_REQUEST_SIZE bounds;
+ * PS_MAX_INPUT bounds what a compromised server could make the helper copy. */
+static int stdin_copy(int src, struct ev_err *err)
+{
+    if (check_received(src, "run: stdin", err) < 0)
+        return -1;
+    cleanup_close int fd = memfd_create("envicutor-stdin", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return ev_fail(err, errno, "memfd_create");
+    if (copy_received(src, fd, PS_MAX_INPUT, "run: stdin", err) < 0)
+        return -1;
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+        return ev_fail(err, errno, "run: seal the copy of stdin");
+    if (lseek(fd, 0, SEEK_SET) < 0)
+        return ev_fail(err, errno, "run: rewind the copy of stdin");
+    return steal_fd(&fd);
 }
 
 static int output_memfd(const struct sbx_result *res, struct ev_err *err)
@@ -224,19 +275,20 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
     if (!s)
         return;
     const struct ps_run *r = &req->u.run;
-    char stdin_path[64], rt_path[512];
+    char rt_path[512];
+    cleanup_close int in_fd = -1;
     struct sbx_mount mounts[2];
     struct sbx_run_config cfg = {.argv = argv, .envp = envp, .cancel_fd = s->cancel_fd};
     struct sbx_result res;
     memset(&res, 0, sizeof(res));
     struct stat st;
     if (stdin_fd >= 0) {
-        if (fstat(stdin_fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-            reply_error(rep, "run: stdin is not a regular file");
+        in_fd = stdin_copy(stdin_fd, &err);
+        if (in_fd < 0) {
+            reply_error(rep, err.msg);
             goto out;
         }
-        snprintf(stdin_path, sizeof(stdin_path), "/proc/self/fd/%d", stdin_fd);
-        cfg.stdin_path = stdin_path;
+        cfg.stdin_fd = in_fd;
     }
     if (r->runtime[0]) {
         /* The runtime store belongs to the unprivileged server, so nothing below the data

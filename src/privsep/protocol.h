@@ -130,6 +130,7 @@ struct ps_reply {
 #define PS_MAX_KB (1ull << 32)
 #define PS_MAX_COUNT (1ull << 20)
 #define PS_MAX_NIX_TIMEOUT 86400u
+#define PS_MAX_INPUT (1ull << 32) /* a run's stdin: the largest MAX_REQUEST_SIZE */
 
 /* Validates a request of n bytes that came with fd_count descriptors. On success the strings
  * of a PS_RUN are split into argv/envp (pointers into req, NULL-terminated arrays of at least

@@ -501,9 +501,17 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
             root_fd = -1; /* no room for more prepared roots: this run builds its own tree */
     }
 
-    stdin_fd = open(cfg->stdin_path ? cfg->stdin_path : "/dev/null", O_RDONLY | O_CLOEXEC);
+    /* A descriptor is shared with the program, offset included, and never opened again by a
+     * path (which would bypass how it was opened); 0 means none, as for cancel_fd. */
+    if (cfg->stdin_fd > 0)
+        stdin_fd = fcntl(cfg->stdin_fd, F_DUPFD_CLOEXEC, 0);
+    else
+        stdin_fd = open(cfg->stdin_path ? cfg->stdin_path : "/dev/null", O_RDONLY | O_CLOEXEC);
     if (stdin_fd < 0) {
-        ev_fail(err, errno, "stdin file %s", cfg->stdin_path ? cfg->stdin_path : "/dev/null");
+        if (cfg->stdin_fd > 0)
+            ev_fail(err, errno, "stdin descriptor %d", cfg->stdin_fd);
+        else
+            ev_fail(err, errno, "stdin file %s", cfg->stdin_path ? cfg->stdin_path : "/dev/null");
         goto fail_early;
     }
     int out[2] = {-1, -1}, errp[2] = {-1, -1}, rep[2] = {-1, -1}, st[2] = {-1, -1};

@@ -115,6 +115,7 @@ struct sbx_run_config {
     char *const *argv;              /* argv[0] is searched in the PATH of envp when it has no '/' */
     char *const *envp;              /* exactly the environment of the program */
     const char *stdin_path;         /* host path read as the program's stdin; NULL = /dev/null */
+    int stdin_fd;                   /* or a readable descriptor, used as it is; 0 = none */
     const char *workdir;            /* inside the box; NULL = /box */
     const struct sbx_mount *mounts; /* extra read-only bind mounts */
     size_t n_mounts;

@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-from conftest import check_host, stage
+from conftest import Server, check_host, stage
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +309,78 @@ def test_helper_does_not_follow_links_swapped_into_the_runtime_store(srv):
         shutil.rmtree(secret_parent)
     assert "end" in stage(srv.execute(rid, "x"))["stdout"]
     check_host(srv)
+
+
+# ---- what the server's user leaves in the data directory for the next start, as root ----------
+
+def _as_user(uid, gid, fn):
+    """Runs fn in a child process with the server user's identity; its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.parametrize("name, kind, why", [
+    ("envicutor.db-wal", "hard link", "has more than one hard link"),
+    ("envicutor.db", "symbolic link", "is a symbolic link"),
+])
+def test_links_planted_in_the_data_directory_are_refused_at_start(name, kind, why):
+    """The data directory belongs to the server's user; a start, as root, hands what is in it
+    to that user. With fs.protected_hardlinks=0 (the kernel's default) that user can link any
+    host file into it under a database file's name. A root-owned canary stands for the host
+    file: it must keep its owner, mode and contents, and the server must refuse to start with
+    a message that names the file and the reason."""
+    import pwd
+    try:
+        user = pwd.getpwnam("envicutor")
+    except KeyError:  # made by a server's first start
+        Server().start().stop()
+        user = pwd.getpwnam("envicutor")
+    sysctl = "/proc/sys/fs/protected_hardlinks"
+    with open(sysctl) as f:
+        saved = f.read().strip()
+    canary_dir = tempfile.mkdtemp(prefix="envicutor-canary-", dir="/tmp")
+    canary = os.path.join(canary_dir, "shadow")
+    with open(canary, "w") as f:
+        f.write("root:secret-hash:19000::::::\n")
+    os.chmod(canary, 0o640)
+    os.chmod(canary_dir, 0o755)
+    before = os.stat(canary)
+    # as a start leaves it: the server user's, mode 0700
+    data_dir = tempfile.mkdtemp(prefix="envicutor-api-", dir="/tmp")
+    os.chown(data_dir, user.pw_uid, user.pw_gid)
+    s = Server(data_dir=data_dir)
+    refusal = None
+    try:
+        with open(sysctl, "w") as f:
+            f.write("0")
+        plant = os.link if kind == "hard link" else os.symlink
+        assert _as_user(user.pw_uid, user.pw_gid,
+                        lambda: plant(canary, os.path.join(data_dir, name))) == 0
+        try:
+            s.start()
+        except RuntimeError as e:
+            refusal = str(e)
+    finally:
+        with open(sysctl, "w") as f:
+            f.write(saved)
+        s.stop()
+        after = os.stat(canary)
+        with open(canary) as f:
+            content = f.read()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(canary_dir, ignore_errors=True)
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == \
+        (0, 0, stat.S_IMODE(before.st_mode))
+    assert content == "root:secret-hash:19000::::::\n"
+    assert refusal is not None, "the server started"
+    assert f"{data_dir}/{name} {why}" in refusal, refusal
