@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mount.h>
@@ -61,10 +62,16 @@ static int setup_dir(struct sbx_host *host, const struct sbx_box_options *opt, s
             open(opt->external_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
             return ev_fail(err, errno, "box directory %s", opt->external_dir);
+        /* Resolved before anything changes: a path that does not fit is refused whole. */
+        cleanup_free char *real = realpath(opt->external_dir, NULL);
+        if (!real)
+            return ev_fail(err, errno, "realpath %s", opt->external_dir);
+        if (strlen(real) >= sizeof(box->dir))
+            return ev_fail(err, 0, "box directory %.64s... is longer than %zu bytes", real,
+                           sizeof(box->dir) - 1);
         if (fchown(fd, box->uid, box->gid) < 0 || fchmod(fd, 0755) < 0)
             return ev_fail(err, errno, "chown box directory %s", opt->external_dir);
-        if (!realpath(opt->external_dir, box->dir))
-            return ev_fail(err, errno, "realpath %s", opt->external_dir);
+        memcpy(box->dir, real, strlen(real) + 1);
         box->own_tmpfs = false;
         return 0;
     }
