@@ -341,6 +341,91 @@ static void test_a_run_after_a_failed_teardown_of_the_same_box(void **state)
     sbx_box_close(&host, &box);
 }
 
+/* A host of its own with few boxes, so that which box a search meets is known. Its boxes are
+ * the first ones of the host-wide lock directory, shared with every other owner. */
+static struct sbx_host small;
+static bool small_up;
+
+static void small_host(unsigned n_boxes)
+{
+    struct sbx_host_config cfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .n_boxes = n_boxes};
+    struct ev_err err;
+    int r = sbx_host_init(&small, &cfg, &err);
+    if (r < 0)
+        fprintf(stderr, "sbx_host_init: %s\n", err.msg);
+    assert_int_equal(r, 0);
+    small_up = true;
+}
+
+static int free_small_host(void **state)
+{
+    int r = remove_planted(state);
+    if (small_up)
+        sbx_host_free(&small);
+    small_up = false;
+    return r;
+}
+
+/* A long-lived owner (the helper) spreads successive boxes over the range instead of taking
+ * the same one each time. */
+static void test_successive_opens_rotate_over_boxes(void **state)
+{
+    (void)state;
+    small_host(3);
+    bool seen[3] = {false, false, false};
+    for (int i = 0; i < 3; i++) {
+        struct sbx_box box;
+        struct ev_err err;
+        assert_int_equal(sbx_box_open(&small, NULL, &box, &err), 0);
+        assert_false(seen[box.id]);
+        seen[box.id] = true;
+        sbx_box_close(&small, &box);
+    }
+}
+
+/* A free box whose leftovers cannot be cleaned (here its cgroup, which holds a child cgroup,
+ * so rmdir fails with EBUSY) is skipped and counted, and not tried again while another box is
+ * free; when it is the only free one, it is tried again, and taken once it can be cleaned. */
+static void test_a_box_that_cannot_be_cleaned_is_skipped(void **state)
+{
+    (void)state;
+    /* a search starts at the owner's pid, so the first one meets the bad box first */
+    int bad = (int)((unsigned)getpid() % 2), good = !bad;
+    const char *bases[4];
+    assert_true(run_cgroup_bases(&host, bases) > 0);
+    plant_dir("%s/box-%d", bases[0], bad);
+    plant_dir("%s/box-%d/stuck", bases[0], bad);
+    small_host(2);
+
+    struct sbx_box a, b;
+    struct ev_err err;
+    if (sbx_box_open(&small, NULL, &a, &err) < 0)
+        fail_msg("open with one good box free: %s", err.msg);
+    assert_int_equal(a.id, good);
+    assert_int_equal(sbx_boxes_skipped(&small), 1);
+    /* the bad box is the only free one: tried again, refused with the reason */
+    assert_int_equal(sbx_box_open(&small, NULL, &b, &err), -1);
+    assert_non_null(strstr(err.msg, "cannot be cleaned"));
+    assert_int_equal(sbx_boxes_skipped(&small), 2);
+    sbx_box_close(&small, &a);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(sbx_box_open(&small, NULL, &a, &err), 0);
+        assert_int_equal(a.id, good);
+        sbx_box_close(&small, &a);
+    }
+    assert_int_equal(sbx_boxes_skipped(&small), 2);
+
+    assert_int_equal(remove_planted(NULL), 0);
+    assert_int_equal(sbx_box_open(&small, NULL, &a, &err), 0);
+    assert_int_equal(a.id, good);
+    if (sbx_box_open(&small, NULL, &b, &err) < 0)
+        fail_msg("open of the box cleaned since: %s", err.msg);
+    assert_int_equal(b.id, bad);
+    assert_int_equal(sbx_boxes_skipped(&small), 2);
+    sbx_box_close(&small, &b);
+    sbx_box_close(&small, &a);
+}
+
 /* The pool itself: every namespace it hands out is a different one, not the caller's, with
  * loopback up. */
 static void test_pool_hands_out_distinct_namespaces(void **state)
@@ -409,6 +494,8 @@ int main(void)
         cmocka_unit_test(test_pool_hands_out_distinct_namespaces),
         cmocka_unit_test_teardown(test_a_run_after_a_failed_teardown_of_the_same_box,
                                   remove_planted),
+        cmocka_unit_test_teardown(test_successive_opens_rotate_over_boxes, free_small_host),
+        cmocka_unit_test_teardown(test_a_box_that_cannot_be_cleaned_is_skipped, free_small_host),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     sbx_host_free(&host);
