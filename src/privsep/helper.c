@@ -147,53 +147,45 @@ static void do_close(const struct ps_request *req, struct ps_reply *rep)
 /* Copies a regular file received from the server into the box, as the box's user. The name
  * is a plain name (checked), created exclusively without following links, relative to the
  * box directory's descriptor: nothing the box's earlier runs left there can redirect it. */
-static void do_write(const struct ps_request *req, int src, struct ps_reply *rep)
+static int write_into_box(const struct slot *s, const struct ps_request *req, int src,
+                          struct ev_err *err)
 {
-    struct slot *s = take_slot(req->h.box, rep);
-    if (!s)
-        return;
-    struct ev_err err = {0};
     struct stat st;
-    cleanup_close int dfd = -1, fd = -1;
-    if (fstat(src, &st) < 0 || !S_ISREG(st.st_mode)) {
-        ev_fail(&err, 0, "write-file: the source is not a regular file");
-        goto out;
-    }
-    dfd = open(s->box.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dfd < 0) {
-        ev_fail(&err, errno, "open %s", s->box.dir);
-        goto out;
-    }
-    fd = openat(dfd, req->u.write.name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                req->u.write.mode & 0755);
-    if (fd < 0) {
-        ev_fail(&err, errno, "create %s in the box", req->u.write.name);
-        goto out;
-    }
-    if (fchown(fd, s->box.uid, s->box.gid) < 0) {
-        ev_fail(&err, errno, "chown %s", req->u.write.name);
-        goto out;
-    }
+    if (fstat(src, &st) < 0 || !S_ISREG(st.st_mode))
+        return ev_fail(err, 0, "write-file: the source is not a regular file");
+    cleanup_close int dfd = open(s->box.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+        return ev_fail(err, errno, "open %s", s->box.dir);
+    cleanup_close int fd =
+        openat(dfd, req->u.write.name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+               req->u.write.mode & 0755);
+    if (fd < 0)
+        return ev_fail(err, errno, "create %s in the box", req->u.write.name);
+    if (fchown(fd, s->box.uid, s->box.gid) < 0)
+        return ev_fail(err, errno, "chown %s", req->u.write.name);
     char buf[65536];
     off_t off = 0;
     for (;;) {
         ssize_t n = pread(src, buf, sizeof(buf), off);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0) {
-            ev_fail(&err, errno, "read the contents of %s", req->u.write.name);
-            goto out;
-        }
+        if (n < 0)
+            return ev_fail(err, errno, "read the contents of %s", req->u.write.name);
         if (n == 0)
-            break;
-        if (write_full(fd, buf, (size_t)n) < 0) {
-            ev_fail(&err, errno, "write %s in the box", req->u.write.name);
-            goto out;
-        }
+            return 0;
+        if (write_full(fd, buf, (size_t)n) < 0)
+            return ev_fail(err, errno, "write %s in the box", req->u.write.name);
         off += n;
     }
-out:
-    if (err.msg[0])
+}
+
+static void do_write(const struct ps_request *req, int src, struct ps_reply *rep)
+{
+    struct slot *s = take_slot(req->h.box, rep);
+    if (!s)
+        return;
+    struct ev_err err;
+    if (write_into_box(s, req, src, &err) < 0)
         reply_error(rep, err.msg);
     give_slot(s);
 }

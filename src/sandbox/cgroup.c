@@ -596,7 +596,8 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
     return 0;
 fail:
     ev_wrap(err, "cgroup %s: ", name);
-    cg_run_destroy(h, r, NULL);
+    struct ev_err ignored; /* the failure to report is the one above */
+    cg_run_destroy(h, r, &ignored);
     return -1;
 }
 
@@ -616,7 +617,8 @@ void cg_run_sample_memory(const struct cg_host *h, struct cg_run *r)
     if (h->memory != CG_V2 || h->v2_peak)
         return;
     uint64_t cur;
-    if (read_u64_at(r->v2_fd, "memory.current", &cur, NULL) == 0 && cur > r->peak_sampled)
+    struct ev_err ignored; /* a sample missed: the next one, or memory.peak, stands in */
+    if (read_u64_at(r->v2_fd, "memory.current", &cur, &ignored) == 0 && cur > r->peak_sampled)
         r->peak_sampled = cur;
 }
 
@@ -636,8 +638,9 @@ int cg_run_memory(const struct cg_host *h, struct cg_run *r, uint64_t *peak, boo
 
 void cg_run_kill(const struct cg_host *h, struct cg_run *r)
 {
+    struct ev_err ignored; /* the caller kills the box's init as well */
     if (h->v2_kill && r->v2_fd >= 0)
-        write_file_at(r->v2_fd, "cgroup.kill", "1", NULL);
+        write_file_at(r->v2_fd, "cgroup.kill", "1", &ignored);
 }
 
 /* rmdir fails with EBUSY while the last tasks are still being torn down after SIGKILL; that

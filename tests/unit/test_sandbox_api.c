@@ -426,6 +426,35 @@ static void test_a_box_that_cannot_be_cleaned_is_skipped(void **state)
     sbx_box_close(&small, &a);
 }
 
+/* The error object need not be cleared: a run that succeeds says so by its return value and
+ * its result, whatever the object held; one that fails replaces what it held. */
+static void test_runs_with_a_stale_error_object(void **state)
+{
+    (void)state;
+    struct sbx_box box;
+    struct ev_err err;
+    memset(&err, 'x', sizeof(err));
+    assert_int_equal(sbx_box_open(&host, NULL, &box, &err), 0);
+    char *const argv[] = {"sh", "-c", "echo fine", NULL};
+    struct sbx_run_config cfg = {.argv = argv, .envp = env};
+    sbx_limits_default(&cfg.limits);
+    struct sbx_result res;
+    memset(&err, 'x', sizeof(err));
+    assert_int_equal(sbx_run(&host, &box, &cfg, &res, &err), 0);
+    assert_int_equal(res.status, SBX_OK);
+    assert_string_equal(res.out.data, "fine\n");
+    assert_string_equal(res.message, "");
+    sbx_result_free(&res);
+    char *const none[] = {NULL};
+    cfg.argv = none;
+    snprintf(err.msg, sizeof(err.msg), "a stale message from an earlier call");
+    assert_int_equal(sbx_run(&host, &box, &cfg, &res, &err), -1);
+    assert_string_equal(err.msg, "no command to run");
+    assert_string_equal(res.message, "no command to run");
+    sbx_result_free(&res);
+    sbx_box_close(&host, &box);
+}
+
 /* The pool itself: every namespace it hands out is a different one, not the caller's, with
  * loopback up. */
 static void test_pool_hands_out_distinct_namespaces(void **state)
@@ -494,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_pool_hands_out_distinct_namespaces),
         cmocka_unit_test_teardown(test_a_run_after_a_failed_teardown_of_the_same_box,
                                   remove_planted),
+        cmocka_unit_test(test_runs_with_a_stale_error_object),
         cmocka_unit_test_teardown(test_successive_opens_rotate_over_boxes, free_small_host),
         cmocka_unit_test_teardown(test_a_box_that_cannot_be_cleaned_is_skipped, free_small_host),
     };
