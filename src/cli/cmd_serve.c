@@ -202,25 +202,30 @@ static int listen_on(unsigned port, struct ev_err *err)
     return fd;
 }
 
-static void catalog_dir(char *buf, size_t size)
+static int catalog_dir(char *buf, size_t size, struct ev_err *err)
 {
     const char *env = getenv("ENVICUTOR_CATALOG");
     if (env) {
+        if (strlen(env) >= size)
+            return ev_fail(err, 0, "ENVICUTOR_CATALOG is longer than %zu bytes", size - 1);
         snprintf(buf, size, "%s", env);
-        return;
+        return 0;
     }
-    char exe[400];
+    char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n < 0) {
         snprintf(buf, size, "runtimes/catalog");
-        return;
+        return 0;
     }
     exe[n] = '\0';
     char *slash = strrchr(exe, '/');
     if (slash)
         *slash = '\0';
     /* build/envicutor (or build-asan/envicutor) in the repository */
-    snprintf(buf, size, "%s/../runtimes/catalog", exe);
+    if ((size_t)snprintf(buf, size, "%s/../runtimes/catalog", exe) >= size)
+        return ev_fail(err, 0, "the catalog beside %s: the path is longer than %zu bytes", exe,
+                       size - 1);
+    return 0;
 }
 
 static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
@@ -319,7 +324,8 @@ int cmd_serve(int argc, char **argv)
         prepare_data_dir(cfg.data_dir, uid, gid, &err) < 0)
         die("%s", err.msg);
     char cat_dir[512];
-    catalog_dir(cat_dir, sizeof(cat_dir));
+    if (catalog_dir(cat_dir, sizeof(cat_dir), &err) < 0)
+        die("%s", err.msg);
     struct catalog_entry *catalog = NULL;
     size_t n_catalog = 0;
     if (catalog_load(cat_dir, &catalog, &n_catalog, &err) < 0)

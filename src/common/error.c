@@ -1,13 +1,13 @@
 #include "common/error.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 int ev_fail(struct ev_err *err, int errnum, const char *fmt, ...)
 {
-    if (!err)
-        return -1;
+    assert(err);
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
@@ -20,8 +20,7 @@ int ev_fail(struct ev_err *err, int errnum, const char *fmt, ...)
 
 int ev_wrap(struct ev_err *err, const char *fmt, ...)
 {
-    if (!err)
-        return -1;
+    assert(err);
     char prefix[256], old[sizeof(err->msg)];
     va_list ap;
     va_start(ap, fmt);

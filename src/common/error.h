@@ -2,7 +2,15 @@
  *
  * A function that can fail takes `struct ev_err *err` as its last argument and returns a
  * negative value on failure after filling it with ev_fail(). The message names the thing that
- * failed (a path, a value) and the reason, so the caller can pass it up unchanged. */
+ * failed (a path, a value) and the reason, so the caller can pass it up unchanged.
+ *
+ * The rule, everywhere:
+ *   - err is never NULL; a caller that does not care about the reason passes a local it
+ *     then ignores.
+ *   - the caller need not clear err first: a function writes it only when it fails, and on
+ *     success err may hold anything (a stale message, garbage).
+ *   - success or failure is told by the return value only, never by err's contents
+ *     (err->msg[0] means nothing). */
 #ifndef ENVICUTOR_ERROR_H
 #define ENVICUTOR_ERROR_H
 
@@ -13,7 +21,7 @@ struct ev_err {
     char msg[512];
 };
 
-/* Fills err (when not NULL) with the formatted message, followed by ": strerror(errnum)" when
+/* Fills err with the formatted message, followed by ": strerror(errnum)" when
  * errnum is non-zero. Always returns -1, so callers can write `return ev_fail(...)`. */
 int ev_fail(struct ev_err *err, int errnum, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

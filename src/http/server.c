@@ -116,8 +116,11 @@ void reply_pipe_status(struct reply *r, const struct request *rq, enum pipe_stat
     case PIPE_ABORTED:
         r->drop = true;
         break;
-    default:
-        reply_internal(r, rq, err->msg[0] ? err->msg : "unexpected pipeline status");
+    case PIPE_INTERNAL:
+        reply_internal(r, rq, err->msg);
+        break;
+    default: /* err was not filled: its contents are whatever the caller left there */
+        reply_internal(r, rq, "unexpected pipeline status");
     }
 }
 

@@ -443,11 +443,11 @@ int store_prepare(struct store *s, struct runtime *rt, struct ev_err *err)
         write_synced(dfd, "run.sh", rt->run_script, err) < 0 ||
         /* a Nix runtime's shell.nix, as the client sent it; the helper runs nix-shell on it */
         (rt->provider && strcmp(rt->provider, "nix") == 0 &&
-         write_synced(dfd, "shell.nix", rt->nix_shell, err) < 0) ||
-        fchmodat(dfd, "compile.sh", 0644, 0) < 0 || fchmodat(dfd, "run.sh", 0644, 0) < 0 ||
+         write_synced(dfd, "shell.nix", rt->nix_shell, err) < 0))
+        goto fail;
+    if (fchmodat(dfd, "compile.sh", 0644, 0) < 0 || fchmodat(dfd, "run.sh", 0644, 0) < 0 ||
         fsync(dfd) < 0 || fsync(s->rt_fd) < 0) {
-        if (!err->msg[0])
-            ev_fail(err, errno, "sync %s/%s", s->rt_dir, rt->dir);
+        ev_fail(err, errno, "sync %s/%s", s->rt_dir, rt->dir);
         goto fail;
     }
     return 0;

@@ -192,9 +192,26 @@ static int copy_received(int src, int dst, uint64_t max, const char *what, struc
 /* Copies a regular file received from the server into the box, as the box's user. The name
  * is a plain name (checked), created exclusively without following links, relative to the
  * box directory's descriptor: nothing the box's earlier runs left there can redirect it. */
+static int write_into_box(const struct slot *s, const struct ps_request *req, int src,
+                          struct ev_err *err)
+{
+    cleanup_close int dfd = open(s->box.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+        return ev_fail(err, errno, "open %s", s->box.dir);
+    cleanup_close int fd =
+        openat(dfd, req->u.write.name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+               req->u.write.mode & 0755);
+    if (fd < 0)
+        return ev_fail(err, errno, "create %s in the box", req->u.write.name);
+    if (fchown(fd, s->box.uid, s->box.gid) < 0)
+        return ev_fail(err, errno, "chown %s", req->u.write.name);
+    /* the box's size-limited tmpfs bounds the copy */
+    return copy_received(src, fd, UINT64_MAX, req->u.write.name, err);
+}
+
 static void do_write(const struct ps_request *req, int src, struct ps_reply *rep)
 {
-    struct ev_err err = {0};
+    struct ev_err err;
     if (check_received(src, "write-file: the source", &err) < 0) {
         reply_error(rep, err.msg);
         return;
@@ -202,26 +219,7 @@ static void do_write(const struct ps_request *req, int src, struct ps_reply *rep
     struct slot *s = take_slot(req->h.box, rep);
     if (!s)
         return;
-    cleanup_close int dfd = -1, fd = -1;
-    dfd = open(s->box.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dfd < 0) {
-        ev_fail(&err, errno, "open %s", s->box.dir);
-        goto out;
-    }
-    fd = openat(dfd, req->u.write.name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                req->u.write.mode & 0755);
-    if (fd < 0) {
-        ev_fail(&err, errno, "create %s in the box", req->u.write.name);
-        goto out;
-    }
-    if (fchown(fd, s->box.uid, s->box.gid) < 0) {
-        ev_fail(&err, errno, "chown %s", req->u.write.name);
-        goto out;
-    }
-    /* the box's size-limited tmpfs bounds the copy */
-    copy_received(src, fd, UINT64_MAX, req->u.write.name, &err);
-out:
-    if (err.msg[0])
+    if (write_into_box(s, req, src, &err) < 0)
         reply_error(rep, err.msg);
     give_slot(s);
 }

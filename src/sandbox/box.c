@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mount.h>
@@ -61,10 +62,16 @@ static int setup_dir(struct sbx_host *host, const struct sbx_box_options *opt, s
             open(opt->external_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
             return ev_fail(err, errno, "box directory %s", opt->external_dir);
+        /* Resolved before anything changes: a path that does not fit is refused whole. */
+        cleanup_free char *real = realpath(opt->external_dir, NULL);
+        if (!real)
+            return ev_fail(err, errno, "realpath %s", opt->external_dir);
+        if (strlen(real) >= sizeof(box->dir))
+            return ev_fail(err, 0, "box directory %.64s... is longer than %zu bytes", real,
+                           sizeof(box->dir) - 1);
         if (fchown(fd, box->uid, box->gid) < 0 || fchmod(fd, 0755) < 0)
             return ev_fail(err, errno, "chown box directory %s", opt->external_dir);
-        if (!realpath(opt->external_dir, box->dir))
-            return ev_fail(err, errno, "realpath %s", opt->external_dir);
+        memcpy(box->dir, real, strlen(real) + 1);
         box->own_tmpfs = false;
         return 0;
     }
@@ -87,32 +94,72 @@ static int setup_dir(struct sbx_host *host, const struct sbx_box_options *opt, s
     return 0;
 }
 
+/* Takes box id when its lock is free and it can be made ready; 1 when its lock is held. */
+static int take_box(struct sbx_host *host, const struct sbx_box_options *opt, int id,
+                    struct sbx_box *box, bool *unclean, struct ev_err *err)
+{
+    int fd = try_lock(host, id);
+    if (fd < 0)
+        return 1;
+    box->id = id;
+    box->lock_fd = fd;
+    box->uid = host->first_uid + (uid_t)id;
+    box->gid = (gid_t)box->uid;
+    *unclean = clean_residue(host, id, err) < 0;
+    if (*unclean || setup_dir(host, opt, box, err) < 0) {
+        ev_wrap(err, "box %d: ", id);
+        close(fd);
+        box->lock_fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
 int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struct sbx_box *box,
                  struct ev_err *err)
 {
     memset(box, 0, sizeof(*box));
     box->lock_fd = -1;
-    /* Start the search at a place that depends on the pid, so concurrent owners rarely race
-     * for the same lock. */
-    unsigned start = (unsigned)getpid() % host->n_boxes;
-    for (unsigned i = 0; i < host->n_boxes; i++) {
-        int id = (int)((start + i) % host->n_boxes);
-        int fd = try_lock(host, id);
-        if (fd < 0)
-            continue;
-        box->id = id;
-        box->lock_fd = fd;
-        box->uid = host->first_uid + (uid_t)id;
-        box->gid = (gid_t)box->uid;
-        if (clean_residue(host, id, err) < 0 || setup_dir(host, opt, box, err) < 0) {
-            ev_wrap(err, "box %d: ", id);
-            close(fd);
-            box->lock_fd = -1;
-            return -1;
+    unsigned n = host->n_boxes;
+    unsigned start = __atomic_fetch_add(&host->next_box, 1, __ATOMIC_RELAXED) % n;
+    /* A box whose leftovers cannot be cleaned (a cgroup that will not go, a mount that stays)
+     * must not stop every submission: it is passed over and remembered, so that each search
+     * does not spend its clean-up's retries on it again. It is tried again only when no other
+     * box is free, since whatever held it may be gone by then. */
+    bool skipped = false;
+    for (int pass = 0; pass < 2; pass++) {
+        for (unsigned i = 0; i < n; i++) {
+            int id = (int)((start + i) % n);
+            bool bad = host->box_bad && __atomic_load_n(&host->box_bad[id], __ATOMIC_RELAXED);
+            if (bad != (pass == 1))
+                continue;
+            bool unclean = false;
+            int r = take_box(host, opt, id, box, &unclean, err);
+            if (r == 0) {
+                if (bad)
+                    __atomic_store_n(&host->box_bad[id], 0, __ATOMIC_RELAXED);
+                return 0;
+            }
+            if (r > 0)
+                continue;
+            if (!unclean) /* the box directory the caller asked for: no other box would do */
+                return -1;
+            fprintf(stderr, "envicutor: skipping %s\n", err->msg);
+            __atomic_fetch_add(&host->boxes_skipped, 1, __ATOMIC_RELAXED);
+            if (host->box_bad)
+                __atomic_store_n(&host->box_bad[id], 1, __ATOMIC_RELAXED);
+            skipped = true;
         }
-        return 0;
     }
-    return ev_fail(err, EAGAIN, "all %u boxes are in use", host->n_boxes);
+    if (skipped)
+        return ev_wrap(err, "no box is free but boxes whose leftovers cannot be cleaned; the "
+                            "last: ");
+    return ev_fail(err, EAGAIN, "all %u boxes are in use", n);
+}
+
+unsigned long sbx_boxes_skipped(const struct sbx_host *host)
+{
+    return __atomic_load_n(&host->boxes_skipped, __ATOMIC_RELAXED);
 }
 
 void sbx_box_close(struct sbx_host *host, struct sbx_box *box)

@@ -481,6 +481,8 @@ int cg_v2_read_memory(int dirfd, bool have_peak, uint64_t sampled, uint64_t *pea
 
 /* ---- per run ------------------------------------------------------------------------------- */
 
+static int remove_leftover(const char *base, const char *name, struct ev_err *err);
+
 /* Opens base/name, creating name. Our subtree (base) may have been removed since detection:
  * another owner removes it at shutdown when it is empty (cg_host_cleanup), so it is made again,
  * with `controllers` enabled for its children on v2. */
@@ -498,8 +500,17 @@ static int open_dir(const char *base, const char *name, bool create, const char 
     }
     if (bfd < 0)
         return ev_fail(err, errno, "open %s", base);
-    if (create && mkdirat(bfd, name, 0755) < 0)
-        return ev_fail(err, errno, "mkdir %s/%s", base, name);
+    if (create && mkdirat(bfd, name, 0755) < 0) {
+        /* Left by an earlier run of the same box whose teardown failed (its last tasks were
+         * slow to die). The box is ours, its lock held: what is left in it is killed and the
+         * cgroup made anew, so no count (peak, OOM kills, CPU) carries over into this run. */
+        if (errno != EEXIST)
+            return ev_fail(err, errno, "mkdir %s/%s", base, name);
+        if (remove_leftover(base, name, err) < 0)
+            return ev_wrap(err, "a cgroup left by an earlier run: ");
+        if (mkdirat(bfd, name, 0755) < 0)
+            return ev_fail(err, errno, "mkdir %s/%s", base, name);
+    }
     int fd = openat(bfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return ev_fail(err, errno, "open %s/%s", base, name);
@@ -585,7 +596,8 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
     return 0;
 fail:
     ev_wrap(err, "cgroup %s: ", name);
-    cg_run_destroy(h, r, NULL);
+    struct ev_err ignored; /* the failure to report is the one above */
+    cg_run_destroy(h, r, &ignored);
     return -1;
 }
 
@@ -605,7 +617,8 @@ void cg_run_sample_memory(const struct cg_host *h, struct cg_run *r)
     if (h->memory != CG_V2 || h->v2_peak)
         return;
     uint64_t cur;
-    if (read_u64_at(r->v2_fd, "memory.current", &cur, NULL) == 0 && cur > r->peak_sampled)
+    struct ev_err ignored; /* a sample missed: the next one, or memory.peak, stands in */
+    if (read_u64_at(r->v2_fd, "memory.current", &cur, &ignored) == 0 && cur > r->peak_sampled)
         r->peak_sampled = cur;
 }
 
@@ -625,8 +638,9 @@ int cg_run_memory(const struct cg_host *h, struct cg_run *r, uint64_t *peak, boo
 
 void cg_run_kill(const struct cg_host *h, struct cg_run *r)
 {
+    struct ev_err ignored; /* the caller kills the box's init as well */
     if (h->v2_kill && r->v2_fd >= 0)
-        write_file_at(r->v2_fd, "cgroup.kill", "1", NULL);
+        write_file_at(r->v2_fd, "cgroup.kill", "1", &ignored);
 }
 
 /* rmdir fails with EBUSY while the last tasks are still being torn down after SIGKILL; that
@@ -685,28 +699,31 @@ int cg_run_destroy(const struct cg_host *h, struct cg_run *r, struct ev_err *err
     return rc;
 }
 
+/* Kills what is in base/name and removes it; nothing to do when it does not exist. */
+static int remove_leftover(const char *base, const char *name, struct ev_err *err)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/%s", base, name);
+    cleanup_close int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : ev_fail(err, errno, "open %s", path);
+    /* v2 (Linux >= 5.14): kills the whole cgroup at once; v1 and older kernels have no such
+     * file and rely on the loop below. */
+    struct ev_err ignored;
+    write_file_at(fd, "cgroup.kill", "1", &ignored);
+    kill_procs_in(base, name);
+    return rmdir_retry(base, name, err, 2000);
+}
+
 int cg_remove_stale(const struct cg_host *h, const char *name, struct ev_err *err)
 {
     const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
                             h->pids == CG_V1 ? h->v1_pids : NULL,
                             h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
     int rc = 0;
-    for (int i = 0; i < 4; i++) {
-        if (!bases[i])
-            continue;
-        char path[700];
-        snprintf(path, sizeof(path), "%s/%s", bases[i], name);
-        if (access(path, F_OK) != 0)
-            continue;
-        if (i == 0 && h->v2_kill) {
-            cleanup_close int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (fd >= 0)
-                write_file_at(fd, "cgroup.kill", "1", NULL);
-        }
-        kill_procs_in(bases[i], name);
-        if (rmdir_retry(bases[i], name, err, 2000) < 0)
+    for (int i = 0; i < 4; i++)
+        if (bases[i] && remove_leftover(bases[i], name, err) < 0)
             rc = -1;
-    }
     return rc;
 }
 

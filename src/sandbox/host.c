@@ -64,6 +64,12 @@ static int host_init(struct sbx_host *host, const struct sbx_host_config *cfg, s
         return -1;
     host->first_uid = cfg && cfg->first_uid ? cfg->first_uid : 60000;
     host->n_boxes = cfg && cfg->n_boxes ? cfg->n_boxes : 1000;
+    /* Concurrent owners start their searches at different places, and so rarely race for
+     * the same lock; each search of this owner starts one box further on. */
+    host->next_box = (unsigned)getpid();
+    host->box_bad = calloc(host->n_boxes, 1);
+    if (!host->box_bad)
+        return ev_fail(err, ENOMEM, "box table");
 
     char path[320];
     if (make_dir(run_dir, 0711, err) < 0)
@@ -124,6 +130,8 @@ void sbx_host_free(struct sbx_host *host)
     host->netns = NULL;
     roots_free(host->roots);
     host->roots = NULL;
+    free(host->box_bad);
+    host->box_bad = NULL;
 }
 
 void sbx_result_free(struct sbx_result *res)

@@ -103,9 +103,10 @@ static int read_cpu(const struct child_ctx *c, uint64_t *usec)
     if (c->cpu_dirfd < 0)
         return -1;
     uint64_t v;
+    struct ev_err ignored; /* the caller falls back to reading the counter itself */
     if (c->cpu_v2)
-        return read_keyed_u64_at(c->cpu_dirfd, "cpu.stat", "usage_usec", usec, NULL);
-    if (read_u64_at(c->cpu_dirfd, "cpuacct.usage", &v, NULL) < 0)
+        return read_keyed_u64_at(c->cpu_dirfd, "cpu.stat", "usage_usec", usec, &ignored);
+    if (read_u64_at(c->cpu_dirfd, "cpuacct.usage", &v, &ignored) < 0)
         return -1;
     *usec = v / 1000;
     return 0;

@@ -68,6 +68,12 @@ struct sbx_host {
     bool have_mount_setattr;      /* Linux >= 5.12: the root tree made read-only in one call */
     struct netns_pool *netns;     /* NULL: none made ahead */
     struct prepared_roots *roots; /* NULL: each run builds its tree */
+    /* Box search (sbx_box_open, from any thread; accessed atomically): where the next search
+     * starts, the boxes whose leftovers could not be cleaned (one byte per box; tried again
+     * only when no other box is free), and how many times a box was skipped for that. */
+    unsigned next_box;
+    unsigned char *box_bad;
+    unsigned long boxes_skipped;
 };
 
 struct sbx_box_options {
@@ -164,6 +170,9 @@ void sbx_host_free(struct sbx_host *host);
 int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struct sbx_box *box,
                  struct ev_err *err);
 void sbx_box_close(struct sbx_host *host, struct sbx_box *box);
+/* How many times sbx_box_open found a free box whose leftovers could not be cleaned, and
+ * passed over it (each is logged on stderr with the reason). */
+unsigned long sbx_boxes_skipped(const struct sbx_host *host);
 
 /* Removes what killed owners left behind: boxes whose lock is free (their cgroups, mounts and
  * directories). Returns the number of boxes checked. */

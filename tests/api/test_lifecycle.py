@@ -43,6 +43,8 @@ def test_http_code_does_not_run_as_root():
     ("PORT", "http"), ("RUN_WALL_TIME", "-1"), ("COMPILE_MEMORY", "lots"),
     ("MAX_CONCURRENT_SUBMISSIONS", "0"), ("RUN_CPU_TIME", "1e999"),
     ("INSTALLATION_TIMEOUT", "1.5"),
+    # longer than the path buffer: refused by name, never cut to a different path
+    ("ENVICUTOR_CATALOG", "/" + "c" * 600),
 ])
 def test_bad_configuration_stops_the_start(var, value):
     p = subprocess.run([BIN, "serve"], env={var: value, "ENVICUTOR_DATA_DIR": "/tmp/unused"},

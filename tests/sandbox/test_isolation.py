@@ -1,5 +1,6 @@
 """SPEC §2, property by property, and the nasty cases of teardown."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -193,6 +194,38 @@ def test_external_box_directory_is_used_and_kept(tmp_path):
                 opts=["--box-dir", str(d)])
     assert r["stdout"] == "from the caller\n"
     assert (d / "out.txt").read_text() == "made\n"
+
+
+def long_dir(base, length):
+    """A directory under base whose absolute path is exactly `length` bytes long."""
+    path = str(base)
+    while len(path) < length:
+        step = min(200, length - len(path) - 1)
+        if step < 1:  # one byte short: lengthen the last component instead
+            path += "x"
+            continue
+        path += "/" + "d" * step
+    os.makedirs(path)
+    assert len(path) == length
+    return path
+
+
+def test_long_box_directory_is_refused_clearly_or_used():
+    # the box keeps its directory's path in 320 bytes (319 and the NUL)
+    base = "/tmp/envicutor-longdir-%d" % os.getpid()
+    try:
+        fits = long_dir(base + "/fits", 319)
+        r = sandbox("sh", "-c", "echo inside > out.txt", opts=["--box-dir", fits])
+        assert r["exit_status"] is None
+        with open(fits + "/out.txt") as f:
+            assert f.read() == "inside\n"
+        for length in (409, 4000, 320):
+            d = long_dir(base + "/%d" % length, length)
+            p = sandbox("true", opts=["--box-dir", d], check=False)
+            assert p.returncode == 1, (length, p.returncode, p.stderr.decode())
+            assert b"is longer than 319 bytes" in p.stderr, p.stderr.decode()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_kill_9_of_the_owner_leaves_nothing_that_cleanup_does_not_remove():

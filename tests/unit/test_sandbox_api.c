@@ -11,6 +11,9 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -240,6 +243,218 @@ static void test_prepared_root_is_read_only_and_the_same_for_each_run(void **sta
     sbx_box_close(&host, &box);
 }
 
+/* The hierarchies a run gets a cgroup in (our subtree in each), as the host detected them. */
+static int run_cgroup_bases(const struct sbx_host *h, const char *bases[4])
+{
+    int n = 0;
+    if (h->cg.v2)
+        bases[n++] = h->cg.v2_base;
+    if (h->cg.memory == CG_V1)
+        bases[n++] = h->cg.v1_memory;
+    if (h->cg.pids == CG_V1)
+        bases[n++] = h->cg.v1_pids;
+    if (h->cg.cpu == CG_V1)
+        bases[n++] = h->cg.v1_cpuacct;
+    return n;
+}
+
+/* The leftovers a test planted, removed whatever the test's outcome (rmdir: a cgroup
+ * directory cannot be removed any other way). */
+static char planted[8][700];
+static int n_planted;
+static pid_t planted_pid = -1;
+
+static int remove_planted(void **state)
+{
+    (void)state;
+    if (planted_pid > 0) {
+        kill(planted_pid, SIGKILL);
+        waitpid(planted_pid, NULL, 0);
+        planted_pid = -1;
+    }
+    for (int i = n_planted - 1; i >= 0; i--)
+        if (rmdir(planted[i]) < 0 && errno != ENOENT) {
+            fprintf(stderr, "could not remove the planted %s: %s\n", planted[i], strerror(errno));
+            return -1;
+        }
+    n_planted = 0;
+    return 0;
+}
+
+static void plant_dir(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void plant_dir(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(planted[n_planted], sizeof(planted[0]), fmt, ap);
+    va_end(ap);
+    assert_int_equal(mkdir(planted[n_planted], 0755), 0);
+    n_planted++;
+}
+
+/* A run whose teardown failed leaves its cgroups behind, with what was still alive in them;
+ * the next run of the same box kills that and starts from fresh cgroups. */
+static void test_a_run_after_a_failed_teardown_of_the_same_box(void **state)
+{
+    (void)state;
+    struct sbx_box box;
+    struct ev_err err;
+    assert_int_equal(sbx_box_open(&host, NULL, &box, &err), 0);
+    const char *bases[4];
+    int nb = run_cgroup_bases(&host, bases);
+    assert_true(nb > 0);
+    for (int i = 0; i < nb; i++)
+        plant_dir("%s/box-%d", bases[i], box.id);
+    /* a process still in the first of them, as a task slow to die would be */
+    int ready[2];
+    assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
+    planted_pid = fork();
+    assert_true(planted_pid >= 0);
+    if (planted_pid == 0) {
+        char procs[720];
+        snprintf(procs, sizeof(procs), "%s/cgroup.procs", planted[0]);
+        FILE *f = fopen(procs, "w");
+        if (!f || fputs("0", f) < 0 || fclose(f) != 0)
+            _exit(1);
+        if (write(ready[1], "j", 1) != 1)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    close(ready[1]);
+    char c;
+    assert_int_equal(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+
+    struct sbx_result res;
+    assert_int_equal(run_sh(&box, "echo fresh", &res), 0);
+    assert_int_equal(res.status, SBX_OK);
+    assert_string_equal(res.out.data, "fresh\n");
+    sbx_result_free(&res);
+    int status;
+    assert_int_equal(waitpid(planted_pid, &status, 0), planted_pid);
+    planted_pid = -1;
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    /* and the run removed its own cgroups as usual */
+    for (int i = 0; i < n_planted; i++)
+        assert_int_equal(access(planted[i], F_OK), -1);
+    sbx_box_close(&host, &box);
+}
+
+/* A host of its own with few boxes, so that which box a search meets is known. Its boxes are
+ * the first ones of the host-wide lock directory, shared with every other owner. */
+static struct sbx_host small;
+static bool small_up;
+
+static void small_host(unsigned n_boxes)
+{
+    struct sbx_host_config cfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .n_boxes = n_boxes};
+    struct ev_err err;
+    int r = sbx_host_init(&small, &cfg, &err);
+    if (r < 0)
+        fprintf(stderr, "sbx_host_init: %s\n", err.msg);
+    assert_int_equal(r, 0);
+    small_up = true;
+}
+
+static int free_small_host(void **state)
+{
+    int r = remove_planted(state);
+    if (small_up)
+        sbx_host_free(&small);
+    small_up = false;
+    return r;
+}
+
+/* A long-lived owner (the helper) spreads successive boxes over the range instead of taking
+ * the same one each time. */
+static void test_successive_opens_rotate_over_boxes(void **state)
+{
+    (void)state;
+    small_host(3);
+    bool seen[3] = {false, false, false};
+    for (int i = 0; i < 3; i++) {
+        struct sbx_box box;
+        struct ev_err err;
+        assert_int_equal(sbx_box_open(&small, NULL, &box, &err), 0);
+        assert_false(seen[box.id]);
+        seen[box.id] = true;
+        sbx_box_close(&small, &box);
+    }
+}
+
+/* A free box whose leftovers cannot be cleaned (here its cgroup, which holds a child cgroup,
+ * so rmdir fails with EBUSY) is skipped and counted, and not tried again while another box is
+ * free; when it is the only free one, it is tried again, and taken once it can be cleaned. */
+static void test_a_box_that_cannot_be_cleaned_is_skipped(void **state)
+{
+    (void)state;
+    /* a search starts at the owner's pid, so the first one meets the bad box first */
+    int bad = (int)((unsigned)getpid() % 2), good = !bad;
+    const char *bases[4];
+    assert_true(run_cgroup_bases(&host, bases) > 0);
+    plant_dir("%s/box-%d", bases[0], bad);
+    plant_dir("%s/box-%d/stuck", bases[0], bad);
+    small_host(2);
+
+    struct sbx_box a, b;
+    struct ev_err err;
+    if (sbx_box_open(&small, NULL, &a, &err) < 0)
+        fail_msg("open with one good box free: %s", err.msg);
+    assert_int_equal(a.id, good);
+    assert_int_equal(sbx_boxes_skipped(&small), 1);
+    /* the bad box is the only free one: tried again, refused with the reason */
+    assert_int_equal(sbx_box_open(&small, NULL, &b, &err), -1);
+    assert_non_null(strstr(err.msg, "cannot be cleaned"));
+    assert_int_equal(sbx_boxes_skipped(&small), 2);
+    sbx_box_close(&small, &a);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(sbx_box_open(&small, NULL, &a, &err), 0);
+        assert_int_equal(a.id, good);
+        sbx_box_close(&small, &a);
+    }
+    assert_int_equal(sbx_boxes_skipped(&small), 2);
+
+    assert_int_equal(remove_planted(NULL), 0);
+    assert_int_equal(sbx_box_open(&small, NULL, &a, &err), 0);
+    assert_int_equal(a.id, good);
+    if (sbx_box_open(&small, NULL, &b, &err) < 0)
+        fail_msg("open of the box cleaned since: %s", err.msg);
+    assert_int_equal(b.id, bad);
+    assert_int_equal(sbx_boxes_skipped(&small), 2);
+    sbx_box_close(&small, &b);
+    sbx_box_close(&small, &a);
+}
+
+/* The error object need not be cleared: a run that succeeds says so by its return value and
+ * its result, whatever the object held; one that fails replaces what it held. */
+static void test_runs_with_a_stale_error_object(void **state)
+{
+    (void)state;
+    struct sbx_box box;
+    struct ev_err err;
+    memset(&err, 'x', sizeof(err));
+    assert_int_equal(sbx_box_open(&host, NULL, &box, &err), 0);
+    char *const argv[] = {"sh", "-c", "echo fine", NULL};
+    struct sbx_run_config cfg = {.argv = argv, .envp = env};
+    sbx_limits_default(&cfg.limits);
+    struct sbx_result res;
+    memset(&err, 'x', sizeof(err));
+    assert_int_equal(sbx_run(&host, &box, &cfg, &res, &err), 0);
+    assert_int_equal(res.status, SBX_OK);
+    assert_string_equal(res.out.data, "fine\n");
+    assert_string_equal(res.message, "");
+    sbx_result_free(&res);
+    char *const none[] = {NULL};
+    cfg.argv = none;
+    snprintf(err.msg, sizeof(err.msg), "a stale message from an earlier call");
+    assert_int_equal(sbx_run(&host, &box, &cfg, &res, &err), -1);
+    assert_string_equal(err.msg, "no command to run");
+    assert_string_equal(res.message, "no command to run");
+    sbx_result_free(&res);
+    sbx_box_close(&host, &box);
+}
+
 /* The pool itself: every namespace it hands out is a different one, not the caller's, with
  * loopback up. */
 static void test_pool_hands_out_distinct_namespaces(void **state)
@@ -306,6 +521,11 @@ int main(void)
         cmocka_unit_test(test_each_run_has_a_fresh_network_namespace),
         cmocka_unit_test(test_prepared_root_is_read_only_and_the_same_for_each_run),
         cmocka_unit_test(test_pool_hands_out_distinct_namespaces),
+        cmocka_unit_test_teardown(test_a_run_after_a_failed_teardown_of_the_same_box,
+                                  remove_planted),
+        cmocka_unit_test(test_runs_with_a_stale_error_object),
+        cmocka_unit_test_teardown(test_successive_opens_rotate_over_boxes, free_small_host),
+        cmocka_unit_test_teardown(test_a_box_that_cannot_be_cleaned_is_skipped, free_small_host),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     sbx_host_free(&host);

@@ -6,13 +6,18 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "http/request.h"
+#include "http/server.h"
 #include "pipeline/config.h"
 #include "pipeline/scheduler.h"
+#include "pipeline/runtime_store.h"
 #include "privsep/protocol.h"
 
 /* ---- configuration ----------------------------------------------------------------------- */
@@ -373,6 +378,128 @@ static void test_helper_checks_nix_messages(void **state)
     assert_int_equal(ps_check_request(&req, n, 0, argv, envp, &err), -1);
 }
 
+/* ---- the error-object contract (common/error.h) ------------------------------------------ */
+
+/* What an earlier, unrelated call left in an error object the caller did not clear. */
+static void stale(struct ev_err *err)
+{
+    memset(err, 'x', sizeof(*err));
+    snprintf(err->msg, sizeof(err->msg), "a stale message from an earlier call");
+}
+
+/* What fn writes on stderr (the server's log). */
+static void capture_stderr(void (*fn)(void *), void *arg, char *buf, size_t size)
+{
+    char path[] = "/tmp/envicutor-stderr-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    fflush(stderr);
+    int saved = dup(2);
+    assert_true(saved >= 0);
+    assert_int_equal(dup2(fd, 2), 2);
+    fn(arg);
+    fflush(stderr);
+    assert_int_equal(dup2(saved, 2), 2);
+    close(saved);
+    ssize_t n = pread(fd, buf, size - 1, 0);
+    assert_true(n >= 0);
+    buf[n] = '\0';
+    close(fd);
+}
+
+struct status_call {
+    enum pipe_status st;
+    struct ev_err err;
+    struct reply r;
+};
+
+static void call_reply_pipe_status(void *arg)
+{
+    struct status_call *c = arg;
+    struct request rq = {.id = 42};
+    reply_pipe_status(&c->r, &rq, c->st, &c->err);
+}
+
+/* A status the route did not expect comes with an error object nobody filled: the log says
+ * so, and never repeats what an earlier call left in it. */
+static void test_unexpected_pipeline_status_never_logs_a_stale_error(void **state)
+{
+    (void)state;
+    char log[2048];
+    struct status_call c = {.st = PIPE_SETUP_FAILED};
+    stale(&c.err);
+    capture_stderr(call_reply_pipe_status, &c, log, sizeof(log));
+    assert_int_equal(c.r.status, 500);
+    json_decref(c.r.json);
+    assert_null(strstr(log, "stale"));
+    assert_non_null(strstr(log, "unexpected pipeline status"));
+
+    /* PIPE_INTERNAL: the pipeline filled err, and that is what is logged */
+    struct status_call d = {.st = PIPE_INTERNAL};
+    stale(&d.err);
+    snprintf(d.err.msg, sizeof(d.err.msg), "open the database: disk on fire");
+    capture_stderr(call_reply_pipe_status, &d, log, sizeof(log));
+    assert_int_equal(d.r.status, 500);
+    json_decref(d.r.json);
+    assert_non_null(strstr(log, "disk on fire"));
+}
+
+/* The runtime store with an error object full of an earlier call's leftovers: each call is
+ * told a success by its return value, and its results are right. */
+static void test_store_with_a_stale_error_object(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/envicutor-store-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct ev_err err;
+    stale(&err);
+    struct store *s = store_open(dir, &err);
+    assert_non_null(s);
+    stale(&err);
+    assert_int_equal(store_sweep(s, &err), 0);
+    stale(&err);
+    assert_int_equal(store_name_taken(s, "shell", &err), 0);
+    struct runtime rt = {.name = "shell",
+                         .provider = "host",
+                         .source_file_name = "main.sh",
+                         .compile_script = "",
+                         .run_script = "bash main.sh",
+                         .nix_shell = ""};
+    stale(&err);
+    assert_int_equal(store_prepare(s, &rt, &err), 0);
+    stale(&err);
+    assert_int_equal(store_commit(s, &rt, &err), 0);
+    assert_true(rt.id > 0);
+    stale(&err);
+    struct runtime got;
+    assert_int_equal(store_get(s, rt.id, &got, &err), 0);
+    assert_string_equal(got.run_script, "bash main.sh");
+    assert_string_equal(got.dir, rt.dir);
+    runtime_free(&got);
+    stale(&err);
+    struct runtime_summary *list;
+    size_t n;
+    assert_int_equal(store_list(s, &list, &n, &err), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(list[0].name, "shell");
+    store_list_free(list, n);
+    stale(&err);
+    assert_int_equal(store_set_flag(s, "catalog_installed", &err), 0);
+    bool flag = false;
+    stale(&err);
+    assert_int_equal(store_get_flag(s, "catalog_installed", &flag, &err), 0);
+    assert_true(flag);
+    stale(&err);
+    assert_int_equal(store_delete(s, rt.id, &err), 0);
+    stale(&err);
+    assert_int_equal(store_get(s, rt.id, &got, &err), 1);
+    store_close(s);
+    char cmd[100];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -385,6 +512,8 @@ int main(void)
         cmocka_unit_test(test_parse_execute),
         cmocka_unit_test(test_helper_checks_messages),
         cmocka_unit_test(test_helper_checks_nix_messages),
+        cmocka_unit_test(test_unexpected_pipeline_status_never_logs_a_stale_error),
+        cmocka_unit_test(test_store_with_a_stale_error_object),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
