@@ -32,16 +32,11 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, b
         reply_message(r, 400, "%s", msg);
         return;
     }
-    struct exec_request req = {
-        .runtime_id = b.runtime_id,
-        .source = b.source,
-        .source_len = b.source_len,
-        .is_project = is_project,
-        .input = b.input,
-        .input_len = b.input_len,
-    };
     void *archive = NULL;
-    /* A runtime's own limits are, for it, the defaults and the maxima. */
+    /* The runtime is read once: its limits are checked and it runs from this one copy, so a
+     * runtime deleted and installed again under the same id while the request waits is
+     * never run under limits checked against the old one. An unknown runtime is answered
+     * at once, without queueing. */
     struct runtime rt;
     struct ev_err gerr = {0};
     int found = store_get(s->pipeline->store, b.runtime_id, &rt, &gerr);
@@ -50,11 +45,20 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, b
             reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)b.runtime_id);
         else
             reply_internal(r, rq, gerr.msg);
-        goto out;
+        execute_body_free(&b);
+        return;
     }
+    struct exec_request req = {
+        .rt = &rt,
+        .source = b.source,
+        .source_len = b.source_len,
+        .is_project = is_project,
+        .input = b.input,
+        .input_len = b.input_len,
+    };
+    /* A runtime's own limits are, for it, the defaults and the maxima. */
     struct ev_limits cmax, rmax;
     runtime_limits(&rt, s->cfg, &cmax, &rmax);
-    runtime_free(&rt);
     if (limits_resolve(&b.compile, &cmax, "compile", &req.compile, msg, sizeof(msg)) < 0 ||
         limits_resolve(&b.run, &rmax, "run", &req.run, msg, sizeof(msg)) < 0) {
         reply_message(r, 400, "%s", msg);
@@ -89,5 +93,6 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, b
     }
 out:
     free(archive);
+    runtime_free(&rt);
     execute_body_free(&b);
 }

@@ -282,33 +282,28 @@ enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request 
 {
     memset(out, 0, sizeof(*out));
     struct abort_ctx ac = {p, abort_fn, ctx};
-    struct runtime rt;
-    /* Answer an unknown runtime at once, without queueing. */
-    int r = store_get(p->store, req->runtime_id, &rt, err);
-    if (r != 0)
-        return r > 0 ? PIPE_NO_RUNTIME : PIPE_INTERNAL;
-    runtime_free(&rt);
-
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_SUBMISSION, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
     /* Deletion is exclusive work: while we hold our turn the runtime cannot go away, but it
-     * may have gone while we waited. */
-    r = store_get(p->store, req->runtime_id, &rt, err);
-    if (r != 0) {
+     * may have gone while we waited, and a runtime installed since may carry the same id. Its
+     * directory name is drawn afresh for every installation, so id and directory together
+     * say whether req->rt is still the installed runtime; when it is, its directory exists
+     * and the copy is what the row says. */
+    int r = store_is_installed(p->store, req->rt->id, req->rt->dir, err);
+    if (r != 1) {
         sched_done(&p->sched, SCHED_SUBMISSION);
-        return r > 0 ? PIPE_NO_RUNTIME : PIPE_INTERNAL;
+        return r == 0 ? PIPE_NO_RUNTIME : PIPE_INTERNAL;
     }
     uint32_t box;
     if (psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err) < 0) {
         st = PIPE_INTERNAL;
     } else {
-        st = execute_in_box(p, box, &rt, req, &ac, out, err);
+        st = execute_in_box(p, box, req->rt, req, &ac, out, err);
         struct ev_err cerr;
         if (psc_close_box(p->psc, box, &cerr) < 0)
             fprintf(stderr, "envicutor: close box: %s\n", cerr.msg);
     }
-    runtime_free(&rt);
     sched_done(&p->sched, SCHED_SUBMISSION);
     if (st != PIPE_OK)
         exec_outcome_free(out);

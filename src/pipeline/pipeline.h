@@ -53,7 +53,9 @@ enum pipe_status {
 enum stage { STAGE_EXTRACT, STAGE_COMPILE, STAGE_RUN, STAGE_COUNT };
 
 struct exec_request {
-    int64_t runtime_id;
+    /* The runtime as read once, before the request's limits were checked against its own; the
+     * run uses this copy, never a second read (see pipeline_execute). */
+    const struct runtime *rt;
     const char *source; /* the file, or the zip archive of a project */
     size_t source_len;
     bool is_project;
@@ -70,6 +72,9 @@ void exec_outcome_free(struct exec_outcome *o);
 
 typedef bool (*pipe_abort_fn)(void *ctx);
 
+/* Waits for a turn, then runs req->rt if it is still the installed runtime under its id:
+ * PIPE_NO_RUNTIME when it was deleted while the request waited, even if another runtime has
+ * been installed under the same id since (its limits were never checked for this request). */
 enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request *req,
                                   pipe_abort_fn abort_fn, void *ctx, struct exec_outcome *out,
                                   struct ev_err *err);

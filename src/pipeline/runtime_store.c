@@ -372,6 +372,25 @@ out:
     return rc;
 }
 
+int store_is_installed(struct store *s, int64_t id, const char *dir, struct ev_err *err)
+{
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st;
+    int rc;
+    if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM runtimes WHERE id = ? AND dir = ?", -1, &st,
+                           NULL) != SQLITE_OK) {
+        rc = db_fail(s, err, "look a runtime up");
+    } else {
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_text(st, 2, dir, -1, SQLITE_TRANSIENT);
+        int r = sqlite3_step(st);
+        rc = r == SQLITE_ROW ? 1 : r == SQLITE_DONE ? 0 : db_fail(s, err, "look a runtime up");
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int store_name_taken(struct store *s, const char *name, struct ev_err *err)
 {
     pthread_mutex_lock(&s->mu);

@@ -54,6 +54,9 @@ int store_list(struct store *s, struct runtime_summary **out, size_t *n, struct 
 void store_list_free(struct runtime_summary *list, size_t n);
 /* 0 found, 1 not found, -1 error. */
 int store_get(struct store *s, int64_t id, struct runtime *out, struct ev_err *err);
+/* 1 when the runtime under id is the one installed in directory dir, 0 when there is none or
+ * another (deleted and installed again under the same id), -1 on error. */
+int store_is_installed(struct store *s, int64_t id, const char *dir, struct ev_err *err);
 /* 1 when a runtime has this name, 0 when not, -1 on error. */
 int store_name_taken(struct store *s, const char *name, struct ev_err *err);
 

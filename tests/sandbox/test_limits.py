@@ -93,11 +93,27 @@ def test_memory_limit_kills_and_is_marked():
     assert r["memory"] <= 65536 + 64
 
 
+def two_processes_holding(megabytes, memory_kb):
+    """Two processes that each touch their memory, tell the other through one FIFO and wait
+    for the other's word through another before they exit: both hold their memory at once,
+    however they are scheduled. (Redirections open in order, so the two open each FIFO's ends
+    in the same order and neither waits for the other to open.)"""
+    tm = prog("touch_mem")
+    return sandbox("sh", "-c", f"mkfifo /tmp/a /tmp/b && "
+                   f"{{ {tm} {megabytes} --meet 4</tmp/b 3>/tmp/a & "
+                   f"{tm} {megabytes} --meet 3>/tmp/b 4</tmp/a & wait; }}",
+                   opts=["--memory", str(memory_kb)])
+
+
 def test_memory_is_for_the_whole_run():
     # two processes of 40 MB each do not fit in 64 MB even though each alone would
-    r = sandbox("sh", "-c", f"{prog('touch_mem')} 40 & {prog('touch_mem')} 40 & wait; "
-                "sleep 0.2", opts=["--memory", "65536"])
-    assert r["memory_limit_exceeded"] is True
+    r = two_processes_holding(40, 65536)
+    assert r["memory_limit_exceeded"] is True, r
+    # the construction itself: with room for both, both touch their memory, meet and exit
+    r = two_processes_holding(40, 200000)
+    assert r["memory_limit_exceeded"] is False and r["exit_status"] is None, r
+    assert r["stdout"] == "ok 41943040\n" * 2
+    assert r["memory"] >= 80 * 1024
 
 
 @pytest.mark.parametrize("kind", ["threads", "procs"])
