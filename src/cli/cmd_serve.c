@@ -271,7 +271,6 @@ int cmd_privileged_helper(int argc, char **argv)
     if (nix_start(&host, user && user[0] ? user : "envicutor", data_dir, &err) < 0)
         fprintf(stderr, "envicutor helper: Nix runtimes will fail: %s\n", err.msg);
     int rc = helper_main(&host, HELPER_FD, argv[1]);
-    nix_stop();
     sbx_host_free(&host);
     return rc;
 }

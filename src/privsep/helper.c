@@ -597,6 +597,7 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
             H.slots[i] = (struct slot){.cancel_fd = -1};
         }
     pthread_mutex_unlock(&H.mu);
+    nix_stop(); /* its daemon's cgroup too, before our subtree goes */
     struct ev_err err;
     if (sbx_host_cleanup(H.host, &err) < 0)
         fprintf(stderr, "envicutor helper: cgroup clean-up: %s\n", err.msg);
