@@ -169,6 +169,58 @@ static void test_locks_on_shared_files_do_not_reach_another_box(void **state)
     assert_int_equal(rmdir(shared), 0);
 }
 
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "we");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A box's prepared root binds /etc entries once; ldconfig and tzdata replace theirs by rename,
+ * and the box's next run must see the new file. The /etc of this host is a directory the test
+ * controls (the host's own is not to be touched); the runs take the path the helper's do. */
+static void test_prepared_root_follows_etc_entries_replaced_by_rename(void **state)
+{
+    (void)state;
+    char etc[] = "/tmp/envicutor-etc-XXXXXX", path[128], tmp[128];
+    assert_non_null(mkdtemp(etc));
+    assert_int_equal(chmod(etc, 0755), 0);
+    write_file(etc, "timezone", "Before/Update\n");
+    static const char *const points[] = {"/runtime", NULL};
+    struct sbx_host_config cfg = {
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .prepared_root_points = points, .etc_dir = etc};
+    struct sbx_host h;
+    struct ev_err err;
+    assert_int_equal(sbx_host_init(&h, &cfg, &err), 0);
+    assert_non_null(h.roots); /* the runs below take the prepared root's path */
+    struct sbx_box box;
+    assert_int_equal(sbx_box_open(&h, NULL, &box, &err), 0);
+    char *const argv[] = {"cat", "/etc/timezone", NULL};
+    struct sbx_run_config run = {.argv = argv, .envp = env};
+    sbx_limits_default(&run.limits);
+    struct sbx_result res;
+    const char *expect[] = {"Before/Update\n", "Before/Update\n", "After/Update\n"};
+    for (int i = 0; i < 3; i++) {
+        if (i == 2) {
+            write_file(etc, "timezone.new", "After/Update\n");
+            snprintf(tmp, sizeof(tmp), "%s/timezone.new", etc);
+            snprintf(path, sizeof(path), "%s/timezone", etc);
+            assert_int_equal(rename(tmp, path), 0);
+        }
+        assert_int_equal(sbx_run(&h, &box, &run, &res, &err), 0);
+        assert_int_equal(res.status, SBX_OK);
+        assert_string_equal(res.out.data, expect[i]);
+        sbx_result_free(&res);
+    }
+    sbx_box_close(&h, &box);
+    sbx_host_free(&h);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(etc), 0);
+}
+
 static void test_box_carries_files_across_runs(void **state)
 {
     (void)state;
@@ -413,6 +465,7 @@ int main(void)
         cmocka_unit_test(test_prepared_root_is_read_only_and_the_same_for_each_run),
         cmocka_unit_test(test_pool_hands_out_distinct_namespaces),
         cmocka_unit_test(test_locks_on_shared_files_do_not_reach_another_box),
+        cmocka_unit_test(test_prepared_root_follows_etc_entries_replaced_by_rename),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     sbx_host_free(&host);
