@@ -434,7 +434,7 @@ static int open_extra(const struct sbx_mount *m, struct ev_err *err)
 {
     int fd = open(m->source, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
-        return ev_fail(err, errno, "open %s", m->source);
+        return ev_fail(err, errno, "mount %s on %s", m->source, m->target);
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
