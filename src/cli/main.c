@@ -1,6 +1,8 @@
 /* The one binary: `envicutor serve` and `envicutor sandbox ...`. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/commands.h"
 
@@ -12,8 +14,34 @@ static const char usage[] = "Usage: envicutor COMMAND [OPTIONS]\n"
                             "\n"
                             "Run 'envicutor COMMAND --help' for a command's options.\n";
 
+/* A box's init is a clone of this process and overwrites, in its copy, the memory that the
+ * kernel shows as /proc/1/cmdline and /proc/1/environ (sandbox/run.c, hide_command_line), so
+ * that a box learns nothing of this command line. What a run uses must then live elsewhere:
+ * every argument and environment string is moved to the heap before anything reads them. */
+static int move_arguments_and_environment(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++)
+        if (!(argv[i] = strdup(argv[i])))
+            return -1;
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 1, sizeof(*env));
+    if (!env)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!(env[i] = strdup(environ[i])))
+            return -1;
+    environ = env;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (move_arguments_and_environment(argc, argv) < 0) {
+        fputs("envicutor: out of memory\n", stderr);
+        return 1;
+    }
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -53,7 +53,16 @@ static int host_init(struct sbx_host *host, const struct sbx_host_config *cfg, s
     if (run_dir[0] != '/' || strlen(run_dir) > 200)
         return ev_fail(err, 0, "run directory '%s' must be an absolute path of at most 200 bytes",
                        run_dir);
+    /* run_dir is part of overlay mount options, where ':' and ',' are separators */
+    if (strpbrk(run_dir, ":,\\"))
+        return ev_fail(err, 0, "run directory '%s' may not contain ':', ',' or '\\'", run_dir);
     snprintf(host->run_dir, sizeof(host->run_dir), "%s", run_dir);
+    snprintf(host->empty_dir, sizeof(host->empty_dir), "%s/empty", run_dir);
+    const char *etc_dir = cfg && cfg->etc_dir ? cfg->etc_dir : "/etc";
+    if (etc_dir[0] != '/' || strlen(etc_dir) >= sizeof(host->etc_dir) || strpbrk(etc_dir, ":,\\"))
+        return ev_fail(err, 0, "/etc directory '%s' must be an absolute path without ':' or ','",
+                       etc_dir);
+    snprintf(host->etc_dir, sizeof(host->etc_dir), "%s", etc_dir);
     snprintf(host->root_dir, sizeof(host->root_dir), "%s/root", run_dir);
     const char *lock_dir = cfg && cfg->lock_dir ? cfg->lock_dir : "/run/envicutor/locks";
     if (lock_dir[0] != '/' || strlen(lock_dir) > 200)
@@ -80,6 +89,9 @@ static int host_init(struct sbx_host *host, const struct sbx_host_config *cfg, s
         if (make_dir(path, 0700, err) < 0)
             return -1;
     }
+    /* root's alone (run_dir is 0711 and root's), so it stays empty */
+    if (make_dir(host->empty_dir, 0555, err) < 0)
+        return -1;
     /* the lock directory's parent too, when it is not under run_dir (the default's is
      * /run/envicutor) */
     snprintf(path, sizeof(path), "%s", lock_dir);

@@ -77,9 +77,9 @@ static const char *const top_candidates[] = {"bin", "sbin", "lib", "lib32", "lib
 
 int mounts_scan_host(struct sbx_host *host, struct ev_err *err)
 {
-    cleanup_closedir DIR *d = opendir("/etc");
+    cleanup_closedir DIR *d = opendir(host->etc_dir);
     if (!d)
-        return ev_fail(err, errno, "opendir /etc");
+        return ev_fail(err, errno, "opendir %s", host->etc_dir);
     struct dirent *de;
     host->n_etc = 0;
     while ((de = readdir(d))) {
@@ -184,6 +184,23 @@ static int bind_ro(const struct root_plan *p, const char *src, const char *dst, 
     return 0;
 }
 
+/* A read-only overlay of `lower` on `dst`, instead of a bind. Its files are inodes of its own,
+ * so flock() on one of them conflicts only with locks taken through this very mount: the
+ * shared trees (/usr, /etc, a runtime's directory, /nix) are each box's own overlay, and a
+ * lock no longer carries a signal from one box to another. Without an upper layer overlayfs
+ * wants two lower ones; the second is the host's empty directory. */
+static int overlay_ro(const struct sbx_host *h, const char *lower, const char *dst,
+                      struct ev_err *err)
+{
+    char opts[600];
+    int n = snprintf(opts, sizeof(opts), "lowerdir=%s:%s", lower, h->empty_dir);
+    if (n < 0 || (size_t)n >= sizeof(opts))
+        return ev_fail(err, ENAMETOOLONG, "overlay of %s", lower);
+    if (mount("overlay", dst, "overlay", RO_FLAGS, opts) < 0)
+        return ev_fail(err, errno, "overlay of %s on %s", lower, dst);
+    return 0;
+}
+
 static int make_dir(const char *path, mode_t mode, struct ev_err *err)
 {
     if (mkdir(path, mode) < 0 && errno != EEXIST)
@@ -227,23 +244,36 @@ static int write_generated(const char *root, const char *name, const char *text,
 static int build_etc(const struct root_plan *p, const char *root, struct ev_err *err)
 {
     const struct sbx_host *h = p->host;
-    char path[512], src[128];
+    char path[512], src[600], staging[512];
     snprintf(path, sizeof(path), "%s/etc", root);
     if (make_dir(path, 0755, err) < 0)
         return -1;
+    /* The entries are bound from an overlay of the whole /etc, for the overlay's inodes (see
+     * overlay_ro); the overlay itself is then detached, and only the entries stay visible. */
+    snprintf(staging, sizeof(staging), "%s/.etc", root);
+    if (make_dir(staging, 0700, err) < 0 || overlay_ro(h, h->etc_dir, staging, err) < 0)
+        return -1;
     for (unsigned i = 0; i < h->n_etc; i++) {
         snprintf(path, sizeof(path), "%s/etc/%s", root, h->etc_names[i]);
-        snprintf(src, sizeof(src), "/etc/%s", h->etc_names[i]);
+        snprintf(src, sizeof(src), "%s/%s", staging, h->etc_names[i]);
         if (h->etc_types[i] == DT_LNK) {
             if (symlink(h->etc_links[i], path) < 0)
                 return ev_fail(err, errno, "symlink %s", path);
             continue;
         }
+        /* An entry removed since the host was scanned (a package's upgrade can remove one)
+         * is left out rather than failing every run. */
+        if (faccessat(AT_FDCWD, src, F_OK, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
+            continue;
         if ((h->etc_types[i] == DT_DIR ? make_dir(path, 0755, err) : make_file(path, err)) < 0)
             return -1;
         if (bind_ro(p, src, path, err) < 0)
             return -1;
     }
+    if (umount2(staging, MNT_DETACH) < 0)
+        return ev_fail(err, errno, "detach %s", staging);
+    if (rmdir(staging) < 0)
+        return ev_fail(err, errno, "rmdir %s", staging);
     char text[512];
     snprintf(text, sizeof(text),
              "root:x:0:0:root:/root:/bin/sh\n"
@@ -316,7 +346,7 @@ static int build_base(const struct root_plan *p, const char *root, struct ev_err
         return ev_fail(err, errno, "mount tmpfs on %s", root);
 
     snprintf(path, sizeof(path), "%s/usr", root);
-    if (make_dir(path, 0755, err) < 0 || bind_ro(p, "/usr", path, err) < 0)
+    if (make_dir(path, 0755, err) < 0 || overlay_ro(h, "/usr", path, err) < 0)
         return -1;
     for (unsigned i = 0; i < h->n_top; i++) {
         snprintf(path, sizeof(path), "%s/%s", root, h->top_names[i]);
@@ -326,7 +356,7 @@ static int build_base(const struct root_plan *p, const char *root, struct ev_err
         } else {
             char src[32];
             snprintf(src, sizeof(src), "/%s", h->top_names[i]);
-            if (make_dir(path, 0755, err) < 0 || bind_ro(p, src, path, err) < 0)
+            if (make_dir(path, 0755, err) < 0 || overlay_ro(h, src, path, err) < 0)
                 return -1;
         }
     }
@@ -398,6 +428,40 @@ static int check_mounted(const struct sbx_mount *m, const struct stat *st, struc
     return 0;
 }
 
+/* The source is opened first and checked, then named to overlayfs through its descriptor, so
+ * the directory checked is the one mounted. */
+static int open_extra(const struct sbx_mount *m, struct ev_err *err)
+{
+    int fd = open(m->source, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return ev_fail(err, errno, "mount %s on %s", m->source, m->target);
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return ev_fail(err, e, "stat %s", m->source);
+    }
+    if (check_mounted(m, &st, err) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int overlay_extra(const struct root_plan *p, const struct sbx_mount *m, const char *dst,
+                         struct ev_err *err)
+{
+    int fd = open_extra(m, err);
+    if (fd < 0)
+        return -1;
+    char lower[32];
+    snprintf(lower, sizeof(lower), "/proc/self/fd/%d", fd);
+    int rc = overlay_ro(p->host, lower, dst, err);
+    int e = err ? err->errnum : 0;
+    close(fd);
+    return rc < 0 ? ev_fail(err, e, "overlay of %s on %s", m->source, dst) : 0;
+}
+
 int mounts_build_root(const struct root_plan *p, struct ev_err *err)
 {
     const char *root = p->host->root_dir;
@@ -406,12 +470,7 @@ int mounts_build_root(const struct root_plan *p, struct ev_err *err)
         return -1;
     for (size_t i = 0; i < p->n_mounts; i++) {
         snprintf(path, sizeof(path), "%s%s", root, p->mounts[i].target);
-        if (bind_ro(p, p->mounts[i].source, path, err) < 0)
-            return -1;
-        struct stat st;
-        if (stat(path, &st) < 0)
-            return ev_fail(err, errno, "stat %s", path);
-        if (check_mounted(&p->mounts[i], &st, err) < 0)
+        if (overlay_extra(p, &p->mounts[i], path, err) < 0)
             return -1;
     }
     if (make_tree_read_only(p, root, err) < 0 || build_dev(root, err) < 0 ||
@@ -449,6 +508,31 @@ static int clone_mount(const char *path, uint64_t attr, struct ev_err *err)
     return fd;
 }
 
+/* overlay_extra's overlay, made with the mount API as a detached mount (see clone_mount). */
+static int detached_overlay(const struct root_plan *p, const struct sbx_mount *m,
+                            struct ev_err *err)
+{
+    int src = open_extra(m, err);
+    if (src < 0)
+        return -1;
+    char lower[400];
+    snprintf(lower, sizeof(lower), "/proc/self/fd/%d:%s", src, p->host->empty_dir);
+    int fs = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+    int mnt = -1, e = errno;
+    if (fs >= 0 && syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "lowerdir", lower, 0) == 0 &&
+        syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+        mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC,
+                           MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+    if (mnt < 0)
+        e = errno;
+    if (fs >= 0)
+        close(fs);
+    close(src);
+    if (mnt < 0)
+        return ev_fail(err, e, "overlay of %s", m->source);
+    return mnt;
+}
+
 static int attach(int fd, const char *target, struct ev_err *err)
 {
     int r = (int)syscall(SYS_move_mount, fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
@@ -467,20 +551,9 @@ int mounts_enter_template(const struct root_plan *p, int template_fd, struct ev_
     size_t n = 0;
     int rc = -1;
     for (; n < p->n_mounts; n++) {
-        fds[n] = clone_mount(p->mounts[n].source,
-                             MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, err);
+        fds[n] = detached_overlay(p, &p->mounts[n], err);
         if (fds[n] < 0)
             goto out;
-        struct stat st;
-        if (fstat(fds[n], &st) < 0) {
-            ev_fail(err, errno, "stat %s", p->mounts[n].source);
-            n++;
-            goto out;
-        }
-        if (check_mounted(&p->mounts[n], &st, err) < 0) {
-            n++;
-            goto out;
-        }
     }
     /* A private copy of the prepared tree: what this run mounts stays in its copy. */
     if (setns(template_fd, CLONE_NEWNS) < 0) {

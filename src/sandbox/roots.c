@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@ struct prepared_roots {
     struct {
         int box_id;
         int fd;
+        uint64_t stamp; /* sources_stamp() when it was built */
     } roots[ROOTS_MAX];
     unsigned n;
     char points[ROOTS_MAX_POINTS][204];
@@ -71,6 +73,52 @@ bool roots_fit(const struct prepared_roots *r, const struct sbx_mount *mounts, s
             return false;
     }
     return true;
+}
+
+/* Where a prepared root may go stale. Its /etc entries and its /usr are overlays made once
+ * (overlayfs keeps serving a file that was replaced by rename in the tree below it), so an
+ * ldconfig, a tzdata or a package upgrade would not reach the boxes. ldconfig and tzdata
+ * replace files by rename, which changes the entry's inode and /etc's times; a dpkg run
+ * rewrites its status file by rename. These few stats, made before each run of a box with a
+ * prepared root, tell when its root must be built again. */
+static const char *const usr_sources[] = {"/usr",     "/usr/bin",     "/usr/sbin",
+                                          "/usr/lib", "/usr/libexec", "/var/lib/dpkg/status"};
+
+static uint64_t mix(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull; /* FNV-1a */
+    return h;
+}
+
+static uint64_t stamp_of(uint64_t h, int dirfd, const char *path)
+{
+    struct stat st;
+    if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        int e = errno;
+        return mix(h, &e, sizeof(e));
+    }
+    uint64_t f[] = {st.st_dev,          st.st_ino,         (uint64_t)st.st_size, st.st_mtim.tv_sec,
+                    st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec,   st.st_mode};
+    return mix(h, f, sizeof(f));
+}
+
+static uint64_t sources_stamp(const struct sbx_host *h)
+{
+    uint64_t stamp = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < sizeof(usr_sources) / sizeof(usr_sources[0]); i++)
+        stamp = stamp_of(stamp, AT_FDCWD, usr_sources[i]);
+    int etc = open(h->etc_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (etc < 0) {
+        int e = errno;
+        return mix(stamp, &e, sizeof(e));
+    }
+    stamp = stamp_of(stamp, etc, ".");
+    for (unsigned i = 0; i < h->n_etc; i++)
+        stamp = stamp_of(stamp, etc, h->etc_names[i]);
+    close(etc);
+    return stamp;
 }
 
 struct build_report {
@@ -146,20 +194,32 @@ static int build(struct sbx_host *host, const struct sbx_box *box, struct ev_err
 int roots_get(struct sbx_host *host, const struct sbx_box *box, struct ev_err *err)
 {
     struct prepared_roots *r = host->roots;
+    uint64_t stamp = sources_stamp(host);
+    int stale = -1;
     pthread_mutex_lock(&r->mu);
     for (unsigned i = 0; i < r->n; i++) {
-        if (r->roots[i].box_id == box->id) {
+        if (r->roots[i].box_id != box->id)
+            continue;
+        if (r->roots[i].stamp == stamp) {
             int fd = r->roots[i].fd;
             pthread_mutex_unlock(&r->mu);
             return fd;
         }
+        /* Built from what has changed since. The descriptor is only used by this box's runs,
+         * which never overlap, and none is running (we hold the box). */
+        stale = r->roots[i].fd;
+        r->roots[i] = r->roots[--r->n];
+        break;
     }
     bool full = r->n == ROOTS_MAX;
     pthread_mutex_unlock(&r->mu);
+    if (stale >= 0)
+        close(stale);
     if (full)
         return -2;
     /* Only this box's holder builds its root, so no one else adds this box meanwhile; others
-     * may add theirs, hence the second look at the count. */
+     * may add theirs, hence the second look at the count. The stamp was taken before the
+     * build, so a change during the build shows at the next run. */
     int fd = build(host, box, err);
     if (fd < 0)
         return -1;
@@ -171,6 +231,7 @@ int roots_get(struct sbx_host *host, const struct sbx_box *box, struct ev_err *e
     }
     r->roots[r->n].box_id = box->id;
     r->roots[r->n].fd = fd;
+    r->roots[r->n].stamp = stamp;
     r->n++;
     pthread_mutex_unlock(&r->mu);
     return fd;

@@ -288,6 +288,53 @@ static void close_all_except(int *keep, int n)
     syscall(SYS_close_range, from, ~0u, 0);
 }
 
+/* The box can read its init's /proc/1/cmdline and /proc/1/comm. init is a clone of the caller
+ * without an exec, so they would be the caller's: the helper's command line names the host's
+ * data directory, the sandbox command's the user's options and paths. The clone has its own
+ * copy of the memory where the kernel finds the command line and the environment (their
+ * bounds are in /proc/self/stat), so init overwrites it; PR_SET_MM, which would move the
+ * bounds instead, needs CAP_SYS_RESOURCE. Best effort: it changes nothing the run needs. */
+static void hide_command_line(void)
+{
+    prctl(PR_SET_NAME, "init", 0, 0, 0);
+    char buf[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read_full(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    /* the name (field 2) is in parentheses and may hold anything; fields 48-51 are arg_start,
+     * arg_end, env_start and env_end */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return;
+    unsigned long v[4];
+    int field = 2, got = 0;
+    for (p++; *p && got < 4; p++) {
+        if (*p != ' ')
+            continue;
+        field++;
+        if (field < 48)
+            continue;
+        v[got] = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++)
+            v[got] = v[got] * 10 + (unsigned long)(*p - '0');
+        got++;
+        p--;
+    }
+    if (got < 4 || v[1] <= v[0] || v[3] < v[2])
+        return;
+    static const char name[] = "init";
+    for (unsigned long i = 0; i < 2; i++) {
+        volatile char *a = (volatile char *)v[2 * i];
+        for (unsigned long j = 0; j < v[2 * i + 1] - v[2 * i]; j++)
+            a[j] = i == 0 && j < sizeof(name) ? name[j] : '\0';
+    }
+}
+
 static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 {
     struct ev_err e = {0};
@@ -298,6 +345,7 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
         keep[n_keep++] = c->cg->join_fds[i];
     close_all_except(keep, n_keep);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    hide_command_line();
     reset_signals();
     if (c->net_fd >= 0) {
         if (setns(c->net_fd, CLONE_NEWNET) < 0) {

@@ -42,6 +42,9 @@ struct sbx_host_config {
      * for each of its runs. Extra mounts of a run must target one of these points for its run
      * to use it (NULL-terminated; the list may be empty). NULL: every run builds its tree. */
     const char *const *prepared_root_points;
+    /* Where the /etc entries a box sees come from; NULL: /etc. Tests point it at a directory
+     * they control, to change an entry by rename as ldconfig and tzdata do. */
+    const char *etc_dir;
 };
 
 /* What sbx_host_init learns once about the host. */
@@ -49,6 +52,10 @@ struct sbx_host {
     char run_dir[256];
     char root_dir[300]; /* run_dir/root: mount point of each run's new root */
     char lock_dir[256];
+    char etc_dir[201];
+    /* run_dir/empty: an empty directory, the second lower layer of the read-only overlays
+     * over the shared trees (overlayfs without an upper layer wants two lower ones) */
+    char empty_dir[300];
     uid_t first_uid;
     unsigned n_boxes;
     struct cg_host cg;
@@ -117,6 +124,9 @@ struct sbx_mount {
     ino_t ino;
 };
 
+/* No string of a run may lie in the memory where the process's own command line and
+ * environment were given to it: the box's init, a clone of the caller, overwrites its copy of
+ * that memory so that the box cannot read it (/proc/1/cmdline). Copy them first. */
 struct sbx_run_config {
     char *const *argv;              /* argv[0] is searched in the PATH of envp when it has no '/' */
     char *const *envp;              /* exactly the environment of the program */

@@ -31,9 +31,10 @@ def test_run_directory_and_other_boxes_are_not_visible():
 def test_only_own_processes_are_visible():
     r = sandbox("ps", "-eo", "pid,user,comm", "--no-headers")
     rows = [l.split() for l in r["stdout"].splitlines()]
-    # the box's init (root, PID 1), the command and ps itself: nothing of the host
+    # the box's init (root, PID 1, named init rather than after its caller), the command and
+    # ps itself: nothing of the host
     assert [row[0] for row in rows][:1] == ["1"]
-    assert {row[2] for row in rows} <= {"envicutor", "ps", "envicutor sandbox"}
+    assert {row[2] for row in rows} <= {"init", "ps"}
     assert len(rows) <= 3
 
 
@@ -250,3 +251,94 @@ def test_kill_9_of_the_owner_leaves_nothing_that_cleanup_does_not_remove():
 def test_hostname_and_ipc_are_private():
     r = sandbox("sh", "-c", "hostname; cat /proc/sys/kernel/hostname; ipcs -q | tail -n +4")
     assert r["stdout"].split() == ["box", "box"]
+
+
+def test_init_shows_nothing_of_the_callers_command_line():
+    """init, PID 1 of the box, is a clone of the `sandbox` command: its command line (the
+    user's options, paths, the command itself) must not show through /proc/1."""
+    marker = "marker-of-the-callers-command-line"
+    script = ("cat /proc/1/cmdline /proc/1/comm /proc/1/status; "
+              "for f in environ maps; do cat /proc/1/$f; done; "
+              "for l in exe cwd root; do readlink /proc/1/$l; done; echo end")
+    r = sandbox("sh", "-c", script, marker, opts=["--env", "MARKER=" + marker + "-env"])
+    seen = r["stdout"] + r["stderr"]
+    assert "\nState:" in seen and r["stdout"].endswith("end\n"), seen  # /proc/1 was read
+    for s in (marker, "--mount", "/opt/progs", BIN, os.path.basename(BIN), "sandbox"):
+        assert s not in seen, (s, seen)
+
+
+LOCKS_IN_A_BOX = r"""
+import errno, fcntl, os, sqlite3, sys
+
+def sqlite_two_connections(path):
+    a = sqlite3.connect(path, timeout=0, isolation_level=None)
+    b = sqlite3.connect(path, timeout=0, isolation_level=None)
+    a.execute("create table t (x)")
+    a.execute("begin immediate")
+    a.execute("insert into t values (1)")
+    try:
+        b.execute("begin immediate")
+        blocked = False
+    except sqlite3.OperationalError as e:
+        blocked = "locked" in str(e)
+    a.execute("commit")
+    b.execute("begin immediate"); b.execute("insert into t values (2)"); b.execute("commit")
+    return blocked, a.execute("select count(*) from t").fetchone()[0]
+
+def excluded_between_processes(path, lock):
+    # the parent holds the lock; a child of the same box must be refused it
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    lock(fd, True)
+    pid = os.fork()
+    if pid == 0:
+        fd2 = os.open(path, os.O_RDWR)
+        try:
+            lock(fd2, False)
+            os._exit(0)
+        except OSError as e:
+            os._exit(1 if e.errno in (errno.EAGAIN, errno.EACCES) else 2)
+    return os.waitpid(pid, 0)[1] >> 8
+
+flock = lambda fd, wait: fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+lockf = lambda fd, wait: fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+for d in ("/tmp", "/box"):
+    print(d, sqlite_two_connections(d + "/db.sqlite"),
+          excluded_between_processes(d + "/f", flock), excluded_between_processes(d + "/g", lockf))
+"""
+
+
+def test_locks_of_a_boxs_own_files_still_work():
+    """The shared trees are per-box overlays (so that a lock there reaches no other box); the
+    box's own files lock as before: SQLite with two connections, flock and lockf between two
+    processes, in /tmp and in /box."""
+    r = sandbox("python3", "-c", LOCKS_IN_A_BOX)
+    assert r["exit_status"] is None, r
+    assert r["stdout"] == "/tmp (True, 2) 1 1\n/box (True, 2) 1 1\n", r
+
+
+WRITE_LOCKS_ON_SHARED_FILES = r"""
+import errno, fcntl, struct
+for path in ("/usr/bin/env", "/etc/ld.so.cache"):
+    f = open(path, "rb")
+    for name, cmd in (("posix", fcntl.F_SETLK), ("ofd", fcntl.F_OFD_SETLK)):
+        try:
+            fcntl.fcntl(f, cmd, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+            print(path, name, "granted")
+        except OSError as e:
+            print(path, name, errno.errorcode[e.errno])
+    try:
+        fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        print(path, "lease granted")
+    except OSError as e:
+        print(path, "lease", errno.errorcode[e.errno])
+"""
+
+
+def test_write_locks_and_leases_on_shared_files_are_impossible():
+    """Why POSIX and OFD locks are no channel between boxes: a write lock needs a file opened
+    for writing, which the read-only shared trees never give (read locks never conflict), and
+    a lease needs the file's owner (or CAP_LEASE)."""
+    r = sandbox("python3", "-c", WRITE_LOCKS_ON_SHARED_FILES)
+    assert r["exit_status"] is None, r
+    assert r["stdout"] == "".join(f"{p} posix EBADF\n{p} ofd EBADF\n{p} lease EACCES\n"
+                                  for p in ("/usr/bin/env", "/etc/ld.so.cache")), r

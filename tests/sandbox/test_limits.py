@@ -214,7 +214,7 @@ def test_bad_options_are_refused():
 
 
 def test_sandbox_failures_exit_1_with_the_reason():
-    for opts, reason in ((["--mount", "/nonexistent-src:/extra"], "bind /nonexistent-src"),
+    for opts, reason in ((["--mount", "/nonexistent-src:/extra"], "mount /nonexistent-src"),
                          (["--workdir", "/nonexistent"], "working directory /nonexistent"),
                          (["--mount", "/usr:/etc/x"], "inside /etc"),
                          (["--stdin", "/nonexistent-input"], "stdin file")):

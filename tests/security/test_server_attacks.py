@@ -384,3 +384,23 @@ def test_links_planted_in_the_data_directory_are_refused_at_start(name, kind, wh
     assert content == "root:secret-hash:19000::::::\n"
     assert refusal is not None, "the server started"
     assert f"{data_dir}/{name} {why}" in refusal, refusal
+
+
+# ---- what a box learns of the host through its init -------------------------------------------
+
+def test_the_box_sees_nothing_of_the_helpers_command_line(srv, bash):
+    """init, PID 1 of a box, is a clone of the privileged helper, whose command line names the
+    host's runtimes directory (in the data directory). Whatever of /proc/1 a box may read
+    shows nothing of it."""
+    with open(f"/proc/{srv.helper_pid()}/cmdline") as f:
+        helper_args = [a for a in f.read().split("\0") if a]
+    assert any(srv.data_dir in a for a in helper_args)  # what must not reach the box
+    run = stage(srv.execute(bash, "cat /proc/1/cmdline /proc/1/comm /proc/1/status; "
+                                  "for f in environ maps; do cat /proc/1/$f; done; "
+                                  "for l in exe cwd root; do readlink /proc/1/$l; done; "
+                                  "echo end"))
+    seen = run["stdout"] + run["stderr"]
+    assert "\nState:" in seen and run["stdout"].endswith("end\n"), seen  # /proc/1 was read
+    for a in helper_args + [srv.data_dir, "privileged", "envicutor", "runtimes"]:
+        assert a not in seen, (a, seen)
+    check_host(srv)

@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -64,6 +66,162 @@ static int run_sh(struct sbx_box *box, const char *script, struct sbx_result *re
     if (r < 0)
         fprintf(stderr, "sbx_run: %s\n", err.msg);
     return r;
+}
+
+static int run_sh_mounted(struct sbx_box *box, const char *script, const struct sbx_mount *m,
+                          struct sbx_result *res)
+{
+    char *const argv[] = {"sh", "-c", (char *)script, NULL};
+    struct sbx_run_config cfg = {.argv = argv, .envp = env, .mounts = m, .n_mounts = 1};
+    sbx_limits_default(&cfg.limits);
+    cfg.limits.wall_time_us = 20 * 1000000;
+    struct ev_err err;
+    int r = sbx_run(&host, box, &cfg, res, &err);
+    if (r < 0)
+        fprintf(stderr, "sbx_run: %s\n", err.msg);
+    return r;
+}
+
+struct holder {
+    struct sbx_box *box;
+    const struct sbx_mount *mount;
+    struct sbx_result res;
+    int rc;
+};
+
+/* Box A: takes the locks, says so through the FIFO `ready` of its box directory, and holds
+ * them until a line arrives on the FIFO `go` (opened read-write first, so that the test's
+ * open of it never waits). */
+static void *hold_locks(void *arg)
+{
+    struct holder *h = arg;
+    h->rc = run_sh_mounted(h->box,
+                           "exec 4<>go; flock -x /usr/bin/env flock -x /etc/ld.so.cache "
+                           "flock -x /runtime/lockme sh -c 'echo held > ready; read x <&4'",
+                           h->mount, &h->res);
+    return NULL;
+}
+
+static void make_fifo(const struct sbx_box *box, const char *name, char *path, size_t size)
+{
+    snprintf(path, size, "%s/%s", box->dir, name);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(chown(path, box->uid, box->gid), 0);
+}
+
+/* flock() works on files opened read-only, so a lock on a file of the shared trees (/usr,
+ * /etc, a runtime's directory) would carry a signal between two boxes running at once. Box A
+ * holds locks on such files while box B asks for the same ones: B must get each at once. A
+ * runs in its prepared root, B builds its tree (its mount target is not a prepared point), so
+ * both ways of making a tree are covered. */
+static void test_locks_on_shared_files_do_not_reach_another_box(void **state)
+{
+    (void)state;
+    char shared[] = "/tmp/envicutor-locks-XXXXXX", file[64], ready[400], go[400];
+    assert_non_null(mkdtemp(shared));
+    assert_int_equal(chmod(shared, 0755), 0);
+    snprintf(file, sizeof(file), "%s/lockme", shared);
+    int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    close(fd);
+    struct sbx_mount at_runtime = {.source = shared, .target = "/runtime"};
+    struct sbx_mount at_other = {.source = shared, .target = "/other"};
+
+    struct sbx_box a, b;
+    struct ev_err err;
+    assert_int_equal(sbx_box_open(&host, NULL, &a, &err), 0);
+    assert_int_equal(sbx_box_open(&host, NULL, &b, &err), 0);
+    make_fifo(&a, "ready", ready, sizeof(ready));
+    make_fifo(&a, "go", go, sizeof(go));
+    struct holder h = {.box = &a, .mount = &at_runtime, .rc = -1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, hold_locks, &h), 0);
+
+    /* A holds its locks once it has written to `ready` (the poll's bound is only there so
+     * that a failure of A fails the test instead of hanging it) */
+    int ready_fd = open(ready, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    assert_true(ready_fd >= 0);
+    struct pollfd pfd = {.fd = ready_fd, .events = POLLIN};
+    assert_int_equal(poll(&pfd, 1, 30000), 1);
+    char line[16] = "";
+    assert_int_equal(read(ready_fd, line, sizeof(line) - 1), 5);
+    assert_string_equal(line, "held\n");
+    close(ready_fd);
+
+    struct sbx_result res;
+    assert_int_equal(run_sh_mounted(&b,
+                                    "for f in /usr/bin/env /etc/ld.so.cache /other/lockme; do "
+                                    "  flock -xn $f true || echo \"locked $f\"; done; echo done",
+                                    &at_other, &res),
+                     0);
+    int go_fd = open(go, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    assert_true(go_fd >= 0);
+    assert_int_equal(write(go_fd, "\n", 1), 1);
+    close(go_fd);
+    assert_int_equal(pthread_join(t, NULL), 0);
+
+    assert_int_equal(res.status, SBX_OK);
+    assert_string_equal(res.out.data, "done\n");
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(h.res.status, SBX_OK);
+    sbx_result_free(&res);
+    sbx_result_free(&h.res);
+    sbx_box_close(&host, &a);
+    sbx_box_close(&host, &b);
+    assert_int_equal(unlink(file), 0);
+    assert_int_equal(rmdir(shared), 0);
+}
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "we");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A box's prepared root binds /etc entries once; ldconfig and tzdata replace theirs by rename,
+ * and the box's next run must see the new file. The /etc of this host is a directory the test
+ * controls (the host's own is not to be touched); the runs take the path the helper's do. */
+static void test_prepared_root_follows_etc_entries_replaced_by_rename(void **state)
+{
+    (void)state;
+    char etc[] = "/tmp/envicutor-etc-XXXXXX", path[128], tmp[128];
+    assert_non_null(mkdtemp(etc));
+    assert_int_equal(chmod(etc, 0755), 0);
+    write_file(etc, "timezone", "Before/Update\n");
+    static const char *const points[] = {"/runtime", NULL};
+    struct sbx_host_config cfg = {
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .prepared_root_points = points, .etc_dir = etc};
+    struct sbx_host h;
+    struct ev_err err;
+    assert_int_equal(sbx_host_init(&h, &cfg, &err), 0);
+    assert_non_null(h.roots); /* the runs below take the prepared root's path */
+    struct sbx_box box;
+    assert_int_equal(sbx_box_open(&h, NULL, &box, &err), 0);
+    char *const argv[] = {"cat", "/etc/timezone", NULL};
+    struct sbx_run_config run = {.argv = argv, .envp = env};
+    sbx_limits_default(&run.limits);
+    struct sbx_result res;
+    const char *expect[] = {"Before/Update\n", "Before/Update\n", "After/Update\n"};
+    for (int i = 0; i < 3; i++) {
+        if (i == 2) {
+            write_file(etc, "timezone.new", "After/Update\n");
+            snprintf(tmp, sizeof(tmp), "%s/timezone.new", etc);
+            snprintf(path, sizeof(path), "%s/timezone", etc);
+            assert_int_equal(rename(tmp, path), 0);
+        }
+        assert_int_equal(sbx_run(&h, &box, &run, &res, &err), 0);
+        assert_int_equal(res.status, SBX_OK);
+        assert_string_equal(res.out.data, expect[i]);
+        sbx_result_free(&res);
+    }
+    sbx_box_close(&h, &box);
+    sbx_host_free(&h);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(etc), 0);
 }
 
 static void test_box_carries_files_across_runs(void **state)
@@ -526,6 +684,8 @@ int main(void)
         cmocka_unit_test(test_runs_with_a_stale_error_object),
         cmocka_unit_test_teardown(test_successive_opens_rotate_over_boxes, free_small_host),
         cmocka_unit_test_teardown(test_a_box_that_cannot_be_cleaned_is_skipped, free_small_host),
+        cmocka_unit_test(test_locks_on_shared_files_do_not_reach_another_box),
+        cmocka_unit_test(test_prepared_root_follows_etc_entries_replaced_by_rename),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     sbx_host_free(&host);
