@@ -38,10 +38,11 @@ class Server:
         self.env.update({k: str(v) for k, v in env.items()})
         self.log_path = os.path.join(tempfile.gettempdir(), f"envicutor-api-{self.port}.log")
         self.proc = None
+        self.binary = BIN
 
     def start(self, timeout=60):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([BIN, "serve"], env=self.env, stdout=self.log,
+        self.proc = subprocess.Popen([self.binary, "serve"], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
