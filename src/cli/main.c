@@ -18,19 +18,28 @@ static const char usage[] = "Usage: envicutor COMMAND [OPTIONS]\n"
  * kernel shows as /proc/1/cmdline and /proc/1/environ (sandbox/run.c, hide_command_line), so
  * that a box learns nothing of this command line. What a run uses must then live elsewhere:
  * every argument and environment string is moved to the heap before anything reads them. */
+/* Every copy stays listed here for the process's life: setenv and unsetenv may replace
+ * environ's array or drop entries from it, and the strings must stay reachable (`used`: a list
+ * only ever written would otherwise be optimised away). */
+static char **moved __attribute__((used));
+
 static int move_arguments_and_environment(int argc, char **argv)
 {
-    for (int i = 0; i < argc; i++)
-        if (!(argv[i] = strdup(argv[i])))
-            return -1;
     size_t n = 0;
     while (environ[n])
         n++;
+    char **list = calloc((size_t)argc + n + 1, sizeof(*list));
     char **env = calloc(n + 1, sizeof(*env));
-    if (!env)
+    if (!list || !env)
         return -1;
+    moved = list;
+    size_t k = 0;
+    list[k++] = (char *)env;
+    for (int i = 0; i < argc; i++)
+        if (!(list[k++] = argv[i] = strdup(argv[i])))
+            return -1;
     for (size_t i = 0; i < n; i++)
-        if (!(env[i] = strdup(environ[i])))
+        if (!(list[k++] = env[i] = strdup(environ[i])))
             return -1;
     environ = env;
     return 0;

@@ -154,20 +154,28 @@ def no_leftovers(server, before_dirs, marker=None):
                     pass
 
 
-@pytest.mark.parametrize("name", ["loop.nix", "loop-child.nix"])
+# A shellHook that never finishes, and one that starts a child in a session of its own (out of
+# nix-shell's process group) that loops forever, then waits for it.
+LOOPING_HOOKS = {
+    "loop": ("echo looping; while :; do :; done", "looping"),
+    "loop-child": ("/usr/bin/setsid /bin/sh -c 'while :; do :; done' @MARKER@ & echo started; wait",
+                   "started"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOPING_HOOKS))
 def test_installation_timeout(nix_server, name):
+    """The installation stops at INSTALLATION_TIMEOUT, and every process of it goes."""
     before = runtime_dirs(nix_server)
     marker = "envicutor-loop-" + uuid.uuid4().hex[:8]
+    hook, printed = LOOPING_HOOKS[name]
     t0 = time.time()
-    r = nix_server.post("/runtimes", nix_body("loop-" + name, fixture(name, MARKER=marker),
-                                              "true"))
+    r = nix_server.post("/runtimes", nix_body(
+        "loop-" + name, fixture("hook.nix", HOOK=hook.replace("@MARKER@", marker)), "true"))
     took = time.time() - t0
     assert r.status_code == 400, r.text
     assert "timeout expired" in r.json()["stderr"]
-    if name == "loop.nix":
-        assert "looping" in r.json()["stdout"]
-    else:
-        assert "started" in r.json()["stdout"]
+    assert printed in r.json()["stdout"]
     assert INSTALLATION_TIMEOUT <= took < INSTALLATION_TIMEOUT + 5, took
     assert "loop-" + name not in nix_server.runtimes()
     no_leftovers(nix_server, before, marker)
