@@ -331,6 +331,8 @@ def test_kill_9_of_the_helper_during_an_install_leaves_nothing():
         s.start()
         assert "nix-k9" not in s.runtimes()
         assert runtime_dirs(s) == before
+        # the new helper answers requests only once its start-up (the clean-up included) is done
+        assert s.execute(s.runtimes()["Bash"], "echo ok").json()["run"]["stdout"] == "ok\n"
         assert [c for c in nix_cgroups() if f"/nix-{helper}-" in c] == []
     finally:
         assert s.stop() == 0, s.log_text()
