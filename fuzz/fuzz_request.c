@@ -8,7 +8,7 @@
 
 #include "common/base64.h"
 #include "http/request.h"
-#include "privsep/protocol.h"
+#include "common/filename.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sel & 1) {
         struct runtime rt;
         if (parse_runtime(body, size - 1, sel & 2, &rt, msg, sizeof(msg)) == 0) {
-            if (!ps_plain_name(rt.source_file_name, PS_NAME_MAX))
+            if (!plain_file_name(rt.source_file_name))
                 abort(); /* a name the helper would refuse got through */
             runtime_free(&rt);
         }

@@ -5,7 +5,7 @@
 
 #include <jansson.h>
 
-#include "sandbox/sandbox.h"
+#include "sandbox/result.h"
 
 /* NULL when out of memory. base64 output is for programs whose output is not text. */
 json_t *stage_result_json(const struct sbx_result *res, int base64_output);

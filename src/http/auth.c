@@ -64,19 +64,6 @@ void auth_free(struct auth_keys *k)
     memset(k, 0, sizeof(*k));
 }
 
-enum auth_role auth_route_role(const char *method, const char *path)
-{
-    bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
-    if (strcmp(path, "/health") == 0 && get)
-        return AUTH_NONE;
-    if (get && (strcmp(path, "/runtimes") == 0 || strcmp(path, "/runtimes/") == 0 ||
-                strncmp(path, "/runtimes/", 10) == 0))
-        return AUTH_EXECUTE;
-    if (strcmp(method, "POST") == 0 && strcmp(path, "/execute") == 0)
-        return AUTH_EXECUTE;
-    return AUTH_ADMIN;
-}
-
 const char *auth_token(const char *authorization, const char *x_auth_token)
 {
     if (authorization) {
@@ -106,12 +93,11 @@ enum auth_role auth_lookup(const struct auth_keys *k, const char *token)
     return (enum auth_role)best;
 }
 
-int auth_check(const struct auth_keys *k, const char *method, const char *path,
-               const char *authorization, const char *x_auth_token, const char **message)
+int auth_check(const struct auth_keys *k, enum auth_role need, const char *authorization,
+               const char *x_auth_token, const char **message)
 {
     if (!auth_enabled(k))
         return 0;
-    enum auth_role need = auth_route_role(method, path);
     if (need == AUTH_NONE)
         return 0;
     const char *token = auth_token(authorization, x_auth_token);

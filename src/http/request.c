@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "privsep/protocol.h"
+#include "common/filename.h"
 
 #define NAME_MAX_BYTES 128
 #define ENV_MAX_BYTES 32768
@@ -278,7 +278,7 @@ int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt,
         snprintf(msg, size, "Source file name can't be empty");
         goto out;
     }
-    if (!ps_plain_name(file, PS_NAME_MAX) ||
+    if (!plain_file_name(file) ||
         json_string_length(json_object_get(root, "source_file_name")) != strlen(file)) {
         snprintf(msg, size, "Invalid source file name");
         goto out;

@@ -5,7 +5,8 @@
 #include "common/base64.h"
 #include "format/stage_json.h"
 #include "http/request.h"
-#include "http/server.h"
+#include "http/reply.h"
+#include "http/routes.h"
 #include "pipeline/runtime_info.h"
 
 static json_t *outcome_json(const struct exec_outcome *o, bool base64_output)
@@ -22,9 +23,10 @@ static json_t *outcome_json(const struct exec_outcome *o, bool base64_output)
     return j;
 }
 
-void route_execute(struct http_server *s, struct request *rq, bool is_project, bool base64_output,
-                   struct reply *r)
+void route_execute(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
+    bool is_project = request_flag(rq, "is_project");
+    bool base64_output = request_flag(rq, "base64_output");
     struct execute_body b;
     char msg[512];
     if ((rq->body_fd >= 0 ? parse_execute_fd(rq->body_fd, &b, msg, sizeof(msg))

@@ -1,14 +1,15 @@
-/* GET /runtimes, POST /runtimes, DELETE /runtimes/{id}, POST /update. */
+/* GET /runtimes, POST /runtimes, GET /runtimes/{id}, DELETE /runtimes/{id}. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
-#include "http/request.h"
 #include "common/logsafe.h"
-#include "http/server.h"
+#include "http/reply.h"
+#include "http/request.h"
+#include "http/routes.h"
 #include "pipeline/runtime_info.h"
 
-void route_runtimes_list(struct http_server *s, struct request *rq, struct reply *r)
+void route_runtimes_list(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
     struct runtime_summary *list;
     size_t n;
@@ -35,7 +36,7 @@ void route_runtimes_list(struct http_server *s, struct request *rq, struct reply
     r->json = arr;
 }
 
-void route_runtimes_add(struct http_server *s, struct request *rq, struct reply *r)
+void route_runtimes_add(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
     struct runtime rt;
     char msg[512];
@@ -79,9 +80,9 @@ void route_runtimes_add(struct http_server *s, struct request *rq, struct reply 
     runtime_free(&rt);
 }
 
-void route_runtimes_get(struct http_server *s, struct request *rq, const char *id_text,
-                        struct reply *r)
+void route_runtimes_get(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
+    const char *id_text = rq->rest;
     int64_t id = parse_id(id_text);
     if (id < 0) {
         reply_message(r, 400, "Invalid runtime id: '%.64s' (expected a positive integer)", id_text);
@@ -126,9 +127,9 @@ void route_runtimes_get(struct http_server *s, struct request *rq, const char *i
     r->json = j;
 }
 
-void route_runtimes_delete(struct http_server *s, struct request *rq, const char *id_text,
-                           struct reply *r)
+void route_runtimes_delete(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
+    const char *id_text = rq->rest;
     int64_t id = parse_id(id_text);
     if (id < 0) {
         reply_message(r, 400, "Invalid runtime id: '%.64s' (expected a positive integer)", id_text);
@@ -146,19 +147,4 @@ void route_runtimes_delete(struct http_server *s, struct request *rq, const char
     } else {
         reply_pipe_status(r, rq, st, &err);
     }
-}
-
-void route_update(struct http_server *s, struct request *rq, struct reply *r)
-{
-    char *out = NULL, *errout = NULL;
-    struct ev_err err = {0};
-    enum pipe_status st = pipeline_update(s->pipeline, request_aborted, rq, &out, &errout, &err);
-    if (st == PIPE_OK || st == PIPE_SETUP_FAILED) {
-        r->status = st == PIPE_OK ? 200 : 500;
-        r->json = output_pair(out, errout);
-    } else {
-        reply_pipe_status(r, rq, st, &err);
-    }
-    free(out);
-    free(errout);
 }

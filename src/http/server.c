@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +13,8 @@
 
 #include "common/fileutil.h"
 #include "common/logsafe.h"
-#include "common/utf8.h"
+#include "http/reply.h"
+#include "http/routes.h"
 
 /* What a connection accumulates between libmicrohttpd's calls. */
 struct conn_state {
@@ -67,120 +67,35 @@ static void drop_body(struct conn_state *cs)
     cs->body_fd = -1;
 }
 
-bool request_aborted(void *arg)
+/* Answers a request whose body has all arrived, through the route table. */
+static void dispatch(struct http_server *s, struct conn_state *cs, struct request *rq,
+                     struct reply *r)
 {
-    struct request *rq = arg;
-    if (rq->fd < 0)
-        return false;
-    /* A client that closed its end (FIN) or reset the connection. Data the client may have
-     * pipelined is not a disconnect, so POLLIN is not asked for. */
-    struct pollfd p = {rq->fd, POLLRDHUP, 0};
-    int n = poll(&p, 1, 0);
-    return n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
-}
-
-void reply_message(struct reply *r, int status, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    size_t n;
-    char *clean = utf8_sanitize(buf, strlen(buf), &n);
-    r->status = status;
-    r->json = json_pack("{s:s%}", "message", clean ? clean : "", clean ? n : 0);
-    free(clean);
-}
-
-void reply_internal(struct reply *r, const struct request *rq, const char *cause)
-{
-    char buf[1024];
-    fprintf(stderr, "req %llu: internal error: %s\n", (unsigned long long)rq->id,
-            log_safe(cause, buf, sizeof(buf)));
-    reply_message(r, 500, "Internal server error");
-}
-
-void reply_pipe_status(struct reply *r, const struct request *rq, enum pipe_status st,
-                       const struct ev_err *err)
-{
-    switch (st) {
-    case PIPE_QUEUE_FULL:
-        reply_message(r, 503,
-                      "The server is busy: the queue of waiting requests is full, try again later");
-        r->retry_after = 1;
-        break;
-    case PIPE_STOPPING:
-        reply_message(r, 503, "The server is shutting down");
-        break;
-    case PIPE_ABORTED:
-        r->drop = true;
-        break;
-    case PIPE_INTERNAL:
-        reply_internal(r, rq, err->msg);
-        break;
-    default: /* err was not filled: its contents are whatever the caller left there */
-        reply_internal(r, rq, "unexpected pipeline status");
-    }
-}
-
-json_t *output_pair(const char *out, const char *errout)
-{
-    size_t n1, n2;
-    char *a = utf8_sanitize(out ? out : "", out ? strlen(out) : 0, &n1);
-    char *b = utf8_sanitize(errout ? errout : "", errout ? strlen(errout) : 0, &n2);
-    json_t *j = a && b ? json_pack("{s:s%,s:s%}", "stdout", a, n1, "stderr", b, n2) : NULL;
-    free(a);
-    free(b);
-    return j;
-}
-
-static void route(struct http_server *s, struct request *rq, struct reply *r)
-{
-    const char *m = rq->method, *p = rq->path;
-    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0;
-    if (strcmp(p, "/health") == 0) {
-        if (!get)
-            goto not_allowed;
-        r->status = 200;
-        r->text = "Up and running";
-    } else if (strcmp(p, "/runtimes") == 0 || strcmp(p, "/runtimes/") == 0) {
-        if (get)
-            route_runtimes_list(s, rq, r);
-        else if (post)
-            route_runtimes_add(s, rq, r);
+    bool path_known;
+    const struct route *rt = route_find(rq->method, rq->path, &path_known);
+    if (!rt) {
+        if (path_known)
+            reply_message(r, 405, "Method %s is not allowed on %.200s", rq->method, rq->path);
         else
-            goto not_allowed;
-    } else if (strncmp(p, "/runtimes/", 10) == 0) {
-        if (get)
-            route_runtimes_get(s, rq, p + 10, r);
-        else if (strcmp(m, "DELETE") == 0)
-            route_runtimes_delete(s, rq, p + 10, r);
-        else
-            goto not_allowed;
-    } else if (strcmp(p, "/update") == 0) {
-        if (!post)
-            goto not_allowed;
-        route_update(s, rq, r);
-    } else if (strcmp(p, "/gc") == 0) {
-        if (!post)
-            goto not_allowed;
-        route_gc(s, rq, r);
-    } else if (strcmp(p, "/execute") == 0) {
-        if (!post)
-            goto not_allowed;
-        const char *proj =
-            MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "is_project");
-        const char *b64 =
-            MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "base64_output");
-        route_execute(s, rq, proj && strcasecmp(proj, "true") == 0,
-                      b64 && strcasecmp(b64, "true") == 0, r);
-    } else {
-        reply_message(r, 404, "Not found: %s %.200s", m, p);
+            reply_message(r, 404, "Not found: %s %.200s", rq->method, rq->path);
+        return;
     }
-    return;
-not_allowed:
-    reply_message(r, 405, "Method %s is not allowed on %.200s", m, p);
+    if (rt->match == ROUTE_PREFIX)
+        rq->rest = rq->path + strlen(rt->path);
+    if (cs->body_fd >= 0 && rt->body != BODY_FILE) {
+        /* Only /execute parses a spilled body from its file; the other routes' bodies are
+         * small, and one that was not is read back. */
+        cs->body = malloc(cs->len + 1);
+        if (!cs->body || pread_full(cs->body_fd, cs->body, cs->len, 0) < 0) {
+            reply_internal(r, rq, "read a spilled body back");
+            return;
+        }
+        cs->body[cs->len] = '\0';
+        rq->body = cs->body;
+        rq->body_fd = -1;
+    }
+    struct route_ctx ctx = {.pipeline = s->pipeline, .cfg = s->cfg};
+    rt->fn(&ctx, rq, r);
 }
 
 static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct reply *r)
@@ -247,7 +162,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         cs->t0 = monotonic_ns();
         *con_cls = cs;
         /* API keys first, from the headers alone: a refused request's body is never kept. */
-        cs->denied = auth_check(s->auth, method, url,
+        cs->denied = auth_check(s->auth, route_role(method, url),
                                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
                                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Auth-Token"),
                                 &cs->denied_msg);
@@ -341,26 +256,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         struct request rq = {.id = cs->id,
                              .method = method,
                              .path = url,
+                             .rest = "",
                              .body = cs->body ? cs->body : "",
                              .body_len = cs->len,
                              .body_fd = cs->body_fd,
                              .conn = conn,
                              .fd = ci ? ci->connect_fd : -1};
-        /* Only /execute parses a spilled body from its file; the other routes' bodies are
-         * small, and one that was not is read back. */
-        if (cs->body_fd >= 0 && strcmp(url, "/execute") != 0) {
-            cs->body = malloc(cs->len + 1);
-            if (!cs->body || pread_full(cs->body_fd, cs->body, cs->len, 0) < 0) {
-                reply_internal(&r, &rq, "read a spilled body back");
-            } else {
-                cs->body[cs->len] = '\0';
-                rq.body = cs->body;
-                rq.body_fd = -1;
-                route(s, &rq, &r);
-            }
-        } else {
-            route(s, &rq, &r);
-        }
+        dispatch(s, cs, &rq, &r);
     }
     if (!r.drop && !r.json && !r.text) {
         fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",

@@ -4,13 +4,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-int ps_plain_name(const char *name, size_t max)
-{
-    size_t n = strnlen(name, max + 1);
-    if (n == 0 || n > max || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-        return 0;
-    return 1;
-}
+#include "common/filename.h"
 
 static int runtime_name_ok(const char *s)
 {
@@ -68,7 +62,7 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
         if (n != fixed + sizeof(req->u.write) || fd_count != 1)
             return ev_fail(err, 0, "malformed write-file message");
         if (memchr(req->u.write.name, 0, sizeof(req->u.write.name)) == NULL ||
-            !ps_plain_name(req->u.write.name, PS_NAME_MAX))
+            !plain_file_name(req->u.write.name))
             return ev_fail(err, 0, "write-file: not a plain file name");
         if (req->u.write.mode & ~0755u)
             return ev_fail(err, 0, "write-file: mode %o not allowed", req->u.write.mode);

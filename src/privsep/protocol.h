@@ -17,12 +17,13 @@
 #include <sys/types.h>
 
 #include "common/error.h"
+#include "common/filename.h"
 
 #define PS_MAGIC 0x45564332u /* "EVC2": bumped with any change of layout */
 #define PS_MAX_MSG 65536
 #define PS_MAX_ARGS 64
 #define PS_MAX_ENV 256
-#define PS_NAME_MAX 255 /* a file name in the box */
+#define PS_NAME_MAX FILE_NAME_MAX /* a file name in the box */
 #define PS_RUNTIME_MAX 64
 
 /* The "box" of a PS_CANCEL that kills the Nix command running now. */
@@ -141,8 +142,5 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
 /* Sends one datagram of len bytes with fd (when >= 0) attached (SCM_RIGHTS), retrying on
  * EINTR; returns what sendmsg returned. Callers that share the socket serialise calls. */
 ssize_t ps_send(int sock, const void *msg, size_t len, int fd);
-
-/* A plain file name: not empty, not "." or "..", no '/', at most PS_NAME_MAX bytes. */
-int ps_plain_name(const char *name, size_t max);
 
 #endif

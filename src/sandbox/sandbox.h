@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/netns.h"
+#include "sandbox/result.h" /* struct sbx_result, what sbx_run fills */
 
 #define SBX_MAX_ETC 96
 #define SBX_MAX_MOUNTS 16
@@ -143,34 +144,6 @@ struct sbx_run_config {
     int cancel_fd;
 };
 
-enum sbx_status {
-    SBX_OK = 0, /* exited with 0 within limits */
-    SBX_RE,     /* nonzero exit */
-    SBX_SG,     /* killed by a signal */
-    SBX_TO,     /* CPU or wall time limit */
-    SBX_XX,     /* the sandbox failed */
-};
-
-struct sbx_output {
-    char *data; /* NUL-terminated, may contain NULs */
-    size_t len;
-    bool truncated;
-};
-
-struct sbx_result {
-    enum sbx_status status;
-    int exit_code;   /* -1 when the program did not exit normally */
-    int exit_signal; /* -1 when not killed by a signal */
-    uint64_t cpu_time_us;
-    uint64_t wall_time_us;
-    uint64_t memory_kb; /* peak */
-    bool memory_limit_exceeded;
-    bool cpu_limit_exceeded;
-    bool wall_limit_exceeded;
-    char message[256];
-    struct sbx_output out, err;
-};
-
 /* The defaults of SPEC §4 for the run stage. */
 void sbx_limits_default(struct sbx_limits *l);
 
@@ -197,8 +170,5 @@ int sbx_host_cleanup(struct sbx_host *host, struct ev_err *err);
  * is SBX_XX and res->message says why. */
 int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_config *cfg,
             struct sbx_result *res, struct ev_err *err);
-void sbx_result_free(struct sbx_result *res);
-
-const char *sbx_status_name(enum sbx_status s); /* NULL for SBX_OK, "RE", "SG", ... */
 
 #endif

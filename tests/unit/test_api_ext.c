@@ -15,6 +15,7 @@
 #include "common/sha256.h"
 #include "http/auth.h"
 #include "http/request.h"
+#include "http/routes.h"
 #include "pipeline/config.h"
 #include "pipeline/runtime_info.h"
 
@@ -209,7 +210,7 @@ static void test_auth(void **state)
     assert_int_equal(auth_load(&k, fake_keys, &err), 0);
     assert_false(auth_enabled(&k));
     const char *m;
-    assert_int_equal(auth_check(&k, "POST", "/runtimes", NULL, NULL, &m), 0);
+    assert_int_equal(auth_check(&k, route_role("POST", "/runtimes"), NULL, NULL, &m), 0);
 
     const char *bad[][2] = {{"adminkey1,,adminkey2", NULL},
                             {"adminkey1,", NULL},
@@ -236,27 +237,31 @@ static void test_auth(void **state)
     assert_int_equal(auth_lookup(&k, "execkey12"), AUTH_NONE);
     assert_int_equal(auth_lookup(&k, ""), AUTH_NONE);
 
-    assert_int_equal(auth_route_role("GET", "/health"), AUTH_NONE);
-    assert_int_equal(auth_route_role("POST", "/health"), AUTH_ADMIN);
-    assert_int_equal(auth_route_role("GET", "/runtimes"), AUTH_EXECUTE);
-    assert_int_equal(auth_route_role("GET", "/runtimes/3"), AUTH_EXECUTE);
-    assert_int_equal(auth_route_role("POST", "/execute"), AUTH_EXECUTE);
-    assert_int_equal(auth_route_role("POST", "/runtimes"), AUTH_ADMIN);
-    assert_int_equal(auth_route_role("DELETE", "/runtimes/3"), AUTH_ADMIN);
-    assert_int_equal(auth_route_role("POST", "/update"), AUTH_ADMIN);
-    assert_int_equal(auth_route_role("POST", "/gc"), AUTH_ADMIN);
-    assert_int_equal(auth_route_role("POST", "/anything-new"), AUTH_ADMIN);
+    assert_int_equal(route_role("GET", "/health"), AUTH_NONE);
+    assert_int_equal(route_role("POST", "/health"), AUTH_ADMIN);
+    assert_int_equal(route_role("GET", "/runtimes"), AUTH_EXECUTE);
+    assert_int_equal(route_role("GET", "/runtimes/3"), AUTH_EXECUTE);
+    assert_int_equal(route_role("POST", "/execute"), AUTH_EXECUTE);
+    assert_int_equal(route_role("POST", "/runtimes"), AUTH_ADMIN);
+    assert_int_equal(route_role("DELETE", "/runtimes/3"), AUTH_ADMIN);
+    assert_int_equal(route_role("POST", "/update"), AUTH_ADMIN);
+    assert_int_equal(route_role("POST", "/gc"), AUTH_ADMIN);
+    assert_int_equal(route_role("POST", "/anything-new"), AUTH_ADMIN);
 
-    assert_int_equal(auth_check(&k, "GET", "/health", NULL, NULL, &m), 0);
-    assert_int_equal(auth_check(&k, "GET", "/runtimes", NULL, NULL, &m), 401);
-    assert_int_equal(auth_check(&k, "GET", "/runtimes", "Bearer nope-nope", NULL, &m), 401);
-    assert_int_equal(auth_check(&k, "GET", "/runtimes", "Basic execkey1", NULL, &m), 401);
-    assert_int_equal(auth_check(&k, "GET", "/runtimes", "Bearer execkey1", NULL, &m), 0);
-    assert_int_equal(auth_check(&k, "GET", "/runtimes", "bearer execkey1", NULL, &m), 0);
-    assert_int_equal(auth_check(&k, "GET", "/runtimes", NULL, "execkey1", &m), 0);
-    assert_int_equal(auth_check(&k, "POST", "/runtimes", NULL, "execkey1", &m), 403);
-    assert_int_equal(auth_check(&k, "POST", "/gc", "Bearer execkey1", NULL, &m), 403);
-    assert_int_equal(auth_check(&k, "POST", "/gc", "Bearer adminkey1", NULL, &m), 0);
+    assert_int_equal(auth_check(&k, route_role("GET", "/health"), NULL, NULL, &m), 0);
+    assert_int_equal(auth_check(&k, route_role("GET", "/runtimes"), NULL, NULL, &m), 401);
+    assert_int_equal(auth_check(&k, route_role("GET", "/runtimes"), "Bearer nope-nope", NULL, &m),
+                     401);
+    assert_int_equal(auth_check(&k, route_role("GET", "/runtimes"), "Basic execkey1", NULL, &m),
+                     401);
+    assert_int_equal(auth_check(&k, route_role("GET", "/runtimes"), "Bearer execkey1", NULL, &m),
+                     0);
+    assert_int_equal(auth_check(&k, route_role("GET", "/runtimes"), "bearer execkey1", NULL, &m),
+                     0);
+    assert_int_equal(auth_check(&k, route_role("GET", "/runtimes"), NULL, "execkey1", &m), 0);
+    assert_int_equal(auth_check(&k, route_role("POST", "/runtimes"), NULL, "execkey1", &m), 403);
+    assert_int_equal(auth_check(&k, route_role("POST", "/gc"), "Bearer execkey1", NULL, &m), 403);
+    assert_int_equal(auth_check(&k, route_role("POST", "/gc"), "Bearer adminkey1", NULL, &m), 0);
     auth_free(&k);
 }
 

@@ -14,6 +14,7 @@
 
 #include "cli/options.h"
 #include "common/base64.h"
+#include "common/filename.h"
 #include "common/rmtree.h"
 #include "common/utf8.h"
 
@@ -168,6 +169,28 @@ static void test_base64_round_trip_and_errors(void **state)
     assert_int_equal(bad, 3);
 }
 
+/* The rule both the HTTP layer and the helper apply to a file name written into a box. */
+static void test_plain_file_name(void **state)
+{
+    (void)state;
+    assert_true(plain_file_name("main.py"));
+    assert_true(plain_file_name(".hidden"));
+    assert_true(plain_file_name("..."));
+    assert_false(plain_file_name(""));
+    assert_false(plain_file_name("."));
+    assert_false(plain_file_name(".."));
+    assert_false(plain_file_name("a/b"));
+    assert_false(plain_file_name("/main.py"));
+    assert_false(plain_file_name("dir/"));
+    char name[300];
+    memset(name, 'a', 255);
+    name[255] = '\0';
+    assert_true(plain_file_name(name)); /* 255 bytes: the longest a file system takes */
+    name[255] = 'a';
+    name[256] = '\0';
+    assert_false(plain_file_name(name));
+}
+
 static void test_parse_seconds(void **state)
 {
     (void)state;
@@ -206,6 +229,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rmtree_of_a_link_removes_only_the_link, make_scratch,
                                         remove_scratch),
         cmocka_unit_test(test_utf8_sanitize),
+        cmocka_unit_test(test_plain_file_name),
         cmocka_unit_test(test_base64_round_trip_and_errors),
         cmocka_unit_test(test_parse_seconds),
         cmocka_unit_test(test_parse_count),

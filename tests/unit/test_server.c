@@ -14,7 +14,8 @@
 #include <unistd.h>
 
 #include "http/request.h"
-#include "http/server.h"
+#include "http/reply.h"
+#include "http/routes.h"
 #include "pipeline/config.h"
 #include "pipeline/scheduler.h"
 #include "pipeline/runtime_store.h"
@@ -500,6 +501,63 @@ static void test_store_with_a_stale_error_object(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The route table: which handler answers, 404 against 405, and the role each request needs. */
+static void test_route_table(void **state)
+{
+    (void)state;
+    bool known;
+    const struct route *rt = route_find("GET", "/health", &known);
+    assert_non_null(rt);
+    assert_int_equal(rt->role, AUTH_NONE);
+    assert_null(route_find("POST", "/health", &known));
+    assert_true(known); /* 405 */
+    assert_null(route_find("GET", "/nowhere", &known));
+    assert_false(known); /* 404 */
+    assert_null(route_find("GET", "/runtimesX", &known));
+    assert_false(known);
+
+    /* "/runtimes/" is the list, never the runtime of an empty id */
+    rt = route_find("GET", "/runtimes/", &known);
+    assert_non_null(rt);
+    assert_ptr_equal(rt->fn, route_runtimes_list);
+    assert_null(route_find("DELETE", "/runtimes/", &known));
+    assert_true(known);
+    assert_null(route_find("DELETE", "/runtimes", &known));
+    assert_true(known);
+    rt = route_find("GET", "/runtimes/12", &known);
+    assert_non_null(rt);
+    assert_ptr_equal(rt->fn, route_runtimes_get);
+    assert_int_equal(rt->match, ROUTE_PREFIX);
+    assert_string_equal("/runtimes/12" + strlen(rt->path), "12");
+    rt = route_find("DELETE", "/runtimes/12", &known);
+    assert_non_null(rt);
+    assert_ptr_equal(rt->fn, route_runtimes_delete);
+    assert_null(route_find("POST", "/runtimes/12", &known));
+    assert_true(known);
+
+    rt = route_find("POST", "/update", &known);
+    assert_non_null(rt);
+    assert_ptr_equal(rt->fn, route_update);
+    rt = route_find("POST", "/gc", &known);
+    assert_non_null(rt);
+    assert_ptr_equal(rt->fn, route_gc);
+    assert_int_equal(rt->body, BODY_MEMORY);
+    rt = route_find("POST", "/execute", &known);
+    assert_non_null(rt);
+    assert_ptr_equal(rt->fn, route_execute);
+    assert_int_equal(rt->body, BODY_FILE);
+    assert_null(route_find("GET", "/execute", &known));
+    assert_true(known);
+
+    /* HEAD needs what GET needs; anything without a route needs an admin key */
+    assert_int_equal(route_role("HEAD", "/health"), AUTH_NONE);
+    assert_int_equal(route_role("HEAD", "/runtimes/3"), AUTH_EXECUTE);
+    assert_int_equal(route_role("GET", "/runtimes/"), AUTH_EXECUTE);
+    assert_int_equal(route_role("PUT", "/execute"), AUTH_ADMIN);
+    assert_int_equal(route_role("DELETE", "/runtimes/"), AUTH_ADMIN);
+    assert_int_equal(route_role("GET", "/nowhere"), AUTH_ADMIN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -514,6 +572,7 @@ int main(void)
         cmocka_unit_test(test_helper_checks_nix_messages),
         cmocka_unit_test(test_unexpected_pipeline_status_never_logs_a_stale_error),
         cmocka_unit_test(test_store_with_a_stale_error_object),
+        cmocka_unit_test(test_route_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

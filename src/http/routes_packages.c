@@ -1,10 +1,12 @@
-/* POST /gc: garbage collection of runtime directories and of Nix's store. */
+/* Package management: POST /update (Nix's channels) and POST /gc (garbage collection of
+ * runtime directories and of Nix's store). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/utf8.h"
-#include "http/server.h"
+#include "http/reply.h"
+#include "http/routes.h"
 
 static json_t *text(const char *s)
 {
@@ -15,7 +17,22 @@ static json_t *text(const char *s)
     return j;
 }
 
-void route_gc(struct http_server *s, struct request *rq, struct reply *r)
+void route_update(const struct route_ctx *s, struct request *rq, struct reply *r)
+{
+    char *out = NULL, *errout = NULL;
+    struct ev_err err = {0};
+    enum pipe_status st = pipeline_update(s->pipeline, request_aborted, rq, &out, &errout, &err);
+    if (st == PIPE_OK || st == PIPE_SETUP_FAILED) {
+        r->status = st == PIPE_OK ? 200 : 500;
+        r->json = output_pair(out, errout);
+    } else {
+        reply_pipe_status(r, rq, st, &err);
+    }
+    free(out);
+    free(errout);
+}
+
+void route_gc(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
     struct gc_outcome g;
     struct ev_err err = {0};

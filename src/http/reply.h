@@ -1,0 +1,52 @@
+/* What a route is given (struct request) and what it fills (struct reply), with the helpers
+ * that build the common answers. The routes and the server both include this; neither includes
+ * the other's header for it. */
+#ifndef ENVICUTOR_REPLY_H
+#define ENVICUTOR_REPLY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "pipeline/pipeline.h"
+
+struct MHD_Connection;
+
+struct request {
+    uint64_t id;
+    const char *method, *path;
+    const char *rest; /* for a prefix route, the path after the prefix; "" otherwise */
+    const char *body; /* "" when the body is in body_fd */
+    size_t body_len;
+    int body_fd; /* /execute: a large body, in an unlinked file; -1 otherwise */
+    struct MHD_Connection *conn;
+    int fd; /* the client's socket, watched for a disconnect */
+};
+
+struct reply {
+    int status;
+    json_t *json;         /* the body, or NULL with text */
+    const char *text;     /* static text body */
+    bool drop;            /* the client is gone: close without answering */
+    unsigned retry_after; /* seconds, for a Retry-After header; 0: none */
+};
+
+/* Whether the client of rq has gone away (the pipeline's abort hook). */
+bool request_aborted(void *rq);
+
+/* Whether the query string sets name to "true" (in any case), as in ?is_project=true. */
+bool request_flag(const struct request *rq, const char *name);
+
+void reply_message(struct reply *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* 500 "Internal server error", with the cause in the log. */
+void reply_internal(struct reply *r, const struct request *rq, const char *cause);
+/* The common answers to a pipeline status other than PIPE_OK. */
+void reply_pipe_status(struct reply *r, const struct request *rq, enum pipe_status st,
+                       const struct ev_err *err);
+/* {"stdout": ..., "stderr": ...} */
+json_t *output_pair(const char *out, const char *errout);
+
+#endif

@@ -1,0 +1,56 @@
+#include "http/routes.h"
+
+#include <string.h>
+
+static void route_health(const struct route_ctx *ctx, struct request *rq, struct reply *r)
+{
+    (void)ctx, (void)rq;
+    r->status = 200;
+    r->text = "Up and running";
+}
+
+/* Reading runtimes and executing need an execute key (an admin key may do everything); what
+ * changes the server's state needs an admin key. */
+static const struct route routes[] = {
+    {"GET", "/health", ROUTE_EXACT, AUTH_NONE, BODY_MEMORY, route_health},
+    {"GET", "/runtimes", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, route_runtimes_list},
+    {"POST", "/runtimes", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, route_runtimes_add},
+    {"GET", "/runtimes/", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, route_runtimes_list},
+    {"POST", "/runtimes/", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, route_runtimes_add},
+    {"GET", "/runtimes/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, route_runtimes_get},
+    {"DELETE", "/runtimes/", ROUTE_PREFIX, AUTH_ADMIN, BODY_MEMORY, route_runtimes_delete},
+    {"POST", "/update", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, route_update},
+    {"POST", "/gc", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, route_gc},
+    {"POST", "/execute", ROUTE_EXACT, AUTH_EXECUTE, BODY_FILE, route_execute},
+};
+
+#define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
+
+static bool path_matches(const struct route *rt, const char *path)
+{
+    return rt->match == ROUTE_PREFIX ? strncmp(path, rt->path, strlen(rt->path)) == 0
+                                     : strcmp(path, rt->path) == 0;
+}
+
+const struct route *route_find(const char *method, const char *path, bool *path_known)
+{
+    const struct route *first = NULL;
+    for (size_t i = 0; i < N_ROUTES && !first; i++)
+        if (path_matches(&routes[i], path))
+            first = &routes[i];
+    *path_known = first != NULL;
+    if (!first)
+        return NULL;
+    for (size_t i = 0; i < N_ROUTES; i++)
+        if (routes[i].match == first->match && strcmp(routes[i].path, first->path) == 0 &&
+            strcmp(routes[i].method, method) == 0)
+            return &routes[i];
+    return NULL;
+}
+
+enum auth_role route_role(const char *method, const char *path)
+{
+    bool known;
+    const struct route *rt = route_find(strcmp(method, "HEAD") == 0 ? "GET" : method, path, &known);
+    return rt ? rt->role : AUTH_ADMIN;
+}

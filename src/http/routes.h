@@ -1,0 +1,54 @@
+/* The API's routes: one table (routes.c) that says, for each method and path, which handler
+ * answers and which API key role it needs. The server dispatches through route_find and asks
+ * route_role before it reads a body; a new route is one line of the table and its handler. */
+#ifndef ENVICUTOR_ROUTES_H
+#define ENVICUTOR_ROUTES_H
+
+#include <stdbool.h>
+
+#include "http/auth.h"
+#include "http/reply.h"
+#include "pipeline/config.h"
+#include "pipeline/pipeline.h"
+
+/* What a handler may use besides its request. */
+struct route_ctx {
+    struct pipeline *pipeline;
+    const struct ev_config *cfg;
+};
+
+typedef void route_fn(const struct route_ctx *ctx, struct request *rq, struct reply *r);
+
+/* ROUTE_PREFIX: the handler finds the rest of the path in rq->rest. */
+enum route_match { ROUTE_EXACT, ROUTE_PREFIX };
+
+/* BODY_FILE: the handler parses a large body from rq->body_fd (see SPILL_BYTES in server.c).
+ * BODY_MEMORY: a body that was spilled to a file is read back into rq->body first. */
+enum route_body { BODY_MEMORY, BODY_FILE };
+
+struct route {
+    const char *method;
+    const char *path;
+    enum route_match match;
+    enum auth_role role;
+    enum route_body body;
+    route_fn *fn;
+};
+
+/* The route of method on path, or NULL: then *path_known says whether the path has routes for
+ * other methods (405) or none (404). The first entry of the table whose path matches decides
+ * which entries the method is looked for in, so "/runtimes/" is the list, never an id. */
+const struct route *route_find(const char *method, const char *path, bool *path_known);
+
+/* The role a request needs: the route's, HEAD counting as GET; AUTH_ADMIN for anything
+ * without a route, so a route added without a role is never open. */
+enum auth_role route_role(const char *method, const char *path);
+
+/* routes_runtimes.c */
+route_fn route_runtimes_list, route_runtimes_add, route_runtimes_get, route_runtimes_delete;
+/* routes_packages.c */
+route_fn route_update, route_gc;
+/* routes_execute.c */
+route_fn route_execute;
+
+#endif
