@@ -1,4 +1,5 @@
-/* Unit tests of the common helpers: safe tree removal, UTF-8 repair, base64, option parsing. */
+/* Unit tests of the common helpers: safe tree removal, UTF-8 repair, base64, option parsing,
+ * the search of PATH. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 
 #include "cli/options.h"
 #include "common/base64.h"
+#include "common/path.h"
 #include "common/rmtree.h"
 #include "common/utf8.h"
 
@@ -198,6 +200,61 @@ static void test_parse_count(void **state)
         assert_int_equal(parse_count("n", bad[i], 1, 100, &v, &err), -1);
 }
 
+/* Each entry in turn, an empty one standing for the current directory as execvp reads it, and
+ * an entry too long for the buffer skipped rather than cut. */
+static void test_path_next_walks_every_entry(void **state)
+{
+    (void)state;
+    const char *cursor = ":/a::/bb/c:";
+    char out[64];
+    const char *want[] = {"x", "/a/x", "x", "/bb/c/x"};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        assert_true(path_next(&cursor, "x", out, sizeof(out)));
+        assert_string_equal(out, want[i]);
+    }
+    assert_false(path_next(&cursor, "x", out, sizeof(out)));
+
+    cursor = "";
+    assert_false(path_next(&cursor, "x", out, sizeof(out)));
+    cursor = "/long/directory:/d";
+    char small[6]; /* "/d/x" fits, "/long/directory/x" does not */
+    assert_true(path_next(&cursor, "x", small, sizeof(small)));
+    assert_string_equal(small, "/d/x");
+    assert_false(path_next(&cursor, "x", small, sizeof(small)));
+}
+
+/* The first executable file in an absolute directory; relative and empty entries are never
+ * looked in, even when the working directory holds the command. */
+static void test_find_in_path_takes_the_first_executable(void **state)
+{
+    (void)state;
+    char a[512], b[512], list[1100], out[600], want[600];
+    path(a, "a");
+    path(b, "b");
+    assert_int_equal(mkdir(a, 0755), 0);
+    assert_int_equal(mkdir(b, 0755), 0);
+    touch("a/tool", "not executable");
+    touch("b/tool", "#!/bin/sh\n");
+    touch("tool", "#!/bin/sh\n");
+    path(want, "b/tool");
+    assert_int_equal(chmod(want, 0755), 0);
+    path(want, "tool");
+    assert_int_equal(chmod(want, 0755), 0);
+
+    snprintf(list, sizeof(list), "%s:%s", a, b);
+    assert_int_equal(find_in_path("tool", list, out, sizeof(out)), 0);
+    path(want, "b/tool");
+    assert_string_equal(out, want);
+    assert_int_equal(find_in_path("missing", list, out, sizeof(out)), -1);
+
+    char cwd[512];
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(scratch), 0);
+    int rc = find_in_path("tool", ":b:.", out, sizeof(out));
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(rc, -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -209,6 +266,9 @@ int main(void)
         cmocka_unit_test(test_base64_round_trip_and_errors),
         cmocka_unit_test(test_parse_seconds),
         cmocka_unit_test(test_parse_count),
+        cmocka_unit_test(test_path_next_walks_every_entry),
+        cmocka_unit_test_setup_teardown(test_find_in_path_takes_the_first_executable, make_scratch,
+                                        remove_scratch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
