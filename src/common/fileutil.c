@@ -45,6 +45,56 @@ ssize_t read_full(int fd, void *buf, size_t len)
     return (ssize_t)done;
 }
 
+ssize_t pread_full(int fd, void *buf, size_t len, off_t off)
+{
+    char *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, p + done, len - done, off + (off_t)done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+int read_whole_fd(int fd, size_t cap, const char *what, char **out, size_t *len, struct ev_err *err)
+{
+    *out = NULL;
+    *len = 0;
+    /* One byte more than cap is read, to tell a file of cap bytes from a longer one. */
+    size_t size = 0, got = 0;
+    cleanup_free char *buf = NULL;
+    for (;;) {
+        size_t want = size ? size * 2 : 16384;
+        if (want > cap + 2)
+            want = cap + 2;
+        char *bigger = realloc(buf, want);
+        if (!bigger)
+            return ev_fail(err, ENOMEM, "%s", what);
+        buf = bigger;
+        size = want;
+        ssize_t n = pread_full(fd, buf + got, size - 1 - got, (off_t)got);
+        if (n < 0)
+            return ev_fail(err, errno, "read %s", what);
+        got += (size_t)n;
+        if (got > cap)
+            return ev_fail(err, 0, "%s is larger than %zu bytes", what, cap);
+        if (got < size - 1)
+            break; /* pread_full stops short only at the end of the file */
+    }
+    buf[got] = '\0';
+    *out = buf;
+    buf = NULL;
+    *len = got;
+    return 0;
+}
+
 int write_file_at(int dirfd, const char *name, const char *value, struct ev_err *err)
 {
     cleanup_close int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);

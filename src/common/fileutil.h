@@ -14,6 +14,18 @@
 ssize_t write_full(int fd, const void *buf, size_t len);
 ssize_t read_full(int fd, void *buf, size_t len);
 
+/* pread(2) that retries on EINTR and short counts: reads at off without using or moving the
+ * descriptor's offset, stops at end of file and returns the number of bytes read. */
+ssize_t pread_full(int fd, void *buf, size_t len, off_t off);
+
+/* Reads the whole of fd, from offset 0 to its end, into *out (malloc'ed, NUL-terminated, *len
+ * bytes before the NUL); more than cap bytes is an error. pread, so a file another process
+ * wrote through a shared descriptor reads from its start; and no size from fstat, so /proc
+ * files (size 0) read whole too. cap at most SIZE_MAX / 4. `what` names the file in
+ * messages. */
+int read_whole_fd(int fd, size_t cap, const char *what, char **out, size_t *len,
+                  struct ev_err *err);
+
 /* Writes a whole string to dirfd/name (no O_CREAT: for kernel control files such as cgroup
  * knobs). `what` names the file in the error message. */
 int write_file_at(int dirfd, const char *name, const char *value, struct ev_err *err);

@@ -43,20 +43,6 @@ static int spill_file(const struct ev_config *cfg)
     return fd;
 }
 
-static int pread_full(int fd, char *buf, size_t len, off_t off)
-{
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = pread(fd, buf + got, len - got, off + (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        got += (size_t)n;
-    }
-    return 0;
-}
-
 static void drop_body(struct conn_state *cs)
 {
     free(cs->body);
@@ -350,7 +336,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
          * small, and one that was not is read back. */
         if (cs->body_fd >= 0 && strcmp(url, "/execute") != 0) {
             cs->body = malloc(cs->len + 1);
-            if (!cs->body || pread_full(cs->body_fd, cs->body, cs->len, 0) < 0) {
+            if (!cs->body || pread_full(cs->body_fd, cs->body, cs->len, 0) != (ssize_t)cs->len) {
                 reply_internal(&r, &rq, "read a spilled body back");
             } else {
                 cs->body[cs->len] = '\0';

@@ -264,15 +264,9 @@ static int read_output(int fd, uint64_t off, uint64_t len, struct sbx_output *o,
     o->data = malloc(len + 1);
     if (!o->data)
         return ev_fail(err, ENOMEM, "output of %llu bytes", (unsigned long long)len);
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = pread(fd, o->data + got, len - got, (off_t)(off + got));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return ev_fail(err, n < 0 ? errno : 0, "read the program's output");
-        got += (size_t)n;
-    }
+    ssize_t n = pread_full(fd, o->data, len, (off_t)off);
+    if (n < 0 || (uint64_t)n != len)
+        return ev_fail(err, n < 0 ? errno : 0, "read the program's output");
     o->data[len] = '\0';
     o->len = len;
     return 0;

@@ -784,33 +784,6 @@ static void add_note(struct nix_result *res, const char *note)
     res->err[res->err_len] = '\0';
 }
 
-static int read_all(int fd, size_t cap, char **out, size_t *len, struct ev_err *err)
-{
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return ev_fail(err, errno, "stat the environment");
-    if ((uint64_t)st.st_size > cap)
-        return ev_fail(err, 0, "the environment is larger than %zu bytes", cap);
-    *out = malloc((size_t)st.st_size + 1);
-    if (!*out)
-        return ev_fail(err, ENOMEM, "environment");
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t n = pread(fd, *out + got, (size_t)st.st_size - got, (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            free(*out);
-            *out = NULL;
-            return ev_fail(err, n < 0 ? errno : 0, "read the environment");
-        }
-        got += (size_t)n;
-    }
-    (*out)[got] = '\0';
-    *len = got;
-    return 0;
-}
-
 #define MAX_ROOTS 64
 
 /* The store paths an environment names (/nix/store/HASH-NAME, up to the next '/'), those that
@@ -877,7 +850,7 @@ int nix_install(const char *runtimes_dir, const char *name, unsigned timeout_s,
     }
     if (res->exit_code != 0)
         return 0;
-    if (read_all(env_fd, NIX_MAX_ENV, &res->env, &res->env_len, err) < 0)
+    if (read_whole_fd(env_fd, NIX_MAX_ENV, "the environment", &res->env, &res->env_len, err) < 0)
         return -1;
     if (res->env_len == 0 || res->env[res->env_len - 1] != '\0') {
         res->exit_code = 1;

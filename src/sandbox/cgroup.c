@@ -64,36 +64,16 @@ struct proc_text {
     char *mountinfo, *cgroup;
 };
 
-static char *slurp(const char *path)
+/* Far above any real mount table; only a bound on what a broken /proc could make us read. */
+#define PROC_TEXT_MAX (256u << 20)
+
+static int read_proc_text(const char *path, char **text, struct ev_err *err)
 {
     cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return NULL;
-    size_t cap = 16384, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf)
-            return NULL;
-        ssize_t n = read(fd, buf + len, cap - len - 1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            free(buf);
-            return NULL;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-        if (cap - len - 1 == 0) {
-            char *bigger = realloc(buf, cap * 2);
-            if (!bigger)
-                free(buf);
-            buf = bigger;
-            cap *= 2;
-        }
-    }
-    buf[len] = '\0';
-    return buf;
+        return ev_fail(err, errno, "open %s", path);
+    size_t len;
+    return read_whole_fd(fd, PROC_TEXT_MAX, path, text, &len, err);
 }
 
 static FILE *open_text(const char *text)
@@ -413,11 +393,12 @@ static int detect(const struct proc_text *pt, struct cg_host *h, struct ev_err *
 int cg_host_detect(struct cg_host *h, struct ev_err *err)
 {
     memset(h, 0, sizeof(*h));
-    struct proc_text pt = {slurp("/proc/self/mountinfo"), slurp("/proc/self/cgroup")};
-    if (!pt.mountinfo || !pt.cgroup) {
+    struct proc_text pt = {NULL, NULL};
+    if (read_proc_text("/proc/self/mountinfo", &pt.mountinfo, err) < 0 ||
+        read_proc_text("/proc/self/cgroup", &pt.cgroup, err) < 0) {
         free(pt.mountinfo);
         free(pt.cgroup);
-        return ev_fail(err, errno ? errno : ENOMEM, "read /proc/self/mountinfo and cgroup");
+        return -1;
     }
     int r = detect(&pt, h, err);
     free(pt.mountinfo);

@@ -1,5 +1,5 @@
 /* Unit tests of the common helpers: safe tree removal, UTF-8 repair, base64, option parsing,
- * the search of PATH. */
+ * the search of PATH, reading a whole descriptor. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,11 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/options.h"
 #include "common/base64.h"
+#include "common/fileutil.h"
 #include "common/path.h"
 #include "common/rmtree.h"
 #include "common/utf8.h"
@@ -255,6 +257,50 @@ static void test_find_in_path_takes_the_first_executable(void **state)
     assert_int_equal(rc, -1);
 }
 
+/* A file written through the descriptor (its offset at the end) reads whole from its start,
+ * also across several growths of the buffer; a file one byte over the cap is refused. */
+static void test_read_whole_fd(void **state)
+{
+    (void)state;
+    int fd = memfd_create("unit", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    size_t size = 100000; /* several times the first buffer */
+    char *text = malloc(size);
+    assert_non_null(text);
+    for (size_t i = 0; i < size; i++)
+        text[i] = (char)('a' + i % 26);
+    assert_int_equal(write_full(fd, text, size), (ssize_t)size);
+
+    char *out = NULL;
+    size_t len = 0;
+    struct ev_err err;
+    assert_int_equal(read_whole_fd(fd, size, "the file", &out, &len, &err), 0);
+    assert_int_equal(len, size);
+    assert_memory_equal(out, text, size);
+    assert_int_equal(out[size], '\0');
+    free(out);
+
+    assert_int_equal(read_whole_fd(fd, size - 1, "the file", &out, &len, &err), -1);
+    assert_null(out);
+    assert_non_null(strstr(err.msg, "the file is larger than 99999 bytes"));
+
+    char part[10];
+    assert_int_equal(pread_full(fd, part, sizeof(part), (off_t)(size - 4)), 4);
+    assert_memory_equal(part, text + size - 4, 4);
+    free(text);
+    close(fd);
+
+    /* /proc reports size 0 for a file that is not empty. */
+    fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(read_whole_fd(fd, 1u << 28, "mountinfo", &out, &len, &err), 0);
+    assert_true(len > 0);
+    assert_int_equal(strlen(out), len);
+    assert_non_null(strstr(out, " / "));
+    free(out);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -267,6 +313,7 @@ int main(void)
         cmocka_unit_test(test_parse_seconds),
         cmocka_unit_test(test_parse_count),
         cmocka_unit_test(test_path_next_walks_every_entry),
+        cmocka_unit_test(test_read_whole_fd),
         cmocka_unit_test_setup_teardown(test_find_in_path_takes_the_first_executable, make_scratch,
                                         remove_scratch),
     };
