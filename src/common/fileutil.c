@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -93,6 +94,27 @@ int read_whole_fd(int fd, size_t cap, const char *what, char **out, size_t *len,
     buf = NULL;
     *len = got;
     return 0;
+}
+
+int make_dir(const char *path, mode_t mode, struct ev_err *err)
+{
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "mkdir %s", path);
+    return 0;
+}
+
+int make_dirs(char *path, size_t skip, mode_t mode, struct ev_err *err)
+{
+    for (char *p = path + skip; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int r = make_dir(path, mode, err);
+        *p = '/';
+        if (r < 0)
+            return -1;
+    }
+    return make_dir(path, mode, err);
 }
 
 int write_file_at(int dirfd, const char *name, const char *value, struct ev_err *err)

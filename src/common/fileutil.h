@@ -45,6 +45,15 @@ int read_u64_at(int dirfd, const char *name, uint64_t *out, struct ev_err *err);
 int read_keyed_u64_at(int dirfd, const char *name, const char *key, uint64_t *out,
                       struct ev_err *err);
 
+/* mkdir that takes an existing name as success, without looking at what it is (callers that
+ * care, such as the host's run directory, check it themselves). */
+int make_dir(const char *path, mode_t mode, struct ev_err *err);
+
+/* mkdir -p: makes each directory of path after its first `skip` bytes (a prefix known to
+ * exist), then path itself, with make_dir and mode. path is cut at each '/' in turn and
+ * restored; nothing is allocated (the sandbox's child builds its mount points with it). */
+int make_dirs(char *path, size_t skip, mode_t mode, struct ev_err *err);
+
 /* Parses a whole string as a decimal number; rejects signs, junk and overflow. */
 int parse_u64(const char *s, uint64_t *out);
 

@@ -132,23 +132,6 @@ static bool find_self(const struct proc_text *pt, const char *controller, struct
     return false;
 }
 
-static int mkdir_p(const char *path, struct ev_err *err)
-{
-    char buf[512];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-            return ev_fail(err, errno, "mkdir %s", buf);
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-        return ev_fail(err, errno, "mkdir %s", buf);
-    return 0;
-}
-
 /* mountpoint + (self relative to the mount's root) */
 static void hier_path(const struct hier *h, const char *suffix, char *out, size_t size)
 {
@@ -175,7 +158,7 @@ static int detect_v1(const struct proc_text *pt, const char *controller, char *b
     if (!find_mount(pt, controller, &h) || !find_self(pt, controller, &h))
         return 0;
     hier_path(&h, SUBTREE, base, size);
-    if (mkdir_p(base, err) < 0)
+    if (make_dirs(base, 1, 0755, err) < 0)
         return -1;
     return 1;
 }
@@ -472,8 +455,8 @@ static int open_dir(const char *base, const char *name, bool create, const char 
 {
     cleanup_close int bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (bfd < 0 && errno == ENOENT && create) {
-        if (mkdir(base, 0755) < 0 && errno != EEXIST)
-            return ev_fail(err, errno, "mkdir %s", base);
+        if (make_dir(base, 0755, err) < 0)
+            return -1;
         bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (bfd >= 0 && controllers && controllers[0] &&
             write_file_at(bfd, "cgroup.subtree_control", controllers, err) < 0)
@@ -696,13 +679,24 @@ static int remove_leftover(const char *base, const char *name, struct ev_err *er
     return rmdir_retry(base, name, err, 2000);
 }
 
+/* Where the boxes' cgroups live: the v2 subtree when v2 is used, and the v1 hierarchy of each
+ * controller v1 serves; NULL for the others. A controller on v2 lives in the v2 subtree, so a
+ * box's cgroups are all found by looking in each non-NULL base. */
+#define CG_BASES 4
+static void cg_bases(const struct cg_host *h, const char *bases[CG_BASES])
+{
+    bases[0] = h->v2 ? h->v2_base : NULL;
+    bases[1] = h->memory == CG_V1 ? h->v1_memory : NULL;
+    bases[2] = h->pids == CG_V1 ? h->v1_pids : NULL;
+    bases[3] = h->cpu == CG_V1 ? h->v1_cpuacct : NULL;
+}
+
 int cg_remove_stale(const struct cg_host *h, const char *name, struct ev_err *err)
 {
-    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
-                            h->pids == CG_V1 ? h->v1_pids : NULL,
-                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    const char *bases[CG_BASES];
+    cg_bases(h, bases);
     int rc = 0;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < CG_BASES; i++)
         if (bases[i] && remove_leftover(bases[i], name, err) < 0)
             rc = -1;
     return rc;
@@ -738,14 +732,13 @@ static int list_boxes(const char *base, char (*names)[32], int max)
 
 int cg_host_cleanup(const struct cg_host *h, const char *lock_dir, struct ev_err *err)
 {
-    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
-                            h->pids == CG_V1 ? h->v1_pids : NULL,
-                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    const char *bases[CG_BASES];
+    cg_bases(h, bases);
     cleanup_close int lfd = open(lock_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (lfd < 0)
         return ev_fail(err, errno, "open %s", lock_dir);
     int removed = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < CG_BASES; i++) {
         if (!bases[i])
             continue;
         char names[256][32];
@@ -789,12 +782,11 @@ int cg_host_cleanup(const struct cg_host *h, const char *lock_dir, struct ev_err
 
 int cg_list(const struct cg_host *h, const char *prefix, char (*names)[64], int max)
 {
-    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
-                            h->pids == CG_V1 ? h->v1_pids : NULL,
-                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    const char *bases[CG_BASES];
+    cg_bases(h, bases);
     size_t k = strlen(prefix);
     int n = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < CG_BASES; i++) {
         if (!bases[i])
             continue;
         cleanup_closedir DIR *d = opendir(bases[i]);

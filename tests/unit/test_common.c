@@ -301,6 +301,30 @@ static void test_read_whole_fd(void **state)
     close(fd);
 }
 
+/* Every missing directory below the prefix is made, those already there are accepted, the
+ * path is given back as it came, and a file in the way is an error naming where. */
+static void test_make_dirs(void **state)
+{
+    (void)state;
+    char p[512], q[512];
+    struct ev_err err;
+    path(p, "x/y/z");
+    snprintf(q, sizeof(q), "%s", p);
+    assert_int_equal(make_dirs(p, strlen(scratch) + 1, 0750, &err), 0);
+    assert_string_equal(p, q);
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(make_dirs(p, strlen(scratch) + 1, 0750, &err), 0);
+
+    touch("file", "");
+    path(p, "file/sub");
+    assert_int_equal(make_dirs(p, strlen(scratch) + 1, 0755, &err), -1);
+    path(q, "file/sub");
+    assert_string_equal(p, q);
+    assert_non_null(strstr(err.msg, "file/sub"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -314,6 +338,7 @@ int main(void)
         cmocka_unit_test(test_parse_count),
         cmocka_unit_test(test_path_next_walks_every_entry),
         cmocka_unit_test(test_read_whole_fd),
+        cmocka_unit_test_setup_teardown(test_make_dirs, make_scratch, remove_scratch),
         cmocka_unit_test_setup_teardown(test_find_in_path_takes_the_first_executable, make_scratch,
                                         remove_scratch),
     };
