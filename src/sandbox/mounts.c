@@ -163,7 +163,8 @@ int mounts_check_target(const char *t, struct ev_err *err)
 
 #define RO_FLAGS (MS_RDONLY | MS_NOSUID | MS_NODEV)
 
-static int bind(const char *src, const char *dst, unsigned long flags, struct ev_err *err)
+static int bind_with_flags(const char *src, const char *dst, unsigned long flags,
+                           struct ev_err *err)
 {
     if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
         return ev_fail(err, errno, "bind %s on %s", src, dst);
@@ -178,7 +179,7 @@ static int bind(const char *src, const char *dst, unsigned long flags, struct ev
 static int bind_ro(const struct root_plan *p, const char *src, const char *dst, struct ev_err *err)
 {
     if (!p->host->have_mount_setattr)
-        return bind(src, dst, RO_FLAGS, err);
+        return bind_with_flags(src, dst, RO_FLAGS, err);
     if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
         return ev_fail(err, errno, "bind %s on %s", src, dst);
     return 0;
@@ -463,7 +464,7 @@ int mounts_build_root(const struct root_plan *p, struct ev_err *err)
         mount_proc_and_tmp(p, root, err) < 0)
         return -1;
     snprintf(path, sizeof(path), "%s/box", root);
-    if (bind(p->box_dir, path, MS_NOSUID | MS_NODEV, err) < 0)
+    if (bind_with_flags(p->box_dir, path, MS_NOSUID | MS_NODEV, err) < 0)
         return -1;
     return switch_root(p, root, err);
 }
