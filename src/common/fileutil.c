@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,12 +29,14 @@ ssize_t write_full(int fd, const void *buf, size_t len)
     return (ssize_t)done;
 }
 
-ssize_t read_full(int fd, void *buf, size_t len)
+/* read(2), or pread(2) at off when positioned, until len bytes or the end of the file. */
+static ssize_t read_until(int fd, void *buf, size_t len, bool positioned, off_t off)
 {
     char *p = buf;
     size_t done = 0;
     while (done < len) {
-        ssize_t n = read(fd, p + done, len - done);
+        ssize_t n = positioned ? pread(fd, p + done, len - done, off + (off_t)done)
+                               : read(fd, p + done, len - done);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -46,22 +49,14 @@ ssize_t read_full(int fd, void *buf, size_t len)
     return (ssize_t)done;
 }
 
+ssize_t read_full(int fd, void *buf, size_t len)
+{
+    return read_until(fd, buf, len, false, 0);
+}
+
 ssize_t pread_full(int fd, void *buf, size_t len, off_t off)
 {
-    char *p = buf;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, p + done, len - done, off + (off_t)done);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
-    return (ssize_t)done;
+    return read_until(fd, buf, len, true, off);
 }
 
 int read_whole_fd(int fd, size_t cap, const char *what, char **out, size_t *len, struct ev_err *err)
@@ -218,4 +213,17 @@ struct timespec monotonic_after_ms(unsigned ms)
         ts.tv_nsec -= 1000000000;
     }
     return ts;
+}
+
+int cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    int e = pthread_condattr_init(&ca);
+    if (e != 0)
+        return e;
+    e = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (e == 0)
+        e = pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+    return e;
 }

@@ -2,6 +2,7 @@
 #ifndef ENVICUTOR_FILEUTIL_H
 #define ENVICUTOR_FILEUTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -63,5 +64,9 @@ uint64_t monotonic_ns(void);
 /* The CLOCK_MONOTONIC time ms milliseconds from now, for pthread_cond_timedwait on a condition
  * variable set to that clock. */
 struct timespec monotonic_after_ms(unsigned ms);
+
+/* A condition variable whose timed waits count on CLOCK_MONOTONIC (monotonic_after_ms), so
+ * that a change of the wall clock neither cuts nor stretches them. 0 or an errno value. */
+int cond_init_monotonic(pthread_cond_t *cv);
 
 #endif

@@ -97,12 +97,13 @@ struct psc *psc_start(int sock, struct ev_err *err)
     c->next_id = 1;
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->send_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    int e = pthread_create(&c->reader, NULL, reader_main, c);
+    int e = cond_init_monotonic(&c->cv);
+    if (e != 0) {
+        ev_fail(err, e, "the helper client's condition variable");
+        free(c);
+        return NULL;
+    }
+    e = pthread_create(&c->reader, NULL, reader_main, c);
     if (e != 0) {
         ev_fail(err, e, "start the helper's reader thread");
         free(c);

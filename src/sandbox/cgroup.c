@@ -506,6 +506,16 @@ static void run_close(struct cg_run *r)
     r->v2_procs_fd = -1;
 }
 
+/* The run's cgroup in a v1 hierarchy, and its cgroup.procs for the box's init to join (the
+ * limits are written before the init joins, whenever this is called). */
+static int open_v1(struct cg_run *r, const char *base, const char *name, int *fd,
+                   struct ev_err *err)
+{
+    if ((*fd = open_dir(base, name, true, NULL, err)) < 0)
+        return -1;
+    return add_join(r, *fd, err);
+}
+
 int cg_run_create(const struct cg_host *h, const char *name, const struct cg_limits *l,
                   struct cg_run *r, struct ev_err *err)
 {
@@ -529,7 +539,7 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
             goto fail;
     }
     if (h->memory == CG_V1) {
-        if ((r->mem_fd = open_dir(h->v1_memory, name, true, NULL, err)) < 0)
+        if (open_v1(r, h->v1_memory, name, &r->mem_fd, err) < 0)
             goto fail;
         snprintf(num, sizeof(num), "%llu", (unsigned long long)l->memory_bytes);
         /* memsw (memory + swap) must not be below the memory limit, so memory goes first. */
@@ -539,24 +549,15 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
             goto fail;
         if (!h->v1_memsw && write_file_at(r->mem_fd, "memory.swappiness", "0", err) < 0)
             goto fail;
-        if (add_join(r, r->mem_fd, err) < 0)
-            goto fail;
     }
     if (h->pids == CG_V1) {
-        if ((r->pids_fd = open_dir(h->v1_pids, name, true, NULL, err)) < 0)
-            goto fail;
         snprintf(num, sizeof(num), "%llu", (unsigned long long)l->pids);
-        if (write_file_at(r->pids_fd, "pids.max", num, err) < 0)
-            goto fail;
-        if (add_join(r, r->pids_fd, err) < 0)
-            goto fail;
-    }
-    if (h->cpu == CG_V1) {
-        if ((r->cpu_fd = open_dir(h->v1_cpuacct, name, true, NULL, err)) < 0)
-            goto fail;
-        if (add_join(r, r->cpu_fd, err) < 0)
+        if (open_v1(r, h->v1_pids, name, &r->pids_fd, err) < 0 ||
+            write_file_at(r->pids_fd, "pids.max", num, err) < 0)
             goto fail;
     }
+    if (h->cpu == CG_V1 && open_v1(r, h->v1_cpuacct, name, &r->cpu_fd, err) < 0)
+        goto fail;
     return 0;
 fail:
     ev_wrap(err, "cgroup %s: ", name);
