@@ -12,7 +12,7 @@ CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=gnu17 -D_GNU_SOURCE -Isrc $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
 LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lm
 
-# Layers, bottom up: common <- sandbox <- pipeline <- http <- cli (see docs/architecture.md).
+# Layers, bottom up: common <- sandbox <- privsep <- pipeline <- http <- cli (docs/architecture.md).
 LIB_SRC     := $(filter-out src/cli/main.c,$(wildcard src/*/*.c))
 
 B ?= build

@@ -26,16 +26,12 @@
 #include "common/cleanup.h"
 #include "http/auth.h"
 #include "http/mhd_loader.h"
-
-#define HELPER_FD 3
-#define HELPER_COMMAND "privileged-helper"
 #include "http/server.h"
 #include "pipeline/catalog.h"
 #include "pipeline/config.h"
 #include "pipeline/pipeline.h"
 #include "privsep/client.h"
 #include "privsep/helper.h"
-#include "privsep/nix.h"
 #include "sandbox/sandbox.h"
 
 static const char usage[] =
@@ -237,42 +233,6 @@ static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return ev_fail(err, errno, "no_new_privs");
     return 0;
-}
-
-/* `envicutor privileged-helper RUNTIMES_DIR`, started by serve only (socket on fd 3). */
-int cmd_privileged_helper(int argc, char **argv)
-{
-    if (argc != 2 || geteuid() != 0 || fcntl(HELPER_FD, F_GETFD) < 0) {
-        fprintf(stderr, "envicutor: %s is started by 'envicutor serve' only\n", HELPER_COMMAND);
-        return 2;
-    }
-    if (fcntl(HELPER_FD, F_SETFD, FD_CLOEXEC) < 0)
-        return 1;
-    prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
-    static struct sbx_host host;
-    /* A few network namespaces kept ready, so that no run waits for its own, and each box's
-     * read-only tree built once, with mount points for a runtime's directory and the Nix
-     * store (the helper's only extra mounts). */
-    static const char *const points[] = {"/runtime", "/nix", NULL};
-    struct sbx_host_config hcfg = {
-        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4, .prepared_root_points = points};
-    struct ev_err err;
-    if (sbx_host_init(&host, &hcfg, &err) < 0) {
-        fprintf(stderr, "envicutor helper: %s\n", err.msg);
-        return 1;
-    }
-    /* Nix commands run as the server's user; its HOME for them is beside the runtimes. */
-    char data_dir[512];
-    snprintf(data_dir, sizeof(data_dir), "%s", argv[1]);
-    char *slash = strrchr(data_dir, '/');
-    if (slash && slash != data_dir)
-        *slash = '\0';
-    const char *user = getenv("ENVICUTOR_USER");
-    if (nix_start(&host, user && user[0] ? user : "envicutor", data_dir, &err) < 0)
-        fprintf(stderr, "envicutor helper: Nix runtimes will fail: %s\n", err.msg);
-    int rc = helper_main(&host, HELPER_FD, argv[1]);
-    sbx_host_free(&host);
-    return rc;
 }
 
 int cmd_serve(int argc, char **argv)

@@ -3,6 +3,5 @@
 
 int cmd_sandbox(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
-int cmd_privileged_helper(int argc, char **argv);
 
 #endif

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "privsep/helper.h"
 
 static const char usage[] = "Usage: envicutor COMMAND [OPTIONS]\n"
                             "\n"
@@ -59,8 +60,8 @@ int main(int argc, char **argv)
         return cmd_serve(argc - 1, argv + 1);
     if (strcmp(argv[1], "sandbox") == 0)
         return cmd_sandbox(argc - 1, argv + 1);
-    if (strcmp(argv[1], "privileged-helper") == 0)
-        return cmd_privileged_helper(argc - 1, argv + 1);
+    if (strcmp(argv[1], HELPER_COMMAND) == 0)
+        return helper_process_main(argc - 1, argv + 1);
     fprintf(stderr, "envicutor: unknown command '%s'\n%s", argv[1], usage);
     return 2;
 }

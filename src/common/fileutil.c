@@ -3,9 +3,11 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,12 +29,14 @@ ssize_t write_full(int fd, const void *buf, size_t len)
     return (ssize_t)done;
 }
 
-ssize_t read_full(int fd, void *buf, size_t len)
+/* read(2), or pread(2) at off when positioned, until len bytes or the end of the file. */
+static ssize_t read_until(int fd, void *buf, size_t len, bool positioned, off_t off)
 {
     char *p = buf;
     size_t done = 0;
     while (done < len) {
-        ssize_t n = read(fd, p + done, len - done);
+        ssize_t n = positioned ? pread(fd, p + done, len - done, off + (off_t)done)
+                               : read(fd, p + done, len - done);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -43,6 +47,69 @@ ssize_t read_full(int fd, void *buf, size_t len)
         done += (size_t)n;
     }
     return (ssize_t)done;
+}
+
+ssize_t read_full(int fd, void *buf, size_t len)
+{
+    return read_until(fd, buf, len, false, 0);
+}
+
+ssize_t pread_full(int fd, void *buf, size_t len, off_t off)
+{
+    return read_until(fd, buf, len, true, off);
+}
+
+int read_whole_fd(int fd, size_t cap, const char *what, char **out, size_t *len, struct ev_err *err)
+{
+    *out = NULL;
+    *len = 0;
+    /* One byte more than cap is read, to tell a file of cap bytes from a longer one. */
+    size_t size = 0, got = 0;
+    cleanup_free char *buf = NULL;
+    for (;;) {
+        size_t want = size ? size * 2 : 16384;
+        if (want > cap + 2)
+            want = cap + 2;
+        char *bigger = realloc(buf, want);
+        if (!bigger)
+            return ev_fail(err, ENOMEM, "%s", what);
+        buf = bigger;
+        size = want;
+        ssize_t n = pread_full(fd, buf + got, size - 1 - got, (off_t)got);
+        if (n < 0)
+            return ev_fail(err, errno, "read %s", what);
+        got += (size_t)n;
+        if (got > cap)
+            return ev_fail(err, 0, "%s is larger than %zu bytes", what, cap);
+        if (got < size - 1)
+            break; /* pread_full stops short only at the end of the file */
+    }
+    buf[got] = '\0';
+    *out = buf;
+    buf = NULL;
+    *len = got;
+    return 0;
+}
+
+int make_dir(const char *path, mode_t mode, struct ev_err *err)
+{
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        return ev_fail(err, errno, "mkdir %s", path);
+    return 0;
+}
+
+int make_dirs(char *path, size_t skip, mode_t mode, struct ev_err *err)
+{
+    for (char *p = path + skip; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int r = make_dir(path, mode, err);
+        *p = '/';
+        if (r < 0)
+            return -1;
+    }
+    return make_dir(path, mode, err);
 }
 
 int write_file_at(int dirfd, const char *name, const char *value, struct ev_err *err)
@@ -146,4 +213,17 @@ struct timespec monotonic_after_ms(unsigned ms)
         ts.tv_nsec -= 1000000000;
     }
     return ts;
+}
+
+int cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    int e = pthread_condattr_init(&ca);
+    if (e != 0)
+        return e;
+    e = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (e == 0)
+        e = pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+    return e;
 }

@@ -43,20 +43,6 @@ static int spill_file(const struct ev_config *cfg)
     return fd;
 }
 
-static int pread_full(int fd, char *buf, size_t len, off_t off)
-{
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = pread(fd, buf + got, len - got, off + (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        got += (size_t)n;
-    }
-    return 0;
-}
-
 static void drop_body(struct conn_state *cs)
 {
     free(cs->body);
@@ -86,7 +72,7 @@ static void dispatch(struct http_server *s, struct conn_state *cs, struct reques
         /* Only /execute parses a spilled body from its file; the other routes' bodies are
          * small, and one that was not is read back. */
         cs->body = malloc(cs->len + 1);
-        if (!cs->body || pread_full(cs->body_fd, cs->body, cs->len, 0) < 0) {
+        if (!cs->body || pread_full(cs->body_fd, cs->body, cs->len, 0) != (ssize_t)cs->len) {
             reply_internal(r, rq, "read a spilled body back");
             return;
         }

@@ -9,20 +9,14 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "common/path.h"
 
 /* The PATH the host provider gives programs: a command must be found there. */
 static bool command_exists(const char *cmd)
 {
-    static const char *const dirs[] = {"/usr/local/bin", "/usr/bin", "/bin"};
-    if (!*cmd || strchr(cmd, '/'))
-        return false;
-    for (size_t i = 0; i < 3; i++) {
-        char path[512];
-        snprintf(path, sizeof(path), "%s/%s", dirs[i], cmd);
-        if (access(path, X_OK) == 0)
-            return true;
-    }
-    return false;
+    char path[512];
+    return *cmd && !strchr(cmd, '/') &&
+           find_in_path(cmd, "/usr/local/bin:/usr/bin:/bin", path, sizeof(path)) == 0;
 }
 
 static int cmp_names(const void *a, const void *b)

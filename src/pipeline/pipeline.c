@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "common/path.h"
 
 /* The archive of a project is written under this name, extracted and removed by the extract
  * stage. unzip's status 1 means "warnings, but everything was extracted" (a stripped absolute
@@ -101,9 +102,7 @@ static size_t build_env(const struct runtime *rt, char **envp, size_t cap)
  * temporary directories at /tmp, and with PATH minus the entry nix-shell put first for its
  * own shell (the directory of NIX_BUILD_SHELL, /bin): otherwise the host's /bin would shadow
  * the runtime's own packages. Scripts run with the host's /bin/bash, the same bash nix-shell
- * used, which every box has. */
-#define NIX_BASH "/bin/bash"
-#define NIX_SHELL_DIR "/bin"
+ * used, which every box has (PS_NIX_SHELL_BASH, privsep/protocol.h). */
 
 static bool is_nix(const struct runtime *rt)
 {
@@ -133,8 +132,8 @@ static size_t build_nix_env(const struct runtime *rt, char **envp, size_t cap, c
             continue;
         if (klen == 4 && strncmp(e, "PATH", 4) == 0) {
             const char *v = eq + 1;
-            size_t d = strlen(NIX_SHELL_DIR);
-            if (strncmp(v, NIX_SHELL_DIR, d) == 0 && (v[d] == ':' || v[d] == '\0'))
+            size_t d = strlen(PS_NIX_SHELL_DIR);
+            if (strncmp(v, PS_NIX_SHELL_DIR, d) == 0 && (v[d] == ':' || v[d] == '\0'))
                 v += d + (v[d] == ':');
             if (asprintf(path_owned, "PATH=%s", v[0] ? v : "/path-not-set") < 0) {
                 *path_owned = NULL;
@@ -214,7 +213,7 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
     char *envp[MAX_ENV_ENTRIES + 8];
     cleanup_free char *nix_path = NULL;
     bool nix = is_nix(rt);
-    char *bash = nix ? NIX_BASH : "bash";
+    char *bash = nix ? PS_NIX_SHELL_BASH : "bash";
     if (nix)
         build_nix_env(rt, envp, sizeof(envp) / sizeof(envp[0]), &nix_path);
     else
@@ -450,24 +449,10 @@ enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn a
 
 bool nix_available(void)
 {
-    static const char *const fixed[] = {"/nix/var/nix/profiles/default/bin/nix-shell",
-                                        "/run/current-system/sw/bin/nix-shell"};
-    for (size_t i = 0; i < 2; i++)
-        if (access(fixed[i], X_OK) == 0)
-            return true;
+    char tool[4200];
     const char *path = getenv("PATH");
-    if (!path)
-        return false;
-    char buf[4096];
-    snprintf(buf, sizeof(buf), "%s", path);
-    char *save = NULL;
-    for (char *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        char f[4200];
-        snprintf(f, sizeof(f), "%s/nix-shell", d);
-        if (d[0] == '/' && access(f, X_OK) == 0)
-            return true;
-    }
-    return false;
+    return find_in_path("nix-shell", PS_NIX_PROFILE_BINS, tool, sizeof(tool)) == 0 ||
+           (path && find_in_path("nix-shell", path, tool, sizeof(tool)) == 0);
 }
 
 enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx, char **out,

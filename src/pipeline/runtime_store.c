@@ -155,10 +155,8 @@ struct store *store_open(const char *data_dir, struct ev_err *err)
     s->rt_fd = -1;
     pthread_mutex_init(&s->mu, NULL);
     snprintf(s->rt_dir, sizeof(s->rt_dir), "%s/runtimes", data_dir);
-    if (mkdir(s->rt_dir, 0755) < 0 && errno != EEXIST) {
-        ev_fail(err, errno, "mkdir %s", s->rt_dir);
+    if (make_dir(s->rt_dir, 0755, err) < 0)
         goto fail;
-    }
     s->rt_fd = open(s->rt_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (s->rt_fd < 0) {
         ev_fail(err, errno, "open %s", s->rt_dir);

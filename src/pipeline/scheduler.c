@@ -8,11 +8,7 @@ void sched_init(struct sched *s, unsigned max_running, unsigned max_waiting)
 {
     *s = (struct sched){.max_running = max_running, .max_waiting = max_waiting};
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&s->cv);
 }
 
 void sched_destroy(struct sched *s)

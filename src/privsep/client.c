@@ -97,12 +97,13 @@ struct psc *psc_start(int sock, struct ev_err *err)
     c->next_id = 1;
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->send_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    int e = pthread_create(&c->reader, NULL, reader_main, c);
+    int e = cond_init_monotonic(&c->cv);
+    if (e != 0) {
+        ev_fail(err, e, "the helper client's condition variable");
+        free(c);
+        return NULL;
+    }
+    e = pthread_create(&c->reader, NULL, reader_main, c);
     if (e != 0) {
         ev_fail(err, e, "start the helper's reader thread");
         free(c);
@@ -264,15 +265,9 @@ static int read_output(int fd, uint64_t off, uint64_t len, struct sbx_output *o,
     o->data = malloc(len + 1);
     if (!o->data)
         return ev_fail(err, ENOMEM, "output of %llu bytes", (unsigned long long)len);
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = pread(fd, o->data + got, len - got, (off_t)(off + got));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return ev_fail(err, n < 0 ? errno : 0, "read the program's output");
-        got += (size_t)n;
-    }
+    ssize_t n = pread_full(fd, o->data, len, (off_t)off);
+    if (n < 0 || (uint64_t)n != len)
+        return ev_fail(err, n < 0 ? errno : 0, "read the program's output");
     o->data[len] = '\0';
     o->len = len;
     return 0;

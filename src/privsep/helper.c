@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -35,9 +36,9 @@ static struct {
     struct sbx_host *host;
     int sock;
     const char *runtimes_dir;
-} H = {.mu = PTHREAD_MUTEX_INITIALIZER,
-       .idle = PTHREAD_COND_INITIALIZER,
-       .send_mu = PTHREAD_MUTEX_INITIALIZER};
+} helper = {.mu = PTHREAD_MUTEX_INITIALIZER,
+            .idle = PTHREAD_COND_INITIALIZER,
+            .send_mu = PTHREAD_MUTEX_INITIALIZER};
 
 struct job {
     size_t n;
@@ -47,9 +48,9 @@ struct job {
 
 static void send_reply(struct ps_reply *rep, int fd)
 {
-    pthread_mutex_lock(&H.send_mu);
-    ssize_t r = ps_send(H.sock, rep, sizeof(*rep), fd);
-    pthread_mutex_unlock(&H.send_mu);
+    pthread_mutex_lock(&helper.send_mu);
+    ssize_t r = ps_send(helper.sock, rep, sizeof(*rep), fd);
+    pthread_mutex_unlock(&helper.send_mu);
     if (r < 0 && errno != EPIPE && errno != ECONNRESET)
         fprintf(stderr, "envicutor helper: send reply: %s\n", strerror(errno));
 }
@@ -63,45 +64,45 @@ static void reply_error(struct ps_reply *rep, const char *msg)
 /* Takes the slot for one operation; NULL (with the reason in rep) when it is not open or busy. */
 static struct slot *take_slot(uint32_t handle, struct ps_reply *rep)
 {
-    pthread_mutex_lock(&H.mu);
-    struct slot *s = handle < MAX_SLOTS ? &H.slots[handle] : NULL;
+    pthread_mutex_lock(&helper.mu);
+    struct slot *s = handle < MAX_SLOTS ? &helper.slots[handle] : NULL;
     if (!s || !s->used) {
-        pthread_mutex_unlock(&H.mu);
+        pthread_mutex_unlock(&helper.mu);
         reply_error(rep, "no such box");
         return NULL;
     }
     if (s->busy) {
-        pthread_mutex_unlock(&H.mu);
+        pthread_mutex_unlock(&helper.mu);
         reply_error(rep, "the box is busy");
         return NULL;
     }
     s->busy = true;
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_unlock(&helper.mu);
     return s;
 }
 
 static void give_slot(struct slot *s)
 {
-    pthread_mutex_lock(&H.mu);
+    pthread_mutex_lock(&helper.mu);
     s->busy = false;
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_unlock(&helper.mu);
 }
 
 static void do_open(const struct ps_request *req, struct ps_reply *rep)
 {
-    pthread_mutex_lock(&H.mu);
+    pthread_mutex_lock(&helper.mu);
     int idx = -1;
     for (int i = 0; i < MAX_SLOTS && idx < 0; i++)
-        if (!H.slots[i].used)
+        if (!helper.slots[i].used)
             idx = i;
     if (idx < 0) {
-        pthread_mutex_unlock(&H.mu);
+        pthread_mutex_unlock(&helper.mu);
         reply_error(rep, "too many open boxes");
         return;
     }
-    struct slot *s = &H.slots[idx];
+    struct slot *s = &helper.slots[idx];
     *s = (struct slot){.used = true, .busy = true, .cancel_fd = -1};
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_unlock(&helper.mu);
 
     struct ev_err err = {0};
     struct sbx_box_options opt = {.disk_kb = req->u.open.disk_kb,
@@ -109,7 +110,7 @@ static void do_open(const struct ps_request *req, struct ps_reply *rep)
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) {
         ev_fail(&err, errno, "eventfd");
-    } else if (sbx_box_open(H.host, &opt, &s->box, &err) == 0) {
+    } else if (sbx_box_open(helper.host, &opt, &s->box, &err) == 0) {
         s->cancel_fd = efd;
         rep->box = (uint32_t)idx;
         give_slot(s);
@@ -118,15 +119,15 @@ static void do_open(const struct ps_request *req, struct ps_reply *rep)
     if (efd >= 0)
         close(efd);
     reply_error(rep, err.msg);
-    pthread_mutex_lock(&H.mu);
+    pthread_mutex_lock(&helper.mu);
     s->used = s->busy = false;
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_unlock(&helper.mu);
 }
 
 /* Takes the box of a slot down; the caller holds the slot (busy, or everything stopped). */
 static void take_down(struct slot *s)
 {
-    sbx_box_close(H.host, &s->box);
+    sbx_box_close(helper.host, &s->box);
     if (s->cancel_fd >= 0)
         close(s->cancel_fd);
 }
@@ -139,9 +140,9 @@ static void do_close(const struct ps_request *req, struct ps_reply *rep)
     /* The slot is ours (busy) while the box is taken down, and the other boxes' operations need
      * not wait for that unmount: only freeing the slot takes the lock. */
     take_down(s);
-    pthread_mutex_lock(&H.mu);
+    pthread_mutex_lock(&helper.mu);
     *s = (struct slot){.cancel_fd = -1};
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_unlock(&helper.mu);
 }
 
 /* A descriptor received from the server, whose contents the helper is to read. The helper is
@@ -294,14 +295,15 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
          * for a link to any host directory and have it bound into a box. Each level is
          * opened without following links, and the sandbox refuses the bind unless it
          * mounted that very directory (a swap after this check is caught there). */
-        cleanup_close int rfd = open(H.runtimes_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        cleanup_close int rfd =
+            open(helper.runtimes_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         cleanup_close int dfd =
             rfd < 0 ? -1 : openat(rfd, r->runtime, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (dfd < 0 || fstat(dfd, &st) < 0) {
             reply_error(rep, "run: no such runtime directory");
             goto out;
         }
-        snprintf(rt_path, sizeof(rt_path), "%s/%s", H.runtimes_dir, r->runtime);
+        snprintf(rt_path, sizeof(rt_path), "%s/%s", helper.runtimes_dir, r->runtime);
         mounts[cfg.n_mounts++] = (struct sbx_mount){
             .source = rt_path, .target = "/runtime", .dev = st.st_dev, .ino = st.st_ino};
     }
@@ -320,15 +322,15 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
         .max_output_bytes = r->limits.max_output_bytes,
         .tmp_kb = r->limits.tmp_kb,
     };
-    pthread_mutex_lock(&H.mu);
+    pthread_mutex_lock(&helper.mu);
     bool cancelled = s->cancelled;
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_unlock(&helper.mu);
     if (cancelled) {
         reply_error(rep, "the box was cancelled");
         goto out;
     }
     /* A sandbox failure is an answer too (status XX), not a failed request. */
-    sbx_run(H.host, &s->box, &cfg, &res, &err);
+    sbx_run(helper.host, &s->box, &cfg, &res, &err);
     int ofd = output_memfd(&res, &err);
     if (ofd < 0) {
         reply_error(rep, err.msg);
@@ -371,7 +373,7 @@ static void do_nix(const struct ps_request *req, struct ps_reply *rep)
     int rc;
     switch (req->h.type) {
     case PS_NIX_INSTALL:
-        rc = nix_install(H.runtimes_dir, req->u.nix.runtime, req->u.nix.timeout_s, &res, &err);
+        rc = nix_install(helper.runtimes_dir, req->u.nix.runtime, req->u.nix.timeout_s, &res, &err);
         break;
     case PS_NIX_UPDATE:
         rc = nix_update(req->u.nix.timeout_s, &res, &err);
@@ -438,10 +440,10 @@ static void *job_main(void *arg)
         close(j->fd);
     free(j->req);
     free(j);
-    pthread_mutex_lock(&H.mu);
-    if (--H.threads == 0)
-        pthread_cond_broadcast(&H.idle);
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_lock(&helper.mu);
+    if (--helper.threads == 0)
+        pthread_cond_broadcast(&helper.idle);
+    pthread_mutex_unlock(&helper.mu);
     return NULL;
 }
 
@@ -469,7 +471,7 @@ static ssize_t receive(struct ps_request *req, int *fd, int *fd_count)
     struct msghdr mh = {
         .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
     ssize_t n;
-    while ((n = recvmsg(H.sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+    while ((n = recvmsg(helper.sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
         ;
     *fd = -1;
     *fd_count = 0;
@@ -496,11 +498,11 @@ static ssize_t receive(struct ps_request *req, int *fd, int *fd_count)
 
 int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
 {
-    H.host = host;
-    H.sock = sock;
-    H.runtimes_dir = runtimes_dir;
+    helper.host = host;
+    helper.sock = sock;
+    helper.runtimes_dir = runtimes_dir;
     for (int i = 0; i < MAX_SLOTS; i++)
-        H.slots[i].cancel_fd = -1;
+        helper.slots[i].cancel_fd = -1;
     /* The server decides when to stop; a terminal's ^C reaches the whole process group and
      * must not kill the helper before it has cleaned its boxes. */
     signal(SIGINT, SIG_IGN);
@@ -541,12 +543,12 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
             continue;
         }
         if (req->h.type == PS_CANCEL) {
-            pthread_mutex_lock(&H.mu);
+            pthread_mutex_lock(&helper.mu);
             if (req->h.box < MAX_SLOTS)
-                cancel_slot_locked(&H.slots[req->h.box]);
+                cancel_slot_locked(&helper.slots[req->h.box]);
             else if (req->h.box == PS_NIX_BOX)
                 nix_cancel_running();
-            pthread_mutex_unlock(&H.mu);
+            pthread_mutex_unlock(&helper.mu);
             free(req);
             continue;
         }
@@ -563,9 +565,9 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
         }
         *j = (struct job){.n = (size_t)n, .fd = fd, .req = req};
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_mutex_lock(&H.mu);
-        H.threads++;
-        pthread_mutex_unlock(&H.mu);
+        pthread_mutex_lock(&helper.mu);
+        helper.threads++;
+        pthread_mutex_unlock(&helper.mu);
         int e = pthread_create(&t, &attr, job_main, j);
         pthread_attr_destroy(&attr);
         if (e != 0) {
@@ -574,9 +576,9 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
                 .magic = PS_MAGIC, .type = req->h.type, .req_id = req->h.req_id, .rc = -1};
             snprintf(rep.msg, sizeof(rep.msg), "the helper could not start a thread");
             send_reply(&rep, -1);
-            pthread_mutex_lock(&H.mu);
-            H.threads--;
-            pthread_mutex_unlock(&H.mu);
+            pthread_mutex_lock(&helper.mu);
+            helper.threads--;
+            pthread_mutex_unlock(&helper.mu);
             if (fd >= 0)
                 close(fd);
             free(req);
@@ -586,20 +588,55 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
     /* The server is gone (or stopping): kill every run, wait for the threads, close every
      * box, so nothing is left behind. */
     nix_cancel_all();
-    pthread_mutex_lock(&H.mu);
+    pthread_mutex_lock(&helper.mu);
     for (int i = 0; i < MAX_SLOTS; i++)
-        cancel_slot_locked(&H.slots[i]);
-    while (H.threads > 0)
-        pthread_cond_wait(&H.idle, &H.mu);
+        cancel_slot_locked(&helper.slots[i]);
+    while (helper.threads > 0)
+        pthread_cond_wait(&helper.idle, &helper.mu);
     for (int i = 0; i < MAX_SLOTS; i++)
-        if (H.slots[i].used) {
-            take_down(&H.slots[i]);
-            H.slots[i] = (struct slot){.cancel_fd = -1};
+        if (helper.slots[i].used) {
+            take_down(&helper.slots[i]);
+            helper.slots[i] = (struct slot){.cancel_fd = -1};
         }
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_unlock(&helper.mu);
     nix_stop(); /* its daemon's cgroup too, before our subtree goes */
     struct ev_err err;
-    if (sbx_host_cleanup(H.host, &err) < 0)
+    if (sbx_host_cleanup(helper.host, &err) < 0)
         fprintf(stderr, "envicutor helper: cgroup clean-up: %s\n", err.msg);
     return status;
+}
+
+int helper_process_main(int argc, char **argv)
+{
+    if (argc != 2 || geteuid() != 0 || fcntl(HELPER_FD, F_GETFD) < 0) {
+        fprintf(stderr, "envicutor: %s is started by 'envicutor serve' only\n", HELPER_COMMAND);
+        return 2;
+    }
+    if (fcntl(HELPER_FD, F_SETFD, FD_CLOEXEC) < 0)
+        return 1;
+    prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
+    static struct sbx_host host;
+    /* A few network namespaces kept ready, so that no run waits for its own, and each box's
+     * read-only tree built once, with mount points for a runtime's directory and the Nix
+     * store (the helper's only extra mounts). */
+    static const char *const points[] = {"/runtime", "/nix", NULL};
+    struct sbx_host_config hcfg = {
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4, .prepared_root_points = points};
+    struct ev_err err;
+    if (sbx_host_init(&host, &hcfg, &err) < 0) {
+        fprintf(stderr, "envicutor helper: %s\n", err.msg);
+        return 1;
+    }
+    /* Nix commands run as the server's user; its HOME for them is beside the runtimes. */
+    char data_dir[512];
+    snprintf(data_dir, sizeof(data_dir), "%s", argv[1]);
+    char *slash = strrchr(data_dir, '/');
+    if (slash && slash != data_dir)
+        *slash = '\0';
+    const char *user = getenv("ENVICUTOR_USER");
+    if (nix_start(&host, user && user[0] ? user : "envicutor", data_dir, &err) < 0)
+        fprintf(stderr, "envicutor helper: Nix runtimes will fail: %s\n", err.msg);
+    int rc = helper_main(&host, HELPER_FD, argv[1]);
+    sbx_host_free(&host);
+    return rc;
 }

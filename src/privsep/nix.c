@@ -28,12 +28,8 @@
 
 #include "common/cleanup.h"
 #include "common/fileutil.h"
-
-/* The bash nix-shell starts. Without nixpkgs, nix-shell cannot find bashInteractive and falls
- * back on the bash in PATH; with nixpkgs it would fetch one. Either way the runs must have
- * the same bash inside their boxes, so it is fixed: the host's /bin/bash, which every box has
- * (the host's /usr is mounted read-only in each box), set through NIX_BUILD_SHELL. */
-#define NIX_SHELL_BASH "/bin/bash"
+#include "common/path.h"
+#include "privsep/protocol.h"
 
 /* Printed by the shell after nix-shell has set it up (and run its shellHook): the exported
  * environment, NUL-separated, on descriptor 3, apart from whatever the hook prints. */
@@ -94,24 +90,10 @@ static uint64_t now_ms(void)
 /* Finds a Nix command: Nix's own profiles first, then the helper's PATH (Debian: /usr/bin). */
 static int find_tool(const char *tool, char *out, size_t size)
 {
-    static const char *const fixed[] = {"/nix/var/nix/profiles/default/bin",
-                                        "/run/current-system/sw/bin"};
-    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-        snprintf(out, size, "%s/%s", fixed[i], tool);
-        if (access(out, X_OK) == 0)
-            return 0;
-    }
     const char *path = getenv("PATH");
-    char buf[4096];
-    snprintf(buf, sizeof(buf), "%s", path ? path : "/usr/bin:/bin");
-    char *save = NULL;
-    for (char *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        if (d[0] != '/')
-            continue;
-        snprintf(out, size, "%s/%s", d, tool);
-        if (access(out, X_OK) == 0)
-            return 0;
-    }
+    if (find_in_path(tool, PS_NIX_PROFILE_BINS, out, size) == 0 ||
+        find_in_path(tool, path ? path : "/usr/bin:/bin", out, size) == 0)
+        return 0;
     return -1;
 }
 
@@ -140,7 +122,7 @@ static void nix_env(struct nix_envp *e, const char *tool, bool daemon)
     e->v[n++] = e->user;
     e->v[n++] = e->logname;
     e->v[n++] = "LANG=C.UTF-8";
-    e->v[n++] = "NIX_BUILD_SHELL=" NIX_SHELL_BASH;
+    e->v[n++] = "NIX_BUILD_SHELL=" PS_NIX_SHELL_BASH;
     if (!daemon)
         e->v[n++] = "NIX_REMOTE=daemon";
     for (size_t i = 0; i < sizeof(passed) / sizeof(passed[0]); i++) {
@@ -802,33 +784,6 @@ static void add_note(struct nix_result *res, const char *note)
     res->err[res->err_len] = '\0';
 }
 
-static int read_all(int fd, size_t cap, char **out, size_t *len, struct ev_err *err)
-{
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return ev_fail(err, errno, "stat the environment");
-    if ((uint64_t)st.st_size > cap)
-        return ev_fail(err, 0, "the environment is larger than %zu bytes", cap);
-    *out = malloc((size_t)st.st_size + 1);
-    if (!*out)
-        return ev_fail(err, ENOMEM, "environment");
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t n = pread(fd, *out + got, (size_t)st.st_size - got, (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            free(*out);
-            *out = NULL;
-            return ev_fail(err, n < 0 ? errno : 0, "read the environment");
-        }
-        got += (size_t)n;
-    }
-    (*out)[got] = '\0';
-    *len = got;
-    return 0;
-}
-
 #define MAX_ROOTS 64
 
 /* The store paths an environment names (/nix/store/HASH-NAME, up to the next '/'), those that
@@ -895,7 +850,7 @@ int nix_install(const char *runtimes_dir, const char *name, unsigned timeout_s,
     }
     if (res->exit_code != 0)
         return 0;
-    if (read_all(env_fd, NIX_MAX_ENV, &res->env, &res->env_len, err) < 0)
+    if (read_whole_fd(env_fd, NIX_MAX_ENV, "the environment", &res->env, &res->env_len, err) < 0)
         return -1;
     if (res->env_len == 0 || res->env[res->env_len - 1] != '\0') {
         res->exit_code = 1;

@@ -29,6 +29,19 @@
 /* The "box" of a PS_CANCEL that kills the Nix command running now. */
 #define PS_NIX_BOX UINT32_MAX
 
+/* Nix as both sides see it. The server asks whether Nix is there (nix_available) where the
+ * helper looks for its commands: in Nix's own profiles first, then in PATH. */
+#define PS_NIX_PROFILE_BINS "/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
+
+/* The bash nix-shell starts, and the one Nix runtimes' scripts run with. Without nixpkgs,
+ * nix-shell cannot find bashInteractive and falls back on the bash in PATH; with nixpkgs it
+ * would fetch one. Either way the runs must have the same bash inside their boxes, so it is
+ * fixed: the host's /bin/bash, which every box has (the host's /usr is mounted read-only in
+ * each box), set through NIX_BUILD_SHELL. nix-shell puts its directory first in the PATH it
+ * exports, which the server takes out again for runs (pipeline.c). */
+#define PS_NIX_SHELL_DIR "/bin"
+#define PS_NIX_SHELL_BASH PS_NIX_SHELL_DIR "/bash"
+
 enum ps_type {
     PS_OPEN_BOX = 1, /* -> box handle */
     PS_WRITE_FILE,   /* fd: contents; creates box/name (never follows or replaces) */

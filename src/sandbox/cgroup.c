@@ -64,36 +64,16 @@ struct proc_text {
     char *mountinfo, *cgroup;
 };
 
-static char *slurp(const char *path)
+/* Far above any real mount table; only a bound on what a broken /proc could make us read. */
+#define PROC_TEXT_MAX (256u << 20)
+
+static int read_proc_text(const char *path, char **text, struct ev_err *err)
 {
     cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return NULL;
-    size_t cap = 16384, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf)
-            return NULL;
-        ssize_t n = read(fd, buf + len, cap - len - 1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            free(buf);
-            return NULL;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-        if (cap - len - 1 == 0) {
-            char *bigger = realloc(buf, cap * 2);
-            if (!bigger)
-                free(buf);
-            buf = bigger;
-            cap *= 2;
-        }
-    }
-    buf[len] = '\0';
-    return buf;
+        return ev_fail(err, errno, "open %s", path);
+    size_t len;
+    return read_whole_fd(fd, PROC_TEXT_MAX, path, text, &len, err);
 }
 
 static FILE *open_text(const char *text)
@@ -152,23 +132,6 @@ static bool find_self(const struct proc_text *pt, const char *controller, struct
     return false;
 }
 
-static int mkdir_p(const char *path, struct ev_err *err)
-{
-    char buf[512];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-            return ev_fail(err, errno, "mkdir %s", buf);
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-        return ev_fail(err, errno, "mkdir %s", buf);
-    return 0;
-}
-
 /* mountpoint + (self relative to the mount's root) */
 static void hier_path(const struct hier *h, const char *suffix, char *out, size_t size)
 {
@@ -195,7 +158,7 @@ static int detect_v1(const struct proc_text *pt, const char *controller, char *b
     if (!find_mount(pt, controller, &h) || !find_self(pt, controller, &h))
         return 0;
     hier_path(&h, SUBTREE, base, size);
-    if (mkdir_p(base, err) < 0)
+    if (make_dirs(base, 1, 0755, err) < 0)
         return -1;
     return 1;
 }
@@ -413,11 +376,12 @@ static int detect(const struct proc_text *pt, struct cg_host *h, struct ev_err *
 int cg_host_detect(struct cg_host *h, struct ev_err *err)
 {
     memset(h, 0, sizeof(*h));
-    struct proc_text pt = {slurp("/proc/self/mountinfo"), slurp("/proc/self/cgroup")};
-    if (!pt.mountinfo || !pt.cgroup) {
+    struct proc_text pt = {NULL, NULL};
+    if (read_proc_text("/proc/self/mountinfo", &pt.mountinfo, err) < 0 ||
+        read_proc_text("/proc/self/cgroup", &pt.cgroup, err) < 0) {
         free(pt.mountinfo);
         free(pt.cgroup);
-        return ev_fail(err, errno ? errno : ENOMEM, "read /proc/self/mountinfo and cgroup");
+        return -1;
     }
     int r = detect(&pt, h, err);
     free(pt.mountinfo);
@@ -491,8 +455,8 @@ static int open_dir(const char *base, const char *name, bool create, const char 
 {
     cleanup_close int bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (bfd < 0 && errno == ENOENT && create) {
-        if (mkdir(base, 0755) < 0 && errno != EEXIST)
-            return ev_fail(err, errno, "mkdir %s", base);
+        if (make_dir(base, 0755, err) < 0)
+            return -1;
         bfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (bfd >= 0 && controllers && controllers[0] &&
             write_file_at(bfd, "cgroup.subtree_control", controllers, err) < 0)
@@ -542,6 +506,16 @@ static void run_close(struct cg_run *r)
     r->v2_procs_fd = -1;
 }
 
+/* The run's cgroup in a v1 hierarchy, and its cgroup.procs for the box's init to join (the
+ * limits are written before the init joins, whenever this is called). */
+static int open_v1(struct cg_run *r, const char *base, const char *name, int *fd,
+                   struct ev_err *err)
+{
+    if ((*fd = open_dir(base, name, true, NULL, err)) < 0)
+        return -1;
+    return add_join(r, *fd, err);
+}
+
 int cg_run_create(const struct cg_host *h, const char *name, const struct cg_limits *l,
                   struct cg_run *r, struct ev_err *err)
 {
@@ -565,7 +539,7 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
             goto fail;
     }
     if (h->memory == CG_V1) {
-        if ((r->mem_fd = open_dir(h->v1_memory, name, true, NULL, err)) < 0)
+        if (open_v1(r, h->v1_memory, name, &r->mem_fd, err) < 0)
             goto fail;
         snprintf(num, sizeof(num), "%llu", (unsigned long long)l->memory_bytes);
         /* memsw (memory + swap) must not be below the memory limit, so memory goes first. */
@@ -575,24 +549,15 @@ int cg_run_create(const struct cg_host *h, const char *name, const struct cg_lim
             goto fail;
         if (!h->v1_memsw && write_file_at(r->mem_fd, "memory.swappiness", "0", err) < 0)
             goto fail;
-        if (add_join(r, r->mem_fd, err) < 0)
-            goto fail;
     }
     if (h->pids == CG_V1) {
-        if ((r->pids_fd = open_dir(h->v1_pids, name, true, NULL, err)) < 0)
-            goto fail;
         snprintf(num, sizeof(num), "%llu", (unsigned long long)l->pids);
-        if (write_file_at(r->pids_fd, "pids.max", num, err) < 0)
-            goto fail;
-        if (add_join(r, r->pids_fd, err) < 0)
-            goto fail;
-    }
-    if (h->cpu == CG_V1) {
-        if ((r->cpu_fd = open_dir(h->v1_cpuacct, name, true, NULL, err)) < 0)
-            goto fail;
-        if (add_join(r, r->cpu_fd, err) < 0)
+        if (open_v1(r, h->v1_pids, name, &r->pids_fd, err) < 0 ||
+            write_file_at(r->pids_fd, "pids.max", num, err) < 0)
             goto fail;
     }
+    if (h->cpu == CG_V1 && open_v1(r, h->v1_cpuacct, name, &r->cpu_fd, err) < 0)
+        goto fail;
     return 0;
 fail:
     ev_wrap(err, "cgroup %s: ", name);
@@ -715,13 +680,24 @@ static int remove_leftover(const char *base, const char *name, struct ev_err *er
     return rmdir_retry(base, name, err, 2000);
 }
 
+/* Where the boxes' cgroups live: the v2 subtree when v2 is used, and the v1 hierarchy of each
+ * controller v1 serves; NULL for the others. A controller on v2 lives in the v2 subtree, so a
+ * box's cgroups are all found by looking in each non-NULL base. */
+#define CG_BASES 4
+static void cg_bases(const struct cg_host *h, const char *bases[CG_BASES])
+{
+    bases[0] = h->v2 ? h->v2_base : NULL;
+    bases[1] = h->memory == CG_V1 ? h->v1_memory : NULL;
+    bases[2] = h->pids == CG_V1 ? h->v1_pids : NULL;
+    bases[3] = h->cpu == CG_V1 ? h->v1_cpuacct : NULL;
+}
+
 int cg_remove_stale(const struct cg_host *h, const char *name, struct ev_err *err)
 {
-    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
-                            h->pids == CG_V1 ? h->v1_pids : NULL,
-                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    const char *bases[CG_BASES];
+    cg_bases(h, bases);
     int rc = 0;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < CG_BASES; i++)
         if (bases[i] && remove_leftover(bases[i], name, err) < 0)
             rc = -1;
     return rc;
@@ -757,14 +733,13 @@ static int list_boxes(const char *base, char (*names)[32], int max)
 
 int cg_host_cleanup(const struct cg_host *h, const char *lock_dir, struct ev_err *err)
 {
-    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
-                            h->pids == CG_V1 ? h->v1_pids : NULL,
-                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    const char *bases[CG_BASES];
+    cg_bases(h, bases);
     cleanup_close int lfd = open(lock_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (lfd < 0)
         return ev_fail(err, errno, "open %s", lock_dir);
     int removed = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < CG_BASES; i++) {
         if (!bases[i])
             continue;
         char names[256][32];
@@ -808,12 +783,11 @@ int cg_host_cleanup(const struct cg_host *h, const char *lock_dir, struct ev_err
 
 int cg_list(const struct cg_host *h, const char *prefix, char (*names)[64], int max)
 {
-    const char *bases[4] = {h->v2 ? h->v2_base : NULL, h->memory == CG_V1 ? h->v1_memory : NULL,
-                            h->pids == CG_V1 ? h->v1_pids : NULL,
-                            h->cpu == CG_V1 ? h->v1_cpuacct : NULL};
+    const char *bases[CG_BASES];
+    cg_bases(h, bases);
     size_t k = strlen(prefix);
     int n = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < CG_BASES; i++) {
         if (!bases[i])
             continue;
         cleanup_closedir DIR *d = opendir(bases[i]);

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "common/fileutil.h"
 #include "sandbox/mounts.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/roots.h"
@@ -29,10 +30,12 @@ void sbx_limits_default(struct sbx_limits *l)
     };
 }
 
-static int make_dir(const char *path, mode_t mode, struct ev_err *err)
+/* The host's own directories: a name already there must be a directory owned by root (not a
+ * link another user planted), and gets the mode asked for whatever it had. */
+static int make_root_dir(const char *path, mode_t mode, struct ev_err *err)
 {
-    if (mkdir(path, mode) < 0 && errno != EEXIST)
-        return ev_fail(err, errno, "mkdir %s", path);
+    if (make_dir(path, mode, err) < 0)
+        return -1;
     struct stat st;
     if (lstat(path, &st) < 0)
         return ev_fail(err, errno, "stat %s", path);
@@ -81,16 +84,16 @@ static int host_init(struct sbx_host *host, const struct sbx_host_config *cfg, s
         return ev_fail(err, ENOMEM, "box table");
 
     char path[320];
-    if (make_dir(run_dir, 0711, err) < 0)
+    if (make_root_dir(run_dir, 0711, err) < 0)
         return -1;
     const char *subdirs[] = {"boxes", "root"};
     for (size_t i = 0; i < 2; i++) {
         snprintf(path, sizeof(path), "%s/%s", run_dir, subdirs[i]);
-        if (make_dir(path, 0700, err) < 0)
+        if (make_root_dir(path, 0700, err) < 0)
             return -1;
     }
     /* root's alone (run_dir is 0711 and root's), so it stays empty */
-    if (make_dir(host->empty_dir, 0555, err) < 0)
+    if (make_root_dir(host->empty_dir, 0555, err) < 0)
         return -1;
     /* the lock directory's parent too, when it is not under run_dir (the default's is
      * /run/envicutor) */
@@ -98,10 +101,10 @@ static int host_init(struct sbx_host *host, const struct sbx_host_config *cfg, s
     char *slash = strrchr(path, '/');
     if (slash && slash != path) {
         *slash = '\0';
-        if (make_dir(path, 0711, err) < 0)
+        if (make_root_dir(path, 0711, err) < 0)
             return -1;
     }
-    if (make_dir(lock_dir, 0700, err) < 0)
+    if (make_root_dir(lock_dir, 0700, err) < 0)
         return -1;
     if (cg_host_detect(&host->cg, err) < 0)
         return -1;

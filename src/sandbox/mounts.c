@@ -163,7 +163,8 @@ int mounts_check_target(const char *t, struct ev_err *err)
 
 #define RO_FLAGS (MS_RDONLY | MS_NOSUID | MS_NODEV)
 
-static int bind(const char *src, const char *dst, unsigned long flags, struct ev_err *err)
+static int bind_with_flags(const char *src, const char *dst, unsigned long flags,
+                           struct ev_err *err)
 {
     if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
         return ev_fail(err, errno, "bind %s on %s", src, dst);
@@ -178,7 +179,7 @@ static int bind(const char *src, const char *dst, unsigned long flags, struct ev
 static int bind_ro(const struct root_plan *p, const char *src, const char *dst, struct ev_err *err)
 {
     if (!p->host->have_mount_setattr)
-        return bind(src, dst, RO_FLAGS, err);
+        return bind_with_flags(src, dst, RO_FLAGS, err);
     if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
         return ev_fail(err, errno, "bind %s on %s", src, dst);
     return 0;
@@ -201,13 +202,6 @@ static int overlay_ro(const struct sbx_host *h, const char *lower, const char *d
     return 0;
 }
 
-static int make_dir(const char *path, mode_t mode, struct ev_err *err)
-{
-    if (mkdir(path, mode) < 0 && errno != EEXIST)
-        return ev_fail(err, errno, "mkdir %s", path);
-    return 0;
-}
-
 static int make_file(const char *path, struct ev_err *err)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
@@ -217,21 +211,14 @@ static int make_file(const char *path, struct ev_err *err)
     return 0;
 }
 
-static int make_dirs(const char *root, const char *target, struct ev_err *err)
+/* A caller's mount target and the directories leading to it, below root. */
+static int make_target_dirs(const char *root, const char *target, struct ev_err *err)
 {
     char path[512];
     int n = snprintf(path, sizeof(path), "%s%s", root, target);
     if (n < 0 || (size_t)n >= sizeof(path))
         return ev_fail(err, ENAMETOOLONG, "%s", target);
-    for (char *p = path + strlen(root) + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (make_dir(path, 0755, err) < 0)
-            return -1;
-        *p = '/';
-    }
-    return make_dir(path, 0755, err);
+    return make_dirs(path, strlen(root) + 1, 0755, err);
 }
 
 static int write_generated(const char *root, const char *name, const char *text, struct ev_err *err)
@@ -373,7 +360,7 @@ static int build_base(const struct root_plan *p, const char *root, struct ev_err
             return -1;
     }
     for (size_t i = 0; i < p->n_mounts; i++)
-        if (make_dirs(root, p->mounts[i].target, err) < 0)
+        if (make_target_dirs(root, p->mounts[i].target, err) < 0)
             return -1;
     return 0;
 }
@@ -477,7 +464,7 @@ int mounts_build_root(const struct root_plan *p, struct ev_err *err)
         mount_proc_and_tmp(p, root, err) < 0)
         return -1;
     snprintf(path, sizeof(path), "%s/box", root);
-    if (bind(p->box_dir, path, MS_NOSUID | MS_NODEV, err) < 0)
+    if (bind_with_flags(p->box_dir, path, MS_NOSUID | MS_NODEV, err) < 0)
         return -1;
     return switch_root(p, root, err);
 }

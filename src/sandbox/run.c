@@ -36,6 +36,7 @@
 
 #include "common/cleanup.h"
 #include "common/fileutil.h"
+#include "common/path.h"
 #include "sandbox/mounts.h"
 #include "sandbox/roots.h"
 #include "sandbox/sandbox.h"
@@ -189,23 +190,13 @@ static int exec_search(char *const *argv, char *const *envp)
         execve(file, argv, envp);
         return -1;
     }
-    const char *p = env_path(envp);
+    const char *cursor = env_path(envp);
     int first_errno = ENOENT;
-    while (*p) {
-        const char *end = strchr(p, ':');
-        size_t n = end ? (size_t)(end - p) : strlen(p);
-        char path[4096];
-        if (n + strlen(file) + 2 <= sizeof(path)) {
-            memcpy(path, p, n);
-            path[n] = '\0';
-            snprintf(path + n, sizeof(path) - n, "%s%s", n ? "/" : "", file);
-            execve(path, argv, envp);
-            if (errno != ENOENT && errno != ENOTDIR)
-                first_errno = errno;
-        }
-        p += n;
-        if (*p == ':')
-            p++;
+    char path[4096];
+    while (path_next(&cursor, file, path, sizeof(path))) {
+        execve(path, argv, envp);
+        if (errno != ENOENT && errno != ENOTDIR)
+            first_errno = errno;
     }
     errno = first_errno;
     return -1;

@@ -188,7 +188,7 @@ int seccomp_build(void **bpf, unsigned short *len, struct ev_err *err)
         ev_fail(err, ENOMEM, "seccomp filter");
         goto out;
     }
-    if (pread(fd, buf, (size_t)size, 0) != size) {
+    if (pread_full(fd, buf, (size_t)size, 0) != size) {
         free(buf);
         ev_fail(err, errno, "reading the seccomp filter back");
         goto out;

@@ -1,4 +1,5 @@
-/* Unit tests of the common helpers: safe tree removal, UTF-8 repair, base64, option parsing. */
+/* Unit tests of the common helpers: safe tree removal, UTF-8 repair, base64, option parsing,
+ * the search of PATH, reading a whole descriptor. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,12 +10,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/options.h"
 #include "common/base64.h"
 #include "common/filename.h"
+#include "common/fileutil.h"
+#include "common/path.h"
 #include "common/rmtree.h"
 #include "common/utf8.h"
 
@@ -221,6 +225,129 @@ static void test_parse_count(void **state)
         assert_int_equal(parse_count("n", bad[i], 1, 100, &v, &err), -1);
 }
 
+/* Each entry in turn, an empty one standing for the current directory as execvp reads it, and
+ * an entry too long for the buffer skipped rather than cut. */
+static void test_path_next_walks_every_entry(void **state)
+{
+    (void)state;
+    const char *cursor = ":/a::/bb/c:";
+    char out[64];
+    const char *want[] = {"x", "/a/x", "x", "/bb/c/x"};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        assert_true(path_next(&cursor, "x", out, sizeof(out)));
+        assert_string_equal(out, want[i]);
+    }
+    assert_false(path_next(&cursor, "x", out, sizeof(out)));
+
+    cursor = "";
+    assert_false(path_next(&cursor, "x", out, sizeof(out)));
+    cursor = "/long/directory:/d";
+    char small[6]; /* "/d/x" fits, "/long/directory/x" does not */
+    assert_true(path_next(&cursor, "x", small, sizeof(small)));
+    assert_string_equal(small, "/d/x");
+    assert_false(path_next(&cursor, "x", small, sizeof(small)));
+}
+
+/* The first executable file in an absolute directory; relative and empty entries are never
+ * looked in, even when the working directory holds the command. */
+static void test_find_in_path_takes_the_first_executable(void **state)
+{
+    (void)state;
+    char a[512], b[512], list[1100], out[600], want[600];
+    path(a, "a");
+    path(b, "b");
+    assert_int_equal(mkdir(a, 0755), 0);
+    assert_int_equal(mkdir(b, 0755), 0);
+    touch("a/tool", "not executable");
+    touch("b/tool", "#!/bin/sh\n");
+    touch("tool", "#!/bin/sh\n");
+    path(want, "b/tool");
+    assert_int_equal(chmod(want, 0755), 0);
+    path(want, "tool");
+    assert_int_equal(chmod(want, 0755), 0);
+
+    snprintf(list, sizeof(list), "%s:%s", a, b);
+    assert_int_equal(find_in_path("tool", list, out, sizeof(out)), 0);
+    path(want, "b/tool");
+    assert_string_equal(out, want);
+    assert_int_equal(find_in_path("missing", list, out, sizeof(out)), -1);
+
+    char cwd[512];
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(scratch), 0);
+    int rc = find_in_path("tool", ":b:.", out, sizeof(out));
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(rc, -1);
+}
+
+/* A file written through the descriptor (its offset at the end) reads whole from its start,
+ * also across several growths of the buffer; a file one byte over the cap is refused. */
+static void test_read_whole_fd(void **state)
+{
+    (void)state;
+    int fd = memfd_create("unit", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    size_t size = 100000; /* several times the first buffer */
+    char *text = malloc(size);
+    assert_non_null(text);
+    for (size_t i = 0; i < size; i++)
+        text[i] = (char)('a' + i % 26);
+    assert_int_equal(write_full(fd, text, size), (ssize_t)size);
+
+    char *out = NULL;
+    size_t len = 0;
+    struct ev_err err;
+    assert_int_equal(read_whole_fd(fd, size, "the file", &out, &len, &err), 0);
+    assert_int_equal(len, size);
+    assert_memory_equal(out, text, size);
+    assert_int_equal(out[size], '\0');
+    free(out);
+
+    assert_int_equal(read_whole_fd(fd, size - 1, "the file", &out, &len, &err), -1);
+    assert_null(out);
+    assert_non_null(strstr(err.msg, "the file is larger than 99999 bytes"));
+
+    char part[10];
+    assert_int_equal(pread_full(fd, part, sizeof(part), (off_t)(size - 4)), 4);
+    assert_memory_equal(part, text + size - 4, 4);
+    free(text);
+    close(fd);
+
+    /* /proc reports size 0 for a file that is not empty. */
+    fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(read_whole_fd(fd, 1u << 28, "mountinfo", &out, &len, &err), 0);
+    assert_true(len > 0);
+    assert_int_equal(strlen(out), len);
+    assert_non_null(strstr(out, " / "));
+    free(out);
+    close(fd);
+}
+
+/* Every missing directory below the prefix is made, those already there are accepted, the
+ * path is given back as it came, and a file in the way is an error naming where. */
+static void test_make_dirs(void **state)
+{
+    (void)state;
+    char p[512], q[512];
+    struct ev_err err;
+    path(p, "x/y/z");
+    snprintf(q, sizeof(q), "%s", p);
+    assert_int_equal(make_dirs(p, strlen(scratch) + 1, 0750, &err), 0);
+    assert_string_equal(p, q);
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(make_dirs(p, strlen(scratch) + 1, 0750, &err), 0);
+
+    touch("file", "");
+    path(p, "file/sub");
+    assert_int_equal(make_dirs(p, strlen(scratch) + 1, 0755, &err), -1);
+    path(q, "file/sub");
+    assert_string_equal(p, q);
+    assert_non_null(strstr(err.msg, "file/sub"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -233,6 +360,11 @@ int main(void)
         cmocka_unit_test(test_base64_round_trip_and_errors),
         cmocka_unit_test(test_parse_seconds),
         cmocka_unit_test(test_parse_count),
+        cmocka_unit_test(test_path_next_walks_every_entry),
+        cmocka_unit_test(test_read_whole_fd),
+        cmocka_unit_test_setup_teardown(test_make_dirs, make_scratch, remove_scratch),
+        cmocka_unit_test_setup_teardown(test_find_in_path_takes_the_first_executable, make_scratch,
+                                        remove_scratch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

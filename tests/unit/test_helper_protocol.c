@@ -1,6 +1,6 @@
 /* A hostile client of the privileged helper: what a compromised server process could send it.
  *
- * The helper is started as `envicutor serve` starts it (cmd_privileged_helper, root, its socket
+ * The helper is started as `envicutor serve` starts it (helper_process_main, root, its socket
  * on descriptor 3); the client then drops to uid 65534 and speaks the protocol directly, with
  * descriptors it may legitimately hold but that must not give it more than its own rights: an
  * O_PATH descriptor of a root-only file, a write-only descriptor, a directory, a pipe, a
@@ -24,8 +24,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "cli/commands.h"
 #include "common/fileutil.h"
+#include "privsep/helper.h"
 #include "privsep/protocol.h"
 #include "sandbox/sandbox.h"
 
@@ -451,7 +451,7 @@ int main(void)
         if (dup2(sv[1], 3) < 0)
             _exit(127);
         char *argv[] = {"privileged-helper", runtimes, NULL};
-        _exit(cmd_privileged_helper(2, argv));
+        _exit(helper_process_main(2, argv));
     }
     close(sv[1]);
     pid_t cl = helper < 0 ? -1 : fork();
