@@ -13,6 +13,12 @@
  * execve succeeds, and the wall clock and the CPU baseline start there, so none of the
  * sandbox's set-up is counted.
  *
+ * The caller side reads as its steps: validate, prepare (root, stdin, pipes, cgroup), start
+ * (clone init), watch, tear down, verdict. Watching is the pump's poll loop (common/pump.h)
+ * over stdout and stderr, with the report, status and cancel pipes as its events and the CPU
+ * counter and wall clock checked between its steps; output goes to the capped buffers of the
+ * result or to the run's on_output consumer.
+ *
  * The child side runs between clone and execve in a copy of a possibly multi-threaded
  * process: it allocates nothing and calls only system calls and snprintf on stack buffers. */
 #include <errno.h>
