@@ -29,6 +29,7 @@
 #include "common/cleanup.h"
 #include "common/fileutil.h"
 #include "common/path.h"
+#include "common/pump.h"
 #include "privsep/protocol.h"
 
 /* Printed by the shell after nix-shell has set it up (and run its shellHook): the exported
@@ -609,63 +610,6 @@ void nix_cancel_all(void)
     cancel(true);
 }
 
-struct sink {
-    int fd;
-    char *buf;
-    size_t len, cap;
-};
-
-static void sink_read(struct sink *s)
-{
-    char tmp[65536];
-    ssize_t n = read(s->fd, tmp, sizeof(tmp));
-    if (n < 0 && (errno == EINTR || errno == EAGAIN))
-        return;
-    if (n <= 0) {
-        close(s->fd);
-        s->fd = -1;
-        return;
-    }
-    size_t keep = (size_t)n;
-    if (keep > s->cap - s->len)
-        keep = s->cap - s->len; /* over the cap: read and dropped */
-    memcpy(s->buf + s->len, tmp, keep);
-    s->len += keep;
-}
-
-/* Reads both sinks until both end, the pidfd reports the command's end, or the deadline
- * (0: none). Returns true when the pidfd became readable. */
-static bool pump(struct sink sinks[2], int pidfd, uint64_t deadline)
-{
-    for (;;) {
-        struct pollfd p[3];
-        nfds_t np = 0;
-        if (pidfd >= 0)
-            p[np++] = (struct pollfd){pidfd, POLLIN, 0};
-        for (int i = 0; i < 2; i++)
-            if (sinks[i].fd >= 0)
-                p[np++] = (struct pollfd){sinks[i].fd, POLLIN, 0};
-        if (np == 0)
-            return false;
-        uint64_t t = now_ms();
-        if (deadline && t >= deadline)
-            return false;
-        int wait = deadline ? (int)(deadline - t) : -1;
-        int n = poll(p, np, wait);
-        if (n < 0 && errno != EINTR)
-            return false;
-        for (nfds_t k = 0; n > 0 && k < np; k++) {
-            if (!p[k].revents)
-                continue;
-            if (p[k].fd == pidfd)
-                return true;
-            for (int i = 0; i < 2; i++)
-                if (sinks[i].fd == p[k].fd)
-                    sink_read(&sinks[i]);
-        }
-    }
-}
-
 /* Runs argv (argv[0] an absolute path) as the server's user in cwd, in a PID namespace and a
  * cgroup of its own, through the daemon, with /dev/null as stdin, stdout and stderr captured,
  * and env_fd (when >= 0) as its descriptor 3. When the command exits, its namespace goes with
@@ -680,7 +624,8 @@ static int run_tool(char *const *argv, const char *cwd, int env_fd, unsigned tim
         return ev_fail(err, 0, "Nix was not set up at the helper's start");
     if (ensure_daemon(err) < 0)
         return -1;
-    struct sink sinks[2] = {{-1, NULL, 0, NIX_MAX_OUTPUT}, {-1, NULL, 0, NIX_MAX_OUTPUT}};
+    struct pump_buffer bufs[2] = {{.cap = NIX_MAX_OUTPUT}, {.cap = NIX_MAX_OUTPUT}};
+    struct pump_stream sinks[2] = {{.fd = -1}, {.fd = -1}};
     int pipes[2][2] = {{-1, -1}, {-1, -1}};
     cleanup_close int null_fd = -1, pidfd = -1;
     int rc = -1;
@@ -689,8 +634,9 @@ static int run_tool(char *const *argv, const char *cwd, int env_fd, unsigned tim
     char name[32];
     snprintf(name, sizeof(name), "nix-%d-%u", (int)getpid(), atomic_fetch_add(&cg_seq, 1));
     for (int i = 0; i < 2; i++) {
-        sinks[i].buf = malloc(NIX_MAX_OUTPUT + 1);
-        if (!sinks[i].buf) {
+        bufs[i].data = malloc(NIX_MAX_OUTPUT + 1);
+        bufs[i].size = NIX_MAX_OUTPUT + 1;
+        if (!bufs[i].data) {
             ev_fail(err, ENOMEM, "output buffer");
             goto out;
         }
@@ -727,11 +673,21 @@ static int run_tool(char *const *argv, const char *cwd, int env_fd, unsigned tim
     close(pipes[0][1]);
     close(pipes[1][1]);
     pipes[0][1] = pipes[1][1] = -1;
-    sinks[0].fd = pipes[0][0];
-    sinks[1].fd = pipes[1][0];
-    pipes[0][0] = pipes[1][0] = -1;
+    for (int i = 0; i < 2; i++) {
+        int fd = pipes[i][0];
+        pipes[i][0] = -1;
+        if (pump_reader(&sinks[i], fd, pump_buffer_consume, &bufs[i], err) < 0) {
+            kill(pid, SIGKILL);
+            reap(pid, NULL);
+            untrack(pid);
+            goto out;
+        }
+    }
 
-    bool exited = pump(sinks, pidfd, now_ms() + (uint64_t)timeout_s * 1000);
+    struct ev_err perr; /* a failed poll is answered like a timeout */
+    int events[1] = {pidfd};
+    bool exited = pump_run(sinks, 2, events, 1, monotonic_ns() + (uint64_t)timeout_s * 1000000000,
+                           &perr) == 0;
     if (!exited) {
         res->timed_out = true;
         kill(pid, SIGKILL);
@@ -742,7 +698,7 @@ static int run_tool(char *const *argv, const char *cwd, int env_fd, unsigned tim
     untrack(pid);
     /* Every process of the namespace is gone by now; what the pipes still hold is read, for a
      * short while at most should a copy of a write end live on elsewhere. */
-    pump(sinks, -1, now_ms() + 2000);
+    pump_run(sinks, 2, NULL, 0, monotonic_ns() + 2000000000ull, &perr);
     if (!res->timed_out && WIFEXITED(status))
         res->exit_code = WEXITSTATUS(status);
     rc = 0;
@@ -751,20 +707,19 @@ out:
         for (int k = 0; k < 2; k++)
             if (pipes[i][k] >= 0)
                 close(pipes[i][k]);
-        if (sinks[i].fd >= 0)
-            close(sinks[i].fd);
+        pump_close(&sinks[i]);
     }
     if (have_cg)
         remove_cgroup(&cg);
     if (rc == 0) {
-        sinks[0].buf[sinks[0].len] = sinks[1].buf[sinks[1].len] = '\0';
-        res->out = sinks[0].buf;
-        res->out_len = sinks[0].len;
-        res->err = sinks[1].buf;
-        res->err_len = sinks[1].len;
+        bufs[0].data[bufs[0].len] = bufs[1].data[bufs[1].len] = '\0';
+        res->out = bufs[0].data;
+        res->out_len = bufs[0].len;
+        res->err = bufs[1].data;
+        res->err_len = bufs[1].len;
     } else {
-        free(sinks[0].buf);
-        free(sinks[1].buf);
+        free(bufs[0].data);
+        free(bufs[1].data);
     }
     return rc;
 }

@@ -13,6 +13,12 @@
  * execve succeeds, and the wall clock and the CPU baseline start there, so none of the
  * sandbox's set-up is counted.
  *
+ * The caller side reads as its steps: validate, prepare (root, stdin, pipes, cgroup), start
+ * (clone init), watch, tear down, verdict. Watching is the pump's poll loop (common/pump.h)
+ * over stdout and stderr, with the report, status and cancel pipes as its events and the CPU
+ * counter and wall clock checked between its steps; output goes to the capped buffers of the
+ * result or to the run's on_output consumer.
+ *
  * The child side runs between clone and execve in a copy of a possibly multi-threaded
  * process: it allocates nothing and calls only system calls and snprintf on stack buffers. */
 #include <errno.h>
@@ -37,6 +43,7 @@
 #include "common/cleanup.h"
 #include "common/fileutil.h"
 #include "common/path.h"
+#include "common/pump.h"
 #include "sandbox/mounts.h"
 #include "sandbox/roots.h"
 #include "sandbox/sandbox.h"
@@ -423,28 +430,9 @@ static pid_t clone_init(const struct cg_run *cg, bool new_net, bool new_mnt, boo
     return (pid_t)syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
 }
 
-static int append_output(struct sbx_output *o, const char *buf, size_t n, uint64_t cap)
-{
-    if (o->len >= cap) {
-        o->truncated = true;
-        return 0;
-    }
-    if (n > cap - o->len) {
-        n = (size_t)(cap - o->len);
-        o->truncated = true;
-    }
-    char *p = realloc(o->data, o->len + n + 1);
-    if (!p)
-        return -1;
-    memcpy(p + o->len, buf, n);
-    o->data = p;
-    o->len += n;
-    o->data[o->len] = '\0';
-    return 0;
-}
-
+/* What the caller sees of one run while it watches it. */
 struct watch {
-    int out_r, err_r, report_r, status_r;
+    int report_r, status_r;
     bool exec_seen, main_done, report_failed, init_died;
     struct report reports[2]; /* a REPORT_START, a failure, or a start then a failure */
     size_t report_got;
@@ -452,6 +440,30 @@ struct watch {
     struct end_mark end;
     uint64_t t_start, t_end, cpu0;
     bool cpu_killed, wall_killed, cancelled;
+    uint64_t setup_deadline, next_cpu_check, cpu_kill_at, ncpu;
+    /* measured at tear-down */
+    uint64_t cpu_end, peak;
+    bool oom;
+};
+
+/* One run on the caller's side: what set-up made, what watching saw. */
+struct run {
+    struct sbx_host *host;
+    struct sbx_box *box;
+    const struct sbx_run_config *cfg;
+    int stdin_fd;
+    int root_fd;     /* the box's prepared root (the cache's); -1: init builds the tree */
+    int pipes[4][2]; /* stdout, stderr, report, status */
+    struct cg_run cg;
+    pid_t init; /* -1: the clone failed */
+    /* stdout and stderr, each pumped into its buffer or handed to cfg->on_output */
+    struct pump_stream streams[2];
+    struct pump_buffer bufs[2];
+    struct output_tap {
+        const struct sbx_run_config *cfg;
+        int stream;
+    } taps[2];
+    struct watch w;
 };
 
 /* Makes sense of what came through the report pipe: an optional REPORT_START, then an
@@ -474,364 +486,380 @@ static const struct report *report_parse(struct watch *w)
     return start;
 }
 
-/* Reads what is available on an output pipe; returns false at end of file. */
-static bool drain(int *fd, struct sbx_output *o, uint64_t cap, bool *oom_out)
-{
-    char buf[65536];
-    for (;;) {
-        ssize_t n = read(*fd, buf, sizeof(buf));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return true;
-        if (n <= 0) {
-            close(*fd);
-            *fd = -1;
-            return false;
-        }
-        if (append_output(o, buf, (size_t)n, cap) < 0)
-            *oom_out = true;
-        if ((size_t)n < sizeof(buf))
-            return true;
-    }
-}
+/* ---- validate ---- */
 
-static int set_nonblock(int fd)
+static int run_validate(const struct sbx_run_config *cfg, struct ev_err *err)
 {
-    int fl = fcntl(fd, F_GETFL);
-    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-}
-
-int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_config *cfg,
-            struct sbx_result *res, struct ev_err *err)
-{
-    memset(res, 0, sizeof(*res));
-    res->exit_code = res->exit_signal = -1;
-    res->status = SBX_XX;
     const struct sbx_limits *l = &cfg->limits;
-    cleanup_close int stdin_fd = -1;
-
-    if (!cfg->argv || !cfg->argv[0] || !cfg->argv[0][0]) {
-        ev_fail(err, 0, "no command to run");
-        goto fail_early;
-    }
-    if (cfg->n_mounts > SBX_MAX_MOUNTS) {
-        ev_fail(err, 0, "at most %d extra mounts", SBX_MAX_MOUNTS);
-        goto fail_early;
-    }
+    if (!cfg->argv || !cfg->argv[0] || !cfg->argv[0][0])
+        return ev_fail(err, 0, "no command to run");
+    if (cfg->n_mounts > SBX_MAX_MOUNTS)
+        return ev_fail(err, 0, "at most %d extra mounts", SBX_MAX_MOUNTS);
     for (size_t i = 0; i < cfg->n_mounts; i++)
         if (mounts_check_target(cfg->mounts[i].target, err) < 0)
-            goto fail_early;
+            return -1;
     if (!l->wall_time_us || !l->cpu_time_us || !l->memory_kb || !l->max_processes ||
-        !l->max_open_files || !l->tmp_kb) {
-        ev_fail(err, 0,
-                "wall time, CPU time, memory, processes, open files and /tmp size "
-                "must all be positive");
-        goto fail_early;
-    }
+        !l->max_open_files || !l->tmp_kb)
+        return ev_fail(err, 0,
+                       "wall time, CPU time, memory, processes, open files and /tmp size "
+                       "must all be positive");
+    return 0;
+}
 
+/* ---- set up ---- */
+
+static void close_pipes(int p[4][2])
+{
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++)
+            if (p[i][j] >= 0)
+                close(p[i][j]);
+}
+
+/* What the box needs before it is cloned: its prepared root, stdin, the pipes and the cgroup.
+ * On failure nothing is left to undo but r->stdin_fd. */
+static int run_prepare(struct run *r, struct ev_err *err)
+{
+    const struct sbx_run_config *cfg = r->cfg;
     /* The box's prepared root (built on its first run; the descriptor is the cache's), before
      * anything that would need undoing if building it failed. */
-    int root_fd = -1;
-    if (host->roots && roots_fit(host->roots, cfg->mounts, cfg->n_mounts)) {
-        root_fd = roots_get(host, box, err);
-        if (root_fd == -1)
-            goto fail_early;
-        if (root_fd < 0)
-            root_fd = -1; /* no room for more prepared roots: this run builds its own tree */
+    if (r->host->roots && roots_fit(r->host->roots, cfg->mounts, cfg->n_mounts)) {
+        r->root_fd = roots_get(r->host, r->box, err);
+        if (r->root_fd == -1)
+            return -1;
+        if (r->root_fd < 0)
+            r->root_fd = -1; /* no room for more prepared roots: this run builds its own tree */
     }
 
     /* A descriptor is shared with the program, offset included, and never opened again by a
      * path (which would bypass how it was opened); 0 means none, as for cancel_fd. */
+    const char *stdin_path = cfg->stdin_path ? cfg->stdin_path : "/dev/null";
     if (cfg->stdin_fd > 0)
-        stdin_fd = fcntl(cfg->stdin_fd, F_DUPFD_CLOEXEC, 0);
+        r->stdin_fd = fcntl(cfg->stdin_fd, F_DUPFD_CLOEXEC, 0);
     else
-        stdin_fd = open(cfg->stdin_path ? cfg->stdin_path : "/dev/null", O_RDONLY | O_CLOEXEC);
-    if (stdin_fd < 0) {
+        r->stdin_fd = open(stdin_path, O_RDONLY | O_CLOEXEC);
+    if (r->stdin_fd < 0) {
         if (cfg->stdin_fd > 0)
-            ev_fail(err, errno, "stdin descriptor %d", cfg->stdin_fd);
-        else
-            ev_fail(err, errno, "stdin file %s", cfg->stdin_path ? cfg->stdin_path : "/dev/null");
-        goto fail_early;
+            return ev_fail(err, errno, "stdin descriptor %d", cfg->stdin_fd);
+        return ev_fail(err, errno, "stdin file %s", stdin_path);
     }
-    int out[2] = {-1, -1}, errp[2] = {-1, -1}, rep[2] = {-1, -1}, st[2] = {-1, -1};
-    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 || pipe2(rep, O_CLOEXEC) < 0 ||
-        pipe2(st, O_CLOEXEC) < 0) {
-        ev_fail(err, errno, "pipe");
-        int *all[] = {out, errp, rep, st};
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 2; j++)
-                if (all[i][j] >= 0)
-                    close(all[i][j]);
-        goto fail_early;
-    }
+    for (int i = 0; i < 4; i++)
+        if (pipe2(r->pipes[i], O_CLOEXEC) < 0) {
+            ev_fail(err, errno, "pipe");
+            close_pipes(r->pipes);
+            return -1;
+        }
 
     char cg_name[32];
-    snprintf(cg_name, sizeof(cg_name), "box-%d", box->id);
+    snprintf(cg_name, sizeof(cg_name), "box-%d", r->box->id);
     struct cg_limits cgl = {
-        .memory_bytes = l->memory_kb * 1024,
+        .memory_bytes = cfg->limits.memory_kb * 1024,
         /* init, PID 1 of the box, is one more task than the program's own */
-        .pids = l->max_processes + 1,
+        .pids = cfg->limits.max_processes + 1,
     };
-    struct cg_run cg;
-    if (cg_run_create(&host->cg, cg_name, &cgl, &cg, err) < 0) {
-        close(out[0]), close(out[1]), close(errp[0]), close(errp[1]);
-        close(rep[0]), close(rep[1]), close(st[0]), close(st[1]);
-        goto fail_early;
+    if (cg_run_create(&r->host->cg, cg_name, &cgl, &r->cg, err) < 0) {
+        close_pipes(r->pipes);
+        return -1;
     }
+    return 0;
+}
 
+static int output_tap(void *ctx, const char *buf, size_t n)
+{
+    const struct output_tap *t = ctx;
+    return t->cfg->on_output(t->cfg->output_ctx, t->stream, buf, n);
+}
+
+/* Clones the box's init, which sets the box up and starts the program, and hands the read
+ * ends of stdout and stderr to the pump. */
+static int run_start(struct run *r, struct ev_err *err)
+{
     struct child_ctx c = {
-        .host = host,
-        .box = box,
-        .cfg = cfg,
-        .plan = {.host = host,
-                 .box_dir = box->dir,
-                 .uid = box->uid,
-                 .gid = box->gid,
-                 .tmp_kb = l->tmp_kb,
-                 .mounts = cfg->mounts,
-                 .n_mounts = cfg->n_mounts},
-        .cg = &cg,
-        .stdin_fd = stdin_fd,
-        .out_w = out[1],
-        .err_w = errp[1],
-        .report_w = rep[1],
-        .status_w = st[1],
-        .workdir = cfg->workdir ? cfg->workdir : "/box",
-        .cpu_dirfd = host->cg.cpu == CG_V2 ? cg.v2_fd : cg.cpu_fd,
-        .cpu_v2 = host->cg.cpu == CG_V2,
+        .host = r->host,
+        .box = r->box,
+        .cfg = r->cfg,
+        .plan = {.host = r->host,
+                 .box_dir = r->box->dir,
+                 .uid = r->box->uid,
+                 .gid = r->box->gid,
+                 .tmp_kb = r->cfg->limits.tmp_kb,
+                 .mounts = r->cfg->mounts,
+                 .n_mounts = r->cfg->n_mounts},
+        .cg = &r->cg,
+        .stdin_fd = r->stdin_fd,
+        .out_w = r->pipes[0][1],
+        .err_w = r->pipes[1][1],
+        .report_w = r->pipes[2][1],
+        .status_w = r->pipes[3][1],
+        .workdir = r->cfg->workdir ? r->cfg->workdir : "/box",
+        .cpu_dirfd = r->host->cg.cpu == CG_V2 ? r->cg.v2_fd : r->cg.cpu_fd,
+        .cpu_v2 = r->host->cg.cpu == CG_V2,
     };
-    c.root_fd = root_fd;
-    c.net_fd = host->netns ? netns_pool_take(host->netns) : -1;
+    c.root_fd = r->root_fd;
+    c.net_fd = r->host->netns ? netns_pool_take(r->host->netns) : -1;
     bool joined;
-    pid_t init = clone_init(&cg, c.net_fd < 0, c.root_fd < 0, &joined);
-    if (init == 0) {
+    r->init = clone_init(&r->cg, c.net_fd < 0, c.root_fd < 0, &joined);
+    if (r->init == 0) {
         c.joined = joined;
         run_init(&c);
     }
     int clone_errno = errno;
-    close(out[1]), close(errp[1]), close(rep[1]), close(st[1]);
+    for (int i = 0; i < 4; i++) {
+        close(r->pipes[i][1]);
+        r->pipes[i][1] = -1;
+    }
     if (c.net_fd >= 0)
         close(c.net_fd);
+    r->w.report_r = r->pipes[2][0];
+    r->w.status_r = r->pipes[3][0];
 
-    struct watch w = {.out_r = out[0], .err_r = errp[0], .report_r = rep[0], .status_r = st[0]};
     int rc = 0;
-    if (init < 0) {
-        ev_fail(err, clone_errno, "clone the box");
-        rc = -1;
-        goto teardown;
-    }
-    set_nonblock(w.out_r);
-    set_nonblock(w.err_r);
-
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    if (ncpu < 1)
-        ncpu = 1;
-    uint64_t cpu_kill_at = l->cpu_time_us + l->extra_time_us;
-    uint64_t setup_deadline = monotonic_ns() + 30ull * 1000000000ull;
-    uint64_t next_cpu_check = 0;
-    bool alloc_failed = false;
-
-    while (!w.main_done) {
-        uint64_t now = monotonic_ns();
-        uint64_t wait_us = 1000000;
-        if (w.exec_seen) {
-            uint64_t elapsed = (now - w.t_start) / 1000;
-            if (elapsed >= l->wall_time_us) {
-                w.wall_killed = true;
-                break;
-            }
-            if (now >= next_cpu_check) {
-                uint64_t used = 0;
-                if (cg_run_cpu_usec(&host->cg, &cg, &used, err) < 0) {
-                    rc = -1;
-                    break;
-                }
-                used = used > w.cpu0 ? used - w.cpu0 : 0;
-                if (used >= cpu_kill_at) {
-                    w.cpu_killed = true;
-                    break;
-                }
-                cg_run_sample_memory(&host->cg, &cg);
-                /* CPU time grows at most ncpu times faster than the wall clock: no need to
-                 * look again before the remaining budget could be spent. This also keeps an
-                 * output flood, which wakes us constantly, from costing a read per wake-up. */
-                uint64_t cpu_wait = (cpu_kill_at - used) / (uint64_t)ncpu;
-                if (cpu_wait > 1000000)
-                    cpu_wait = 1000000;
-                next_cpu_check = now + cpu_wait * 1000;
-            }
-            uint64_t cpu_wait = next_cpu_check > now ? (next_cpu_check - now) / 1000 : 0;
-            uint64_t wall_wait = l->wall_time_us - elapsed;
-            wait_us = cpu_wait < wall_wait ? cpu_wait : wall_wait;
-            if (wait_us > 1000000)
-                wait_us = 1000000;
-            /* without memory.peak, the peak is what sampling sees */
-            uint64_t sample_us = cg_sample_interval_us(&host->cg);
-            if (sample_us && wait_us > sample_us)
-                wait_us = sample_us;
-        } else if (now >= setup_deadline) {
-            ev_fail(err, ETIMEDOUT, "the box did not start within 30 seconds");
+    for (int i = 0; i < 2; i++) {
+        r->taps[i] = (struct output_tap){r->cfg, i + 1};
+        r->bufs[i].cap = r->cfg->limits.max_output_bytes;
+        if (pump_reader(&r->streams[i], r->pipes[i][0],
+                        r->cfg->on_output ? output_tap : pump_buffer_consume,
+                        r->cfg->on_output ? (void *)&r->taps[i] : (void *)&r->bufs[i], err) < 0)
             rc = -1;
-            break;
+        r->pipes[i][0] = -1;
+    }
+    if (r->init < 0)
+        return ev_fail(err, clone_errno, "clone the box");
+    return rc;
+}
+
+/* ---- watch ---- */
+
+enum { EV_REPORT, EV_STATUS, EV_CANCEL };
+
+/* The report pipe is readable: a start report, a failure, or end of file at execve. */
+static int on_report(struct run *r, struct ev_err *err)
+{
+    struct watch *w = &r->w;
+    ssize_t n =
+        read(w->report_r, (char *)w->reports + w->report_got, sizeof(w->reports) - w->report_got);
+    if (n > 0)
+        w->report_got += (size_t)n;
+    if (n > 0 || (n < 0 && errno == EINTR))
+        return 0;
+    close(w->report_r);
+    w->report_r = -1;
+    const struct report *start = report_parse(w);
+    if (w->report_failed)
+        return 0;
+    /* end of file without a failure: execve succeeded */
+    w->exec_seen = true;
+    if (r->host->netns)
+        netns_pool_refill(r->host->netns);
+    if (start) {
+        w->t_start = start->t_ns;
+        w->cpu0 = start->cpu_usec;
+        return 0;
+    }
+    w->t_start = monotonic_ns();
+    return cg_run_cpu_usec(&r->host->cg, &r->cg, &w->cpu0, err);
+}
+
+/* The status pipe is readable: main's end mark from init, or end of file when init died. */
+static void on_status(struct watch *w)
+{
+    ssize_t n = read_full(w->status_r, &w->end, sizeof(w->end));
+    w->t_end = monotonic_ns();
+    if (n == (ssize_t)sizeof(w->end)) {
+        w->main_done = true;
+        if (w->end.t_ns > w->t_start && w->end.t_ns < w->t_end)
+            w->t_end = w->end.t_ns;
+    } else /* init died without a word: its report, if any, is read after teardown */
+        w->init_died = true;
+}
+
+/* The wall clock and the CPU counter. Returns 1 when a limit is reached (the kill flag set),
+ * 0 with the time the pump may wait before looking again, or -1. */
+static int watch_clock(struct run *r, uint64_t *wait_us, struct ev_err *err)
+{
+    struct watch *w = &r->w;
+    const struct sbx_limits *l = &r->cfg->limits;
+    uint64_t now = monotonic_ns();
+    *wait_us = 1000000;
+    if (!w->exec_seen) {
+        if (now >= w->setup_deadline)
+            return ev_fail(err, ETIMEDOUT, "the box did not start within 30 seconds");
+        return 0;
+    }
+    uint64_t elapsed = (now - w->t_start) / 1000;
+    if (elapsed >= l->wall_time_us) {
+        w->wall_killed = true;
+        return 1;
+    }
+    if (now >= w->next_cpu_check) {
+        uint64_t used = 0;
+        if (cg_run_cpu_usec(&r->host->cg, &r->cg, &used, err) < 0)
+            return -1;
+        used = used > w->cpu0 ? used - w->cpu0 : 0;
+        if (used >= w->cpu_kill_at) {
+            w->cpu_killed = true;
+            return 1;
         }
+        cg_run_sample_memory(&r->host->cg, &r->cg);
+        /* CPU time grows at most ncpu times faster than the wall clock: no need to look again
+         * before the remaining budget could be spent. This also keeps an output flood, which
+         * wakes us constantly, from costing a read per wake-up. */
+        uint64_t cpu_wait = (w->cpu_kill_at - used) / w->ncpu;
+        if (cpu_wait > 1000000)
+            cpu_wait = 1000000;
+        w->next_cpu_check = now + cpu_wait * 1000;
+    }
+    uint64_t cpu_wait = w->next_cpu_check > now ? (w->next_cpu_check - now) / 1000 : 0;
+    uint64_t wall_wait = l->wall_time_us - elapsed;
+    *wait_us = cpu_wait < wall_wait ? cpu_wait : wall_wait;
+    if (*wait_us > 1000000)
+        *wait_us = 1000000;
+    /* without memory.peak, the peak is what sampling sees */
+    uint64_t sample_us = cg_sample_interval_us(&r->host->cg);
+    if (sample_us && *wait_us > sample_us)
+        *wait_us = sample_us;
+    return 0;
+}
+
+/* Pumps the output until main ends, a limit is reached, the run is cancelled or the watching
+ * fails. */
+static int run_watch(struct run *r, struct ev_err *err)
+{
+    struct watch *w = &r->w;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    w->ncpu = ncpu < 1 ? 1 : (uint64_t)ncpu;
+    w->cpu_kill_at = r->cfg->limits.cpu_time_us + r->cfg->limits.extra_time_us;
+    w->setup_deadline = monotonic_ns() + 30ull * 1000000000ull;
+    int cancel_fd = r->cfg->cancel_fd > 0 ? r->cfg->cancel_fd : -1;
+    int rc = 0;
+    while (!w->main_done && rc == 0) {
+        uint64_t wait_us;
+        rc = watch_clock(r, &wait_us, err);
+        if (rc != 0)
+            break;
         if (wait_us < 1000)
             wait_us = 1000;
-
-        struct pollfd pfd[5] = {{w.out_r, POLLIN, 0},
-                                {w.err_r, POLLIN, 0},
-                                {w.report_r, POLLIN, 0},
-                                {w.status_r, POLLIN, 0},
-                                {cfg->cancel_fd > 0 ? cfg->cancel_fd : -1, POLLIN, 0}};
-        int n = poll(pfd, 5, (int)((wait_us + 999) / 1000));
-        if (n < 0 && errno != EINTR) {
-            ev_fail(err, errno, "poll");
-            rc = -1;
+        int events[3] = {
+            [EV_REPORT] = w->report_r, [EV_STATUS] = w->status_r, [EV_CANCEL] = cancel_fd};
+        unsigned ready;
+        rc = pump_step(r->streams, 2, events, 3, (int)((wait_us + 999) / 1000), &ready, err);
+        if (rc == 0 && (ready & 1u << EV_CANCEL)) {
+            w->cancelled = true;
+            rc = ev_fail(err, ECANCELED, "the run was cancelled");
+        }
+        if (rc == 0 && (ready & 1u << EV_REPORT))
+            rc = on_report(r, err);
+        if (rc == 0 && (ready & 1u << EV_STATUS)) {
+            on_status(w);
             break;
-        }
-        if (n <= 0)
-            continue;
-        if (pfd[4].revents) {
-            w.cancelled = true;
-            ev_fail(err, ECANCELED, "the run was cancelled");
-            rc = -1;
-            break;
-        }
-        if (pfd[2].revents && w.report_r >= 0) {
-            ssize_t r = read(w.report_r, (char *)w.reports + w.report_got,
-                             sizeof(w.reports) - w.report_got);
-            if (r > 0) {
-                w.report_got += (size_t)r;
-            } else if (r == 0 || (r < 0 && errno != EINTR)) {
-                close(w.report_r);
-                w.report_r = -1;
-                const struct report *start = report_parse(&w);
-                if (!w.report_failed) {
-                    /* end of file without a failure: execve succeeded */
-                    w.exec_seen = true;
-                    if (host->netns)
-                        netns_pool_refill(host->netns);
-                    if (start) {
-                        w.t_start = start->t_ns;
-                        w.cpu0 = start->cpu_usec;
-                    } else {
-                        w.t_start = monotonic_ns();
-                        if (cg_run_cpu_usec(&host->cg, &cg, &w.cpu0, err) < 0) {
-                            rc = -1;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        if (pfd[0].revents && w.out_r >= 0)
-            drain(&w.out_r, &res->out, l->max_output_bytes, &alloc_failed);
-        if (pfd[1].revents && w.err_r >= 0)
-            drain(&w.err_r, &res->err, l->max_output_bytes, &alloc_failed);
-        if (pfd[3].revents) {
-            ssize_t r = read_full(w.status_r, &w.end, sizeof(w.end));
-            w.t_end = monotonic_ns();
-            if (r == (ssize_t)sizeof(w.end)) {
-                w.main_done = true;
-                if (w.end.t_ns > w.t_start && w.end.t_ns < w.t_end)
-                    w.t_end = w.end.t_ns;
-            } else /* init died without a word: its report, if any, is read after teardown */
-                w.init_died = true;
-            if (!w.main_done)
-                break;
         }
     }
-    if (!w.t_end)
-        w.t_end = monotonic_ns();
+    if (!w->t_end)
+        w->t_end = monotonic_ns();
+    return rc < 0 ? -1 : 0;
+}
 
-teardown:
-    if (host->netns && !w.exec_seen)
-        netns_pool_refill(host->netns);
-    if (init > 0) {
-        cg_run_kill(&host->cg, &cg);
-        kill(init, SIGKILL);
+/* ---- tear down ---- */
+
+/* Kills what is left of the box, reads what is left in the pipes, measures the run and
+ * removes its cgroup. Returns rc, or -1 when one of these failed. */
+static int run_teardown(struct run *r, int rc, struct ev_err *err)
+{
+    struct watch *w = &r->w;
+    if (r->host->netns && !w->exec_seen)
+        netns_pool_refill(r->host->netns);
+    if (r->init > 0) {
+        cg_run_kill(&r->host->cg, &r->cg);
+        kill(r->init, SIGKILL);
         int ist;
-        while (waitpid(init, &ist, 0) < 0 && errno == EINTR)
+        while (waitpid(r->init, &ist, 0) < 0 && errno == EINTR)
             ;
     }
     /* Every writer is dead now; read what is left in the pipes. */
-    while (w.out_r >= 0)
-        drain(&w.out_r, &res->out, l->max_output_bytes, &alloc_failed);
-    while (w.err_r >= 0)
-        drain(&w.err_r, &res->err, l->max_output_bytes, &alloc_failed);
-    if (w.report_r >= 0) {
+    for (int i = 0; i < 2; i++)
+        while (pump_drain(&r->streams[i]))
+            ;
+    if (w->report_r >= 0) {
         /* the box died before exec or before we read the report */
-        ssize_t r = read_full(w.report_r, (char *)w.reports + w.report_got,
-                              sizeof(w.reports) - w.report_got);
-        if (r > 0)
-            w.report_got += (size_t)r;
-        report_parse(&w);
-        close(w.report_r);
+        ssize_t n = read_full(w->report_r, (char *)w->reports + w->report_got,
+                              sizeof(w->reports) - w->report_got);
+        if (n > 0)
+            w->report_got += (size_t)n;
+        report_parse(w);
+        close(w->report_r);
     }
-    close(w.status_r);
+    close(w->status_r);
 
-    uint64_t cpu_end = w.cpu0, peak = 0;
-    bool oom = false;
+    w->cpu_end = w->cpu0;
     struct ev_err merr;
-    if (rc == 0 && init > 0) {
-        if (w.main_done && w.end.have_cpu)
-            cpu_end = w.end.cpu_usec;
-        else if (cg_run_cpu_usec(&host->cg, &cg, &cpu_end, &merr) < 0)
+    if (rc == 0 && r->init > 0) {
+        if (w->main_done && w->end.have_cpu)
+            w->cpu_end = w->end.cpu_usec;
+        else if (cg_run_cpu_usec(&r->host->cg, &r->cg, &w->cpu_end, &merr) < 0)
             rc = -1;
-        if (rc == 0 && cg_run_memory(&host->cg, &cg, &peak, &oom, &merr) < 0)
+        if (rc == 0 && cg_run_memory(&r->host->cg, &r->cg, &w->peak, &w->oom, &merr) < 0)
             rc = -1;
-        if (rc < 0) {
+        if (rc < 0)
             *err = merr;
-            rc = -1;
-        }
     }
     struct ev_err derr;
-    if (cg_run_destroy(&host->cg, &cg, &derr) < 0 && rc == 0) {
+    if (cg_run_destroy(&r->host->cg, &r->cg, &derr) < 0 && rc == 0) {
         *err = derr;
         rc = -1;
     }
-    if (alloc_failed && rc == 0) {
-        ev_fail(err, ENOMEM, "buffering the program's output");
-        rc = -1;
-    }
+    if (rc == 0 && (r->streams[0].failed || r->streams[1].failed))
+        rc = r->cfg->on_output ? ev_fail(err, 0, "the consumer of the program's output failed")
+                               : ev_fail(err, ENOMEM, "buffering the program's output");
+    return rc;
+}
 
-    if (rc == 0 && w.report_failed && w.report.kind == REPORT_SETUP) {
-        w.report.msg[sizeof(w.report.msg) - 1] = '\0';
-        ev_fail(err, 0, "setting the box up: %s", w.report.msg);
-        rc = -1;
-    } else if (rc == 0 && w.init_died && !w.report_failed && !(oom && w.exec_seen)) {
+/* ---- decide ---- */
+
+/* Failures of the box itself, which the program did not cause. */
+static int box_failure(struct watch *w, struct ev_err *err)
+{
+    if (w->report_failed && w->report.kind == REPORT_SETUP) {
+        w->report.msg[sizeof(w->report.msg) - 1] = '\0';
+        return ev_fail(err, 0, "setting the box up: %s", w->report.msg);
+    }
+    if (w->init_died && !w->report_failed && !(w->oom && w->exec_seen)) {
         /* The OOM killer may pick init when the memory is in tmpfs pages that belong to no
          * process; that is a memory-limit kill like any other (below), not a failure. */
-        ev_fail(err, 0, "the box's init process died unexpectedly");
-        rc = -1;
+        return ev_fail(err, 0, "the box's init process died unexpectedly");
     }
-    if (rc < 0) {
+    return 0;
+}
+
+static int run_verdict(struct run *r, int rc, struct sbx_result *res, struct ev_err *err)
+{
+    struct watch *w = &r->w;
+    const struct sbx_limits *l = &r->cfg->limits;
+    if (rc < 0 || box_failure(w, err) < 0) {
         res->status = SBX_XX;
         snprintf(res->message, sizeof(res->message), "%s", err->msg);
         return -1;
     }
-
-    res->cpu_time_us = w.exec_seen && cpu_end > w.cpu0 ? cpu_end - w.cpu0 : 0;
-    res->wall_time_us = w.exec_seen ? (w.t_end - w.t_start) / 1000 : 0;
-    res->memory_kb = peak / 1024;
-    res->memory_limit_exceeded = oom;
-    if (w.main_done) {
-        if (WIFEXITED(w.end.status))
-            res->exit_code = WEXITSTATUS(w.end.status);
-        else if (WIFSIGNALED(w.end.status))
-            res->exit_signal = WTERMSIG(w.end.status);
+    res->cpu_time_us = w->exec_seen && w->cpu_end > w->cpu0 ? w->cpu_end - w->cpu0 : 0;
+    res->wall_time_us = w->exec_seen ? (w->t_end - w->t_start) / 1000 : 0;
+    res->memory_kb = w->peak / 1024;
+    res->memory_limit_exceeded = w->oom;
+    if (w->main_done) {
+        if (WIFEXITED(w->end.status))
+            res->exit_code = WEXITSTATUS(w->end.status);
+        else if (WIFSIGNALED(w->end.status))
+            res->exit_signal = WTERMSIG(w->end.status);
     } else {
         res->exit_signal = SIGKILL; /* we killed it */
     }
-    res->cpu_limit_exceeded = w.cpu_killed || res->cpu_time_us > l->cpu_time_us;
-    res->wall_limit_exceeded = w.wall_killed || res->wall_time_us > l->wall_time_us;
+    res->cpu_limit_exceeded = w->cpu_killed || res->cpu_time_us > l->cpu_time_us;
+    res->wall_limit_exceeded = w->wall_killed || res->wall_time_us > l->wall_time_us;
 
-    if (w.report_failed) { /* execve failed: reported like a shell would */
+    if (w->report_failed) { /* execve failed: reported like a shell would */
         res->status = SBX_RE;
         res->exit_code = 127;
         res->exit_signal = -1;
-        w.report.msg[sizeof(w.report.msg) - 1] = '\0';
-        snprintf(res->message, sizeof(res->message), "%s", w.report.msg);
+        w->report.msg[sizeof(w->report.msg) - 1] = '\0';
+        snprintf(res->message, sizeof(res->message), "%s", w->report.msg);
     } else if (res->cpu_limit_exceeded) {
         res->status = SBX_TO;
         snprintf(res->message, sizeof(res->message), "Time limit exceeded");
@@ -840,7 +868,7 @@ teardown:
         snprintf(res->message, sizeof(res->message), "Time limit exceeded (wall clock)");
     } else if (res->exit_signal >= 0) {
         res->status = SBX_SG;
-        if (oom && res->exit_signal == SIGKILL)
+        if (w->oom && res->exit_signal == SIGKILL)
             snprintf(res->message, sizeof(res->message), "Memory limit exceeded");
         else
             snprintf(res->message, sizeof(res->message), "Caught fatal signal %d",
@@ -853,8 +881,33 @@ teardown:
         res->message[0] = '\0';
     }
     return 0;
+}
 
-fail_early:
-    snprintf(res->message, sizeof(res->message), "%s", err->msg);
-    return -1;
+int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_config *cfg,
+            struct sbx_result *res, struct ev_err *err)
+{
+    memset(res, 0, sizeof(*res));
+    res->exit_code = res->exit_signal = -1;
+    res->status = SBX_XX;
+    struct run r = {.host = host,
+                    .box = box,
+                    .cfg = cfg,
+                    .stdin_fd = -1,
+                    .root_fd = -1,
+                    .pipes = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}},
+                    .streams = {{.fd = -1}, {.fd = -1}}};
+    if (run_validate(cfg, err) < 0 || run_prepare(&r, err) < 0) {
+        if (r.stdin_fd >= 0)
+            close(r.stdin_fd);
+        snprintf(res->message, sizeof(res->message), "%s", err->msg);
+        return -1;
+    }
+    int rc = run_start(&r, err);
+    if (rc == 0)
+        rc = run_watch(&r, err);
+    rc = run_teardown(&r, rc, err);
+    close(r.stdin_fd);
+    res->out = (struct sbx_output){r.bufs[0].data, r.bufs[0].len, r.bufs[0].truncated};
+    res->err = (struct sbx_output){r.bufs[1].data, r.bufs[1].len, r.bufs[1].truncated};
+    return run_verdict(&r, rc, res, err);
 }

@@ -142,6 +142,15 @@ struct sbx_run_config {
      * none; fd 0 is stdin and never a cancel descriptor. A cancelled run is killed and cleaned
      * like any other and sbx_run returns -1 with "the run was cancelled". */
     int cancel_fd;
+    /* Optional: takes each chunk of the program's output as it is read, stream 1 for stdout
+     * and 2 for stderr (e.g. to stream it to a client). It sees every byte, whatever
+     * max_output_bytes says, and res->out and res->err stay empty. Returns 0, or -1 when it
+     * could not take a chunk: the run goes on (its output is still read, so that the program
+     * never blocks on a full pipe) and sbx_run then fails. It is called from the thread
+     * running sbx_run. NULL: the output is kept in res->out and res->err up to
+     * max_output_bytes per stream. */
+    int (*on_output)(void *ctx, int stream, const char *buf, size_t n);
+    void *output_ctx;
 };
 
 /* The defaults of SPEC §4 for the run stage. */

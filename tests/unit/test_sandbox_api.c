@@ -245,6 +245,61 @@ static void test_box_carries_files_across_runs(void **state)
     sbx_box_close(&host, &box);
 }
 
+struct collected {
+    char data[3][8192]; /* by stream: 1 stdout, 2 stderr */
+    size_t len[3];
+    int calls;
+    bool refuse;
+};
+
+static int collect(void *ctx, int stream, const char *buf, size_t n)
+{
+    struct collected *c = ctx;
+    c->calls++;
+    if (c->refuse || stream < 1 || stream > 2 || c->len[stream] + n > sizeof(c->data[stream]))
+        return -1;
+    memcpy(c->data[stream] + c->len[stream], buf, n);
+    c->len[stream] += n;
+    return 0;
+}
+
+/* With a consumer, every byte of each stream goes to it as it is read (the cap is the
+ * consumer's business) and the result's buffers stay empty; a consumer that cannot take a
+ * chunk fails the run once it is over. */
+static void test_output_goes_to_a_consumer(void **state)
+{
+    (void)state;
+    struct sbx_box box;
+    struct ev_err err;
+    assert_int_equal(sbx_box_open(&host, NULL, &box, &err), 0);
+    char *const argv[] = {"sh", "-c", "printf '%3000s' x; echo oops >&2", NULL};
+    struct collected c = {0};
+    struct sbx_run_config cfg = {.argv = argv, .envp = env, .on_output = collect, .output_ctx = &c};
+    sbx_limits_default(&cfg.limits);
+    cfg.limits.wall_time_us = 10 * 1000000;
+    cfg.limits.max_output_bytes = 100;
+    struct sbx_result res;
+    assert_int_equal(sbx_run(&host, &box, &cfg, &res, &err), 0);
+    assert_int_equal(res.status, SBX_OK);
+    assert_int_equal(res.out.len, 0);
+    assert_int_equal(res.err.len, 0);
+    assert_int_equal(c.len[1], 3000);
+    assert_int_equal(c.data[1][2999], 'x');
+    assert_int_equal(c.data[1][0], ' ');
+    assert_int_equal(c.len[2], 5);
+    assert_memory_equal(c.data[2], "oops\n", 5);
+    sbx_result_free(&res);
+
+    struct collected refusing = {.refuse = true};
+    cfg.output_ctx = &refusing;
+    assert_int_equal(sbx_run(&host, &box, &cfg, &res, &err), -1);
+    assert_int_equal(res.status, SBX_XX);
+    assert_true(refusing.calls >= 2);
+    assert_non_null(strstr(res.message, "consumer of the program's output"));
+    sbx_result_free(&res);
+    sbx_box_close(&host, &box);
+}
+
 static void test_cancel_stops_a_run_at_once(void **state)
 {
     (void)state;
@@ -674,6 +729,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_box_carries_files_across_runs),
         cmocka_unit_test(test_cancel_stops_a_run_at_once),
+        cmocka_unit_test(test_output_goes_to_a_consumer),
         cmocka_unit_test(test_runs_from_several_threads_at_once),
         cmocka_unit_test(test_no_descriptor_leak_over_many_runs),
         cmocka_unit_test(test_each_run_has_a_fresh_network_namespace),
