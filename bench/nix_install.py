@@ -20,8 +20,8 @@ NIX_CONFIG = "substituters =\nconnect-timeout = 2\nextra-sandbox-paths = /bin /u
 
 
 def shell(nonce):
-    with open(os.path.join(ROOT, "tests", "fixtures", "nix", "greet-1.0.nix")) as f:
-        return f.read().replace("@NONCE@", nonce)
+    with open(os.path.join(ROOT, "tests", "fixtures", "nix", "greet.nix")) as f:
+        return f.read().replace("@NONCE@", nonce).replace("@VERSION@", "1.0")
 
 
 def install(server, i):

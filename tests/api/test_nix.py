@@ -80,7 +80,7 @@ def test_two_versions_side_by_side(nix_server):
     ids = {}
     for v in ("1.0", "2.0"):
         r = nix_server.post("/runtimes", nix_body(
-            f"greet-{v}", fixture(f"greet-{v}.nix"),
+            f"greet-{v}", fixture("greet.nix", VERSION=v),
             'greet "$(< input.txt)"; type -P greet; type -P cat || echo "no cat"',
             source_file_name="input.txt"))
         assert r.status_code == 200, r.text
@@ -98,7 +98,7 @@ def test_two_versions_side_by_side(nix_server):
 
 def test_compile_stage_has_the_environment(nix_server):
     r = nix_server.post("/runtimes", nix_body(
-        "greet-compiled", fixture("greet-2.0.nix"), "./prog",
+        "greet-compiled", fixture("greet.nix", VERSION="2.0"), "./prog",
         compile_script='printf "#!/bin/sh\\n%s\\n" "$(greet compiled)" > prog && /bin/chmod +x prog'))
     assert r.status_code == 200, r.text
     rid = nix_server.runtimes()["greet-compiled"]
