@@ -190,7 +190,7 @@ static int listen_on(unsigned port, struct ev_err *err)
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_ANY)};
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 256) < 0) {
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 65535) < 0) {
         int e = errno;
         close(fd);
         return ev_fail(err, e, "PORT: listen on port %u", port);
