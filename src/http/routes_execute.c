@@ -51,8 +51,8 @@ static int parse_body(const struct request *rq, int body_fd, struct execute_body
 }
 
 /* base64 of a project, decoded; NULL with the answer in r. */
-static void *decode_archive(const struct execute_body *b, const struct request *rq,
-                            struct reply *r, size_t *len)
+static void *decode_archive(const struct execute_body *b, const struct request *rq, struct reply *r,
+                            size_t *len)
 {
     size_t bad;
     void *archive = base64_decode(b->source, b->source_len, len, &bad);
@@ -60,8 +60,8 @@ static void *decode_archive(const struct execute_body *b, const struct request *
         if (bad == (size_t)-1)
             reply_internal(r, rq, "out of memory decoding base64");
         else
-            reply_message(r, 400, "Invalid base64 in source_code: unexpected character at offset %zu",
-                          bad);
+            reply_message(r, 400,
+                          "Invalid base64 in source_code: unexpected character at offset %zu", bad);
     }
     return archive;
 }
@@ -124,8 +124,7 @@ struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, 
     return j;
 }
 
-void execute_run(const struct route_ctx *s, struct exec_job *j, struct request *rq,
-                 struct reply *r)
+void execute_run(const struct route_ctx *s, struct exec_job *j, struct request *rq, struct reply *r)
 {
     char msg[512];
     if (!j->b.root && parse_body(rq, j->body_fd, &j->b, msg, sizeof(msg)) < 0) {

@@ -39,11 +39,11 @@ struct sched {
     pthread_cond_t cv;
     unsigned max_running;
     struct sched_bounds bounds;
-    unsigned running; /* submissions running */
-    bool exclusive;   /* exclusive work running */
-    unsigned waiting; /* tickets in the queue */
+    unsigned running;      /* submissions running */
+    bool exclusive;        /* exclusive work running */
+    unsigned waiting;      /* tickets in the queue */
     uint64_t mem, spilled; /* their costs, summed */
-    bool stopping;    /* shutting down: nothing new starts */
+    bool stopping;         /* shutting down: nothing new starts */
     struct sched_ticket *head, *tail;
 };
 
@@ -61,7 +61,7 @@ enum sched_outcome sched_enqueue_job(struct sched *s, struct sched_ticket *t, en
 void sched_withdraw(struct sched *s, struct sched_ticket *t); /* a waiting ticket gives up */
 /* The waiting job ticket of that tag, or NULL (it was granted, or never queued). */
 struct sched_ticket *sched_find_tag(struct sched *s, uint64_t tag);
-void sched_release(struct sched *s, enum sched_kind kind);    /* a granted one is done */
+void sched_release(struct sched *s, enum sched_kind kind); /* a granted one is done */
 
 /* Waits for a turn. abort_fn (may be NULL) is polled every 10 ms while waiting. */
 enum sched_outcome sched_acquire(struct sched *s, enum sched_kind kind, bool (*abort_fn)(void *),
