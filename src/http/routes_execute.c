@@ -1,6 +1,7 @@
 /* POST /execute[?is_project=true] */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/base64.h"
 #include "format/stage_json.h"
@@ -66,21 +67,14 @@ static void *decode_archive(const struct execute_body *b, const struct request *
     return archive;
 }
 
-struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, struct reply *r)
+/* Reads and checks the request into j: false with the answer in r (j then holds nothing). */
+static bool check_job(const struct route_ctx *s, struct exec_job *j, struct request *rq,
+                      struct reply *r)
 {
-    struct exec_job *j = calloc(1, sizeof(*j));
-    if (!j) {
-        reply_internal(r, rq, "out of memory");
-        return NULL;
-    }
-    j->body_fd = rq->body_fd;
-    j->base64_output = request_flag(rq, "base64_output");
-    j->req.is_project = request_flag(rq, "is_project");
     char msg[512];
     if (parse_body(rq, j->body_fd, &j->b, msg, sizeof(msg)) < 0) {
         reply_message(r, 400, "%s", msg);
-        free(j);
-        return NULL;
+        return false;
     }
     /* The runtime is read once: its limits are checked and it runs from this one copy, so a
      * runtime deleted and installed again under the same id while the request waits is
@@ -95,8 +89,8 @@ struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, 
         else
             reply_internal(r, rq, gerr.msg);
         execute_body_free(&j->b);
-        free(j);
-        return NULL;
+        memset(&j->rt, 0, sizeof(j->rt));
+        return false;
     }
     j->req.rt = &j->rt;
     /* A runtime's own limits are, for it, the defaults and the maxima. */
@@ -105,7 +99,30 @@ struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, 
     if (limits_resolve(&j->b.compile, &cmax, "compile", &j->req.compile, msg, sizeof(msg)) < 0 ||
         limits_resolve(&j->b.run, &rmax, "run", &j->req.run, msg, sizeof(msg)) < 0) {
         reply_message(r, 400, "%s", msg);
-        exec_job_free(j);
+        execute_body_free(&j->b);
+        runtime_free(&j->rt);
+        return false;
+    }
+    return true;
+}
+
+struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, struct reply *r)
+{
+    struct exec_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        reply_internal(r, rq, "out of memory");
+        return NULL;
+    }
+    j->body_fd = rq->body_fd;
+    j->base64_output = request_flag(rq, "base64_output");
+    j->req.is_project = request_flag(rq, "is_project");
+    /* A spilled body (over 1 MiB) is read when its turn comes, not now: held parsed while it
+     * waits it would cost its size in memory, and parsed twice it would cost twice the time.
+     * Its 400, if it has one, comes after the wait. */
+    if (j->body_fd >= 0)
+        return j;
+    if (!check_job(s, j, rq, r)) {
+        free(j);
         return NULL;
     }
     if (j->req.is_project) {
@@ -119,17 +136,13 @@ struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, 
         }
         free(archive);
     }
-    if (j->body_fd >= 0)
-        execute_body_free(&j->b);
     return j;
 }
 
 void execute_run(const struct route_ctx *s, struct exec_job *j, struct request *rq, struct reply *r)
 {
-    char msg[512];
-    if (!j->b.root && parse_body(rq, j->body_fd, &j->b, msg, sizeof(msg)) < 0) {
+    if (!j->b.root && !check_job(s, j, rq, r)) {
         pipeline_release(s->pipeline);
-        reply_internal(r, rq, "parse a spilled body again");
         return;
     }
     struct exec_request req = j->req;
