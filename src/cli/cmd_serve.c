@@ -50,8 +50,12 @@ static const char usage[] =
     "  RUN_MEMORY [1000000] RUN_MAX_FILE_SIZE [100000]                         kilobytes\n"
     "  RUN_MAX_OPEN_FILES [64] RUN_MAX_NUMBER_OF_PROCESSES [64]\n"
     "  MAX_CONCURRENT_SUBMISSIONS [8]   submissions running at once\n"
-    "  MAX_QUEUE_SIZE [64]              waiting submissions before answering 503 (earlier\n"
-    "                                   name: MAX_QUEUED_REQUESTS)\n"
+    "  MAX_QUEUE_MEMORY [268435456]     body bytes that waiting requests may hold in memory\n"
+    "                                   before the next one is answered 503\n"
+    "  MAX_QUEUE_SPILLED [4294967296]   body bytes they may hold in files (bodies over 1 MiB)\n"
+    "  MAX_QUEUE_SIZE [no limit]        waiting requests, counted, before answering 503\n"
+    "                                   (0: none waits; earlier name: MAX_QUEUED_REQUESTS)\n"
+    "  CONNECTION_TIMEOUT [60]          seconds a connection may stay silent\n"
     "  INSTALLATION_TIMEOUT [120] UPDATE_TIMEOUT [240]                         seconds\n"
     "  MAX_REQUEST_SIZE [67108864]      request body bytes before answering 413\n"
     "  MAX_OUTPUT_SIZE [4194304]        stdout and stderr bytes kept per stage\n"
@@ -63,6 +67,9 @@ static const char usage[] =
     "  ENVICUTOR_USER [envicutor]       unprivileged user of the server (created if missing)\n"
     "  ENVICUTOR_CATALOG [<binary>/../../runtimes/catalog]  runtime catalog installed on first\n"
     "                                   start\n"
+    "\n"
+    "Connections are bounded by the descriptor limit, which the server raises to its hard\n"
+    "limit at start (`ulimit -Hn`), less a reserve of 256.\n"
     "\n"
     "SIGTERM or SIGINT stop it gracefully: running submissions are killed and cleaned.\n";
 
@@ -190,7 +197,7 @@ static int listen_on(unsigned port, struct ev_err *err)
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_ANY)};
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 256) < 0) {
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 65535) < 0) {
         int e = errno;
         close(fd);
         return ev_fail(err, e, "PORT: listen on port %u", port);

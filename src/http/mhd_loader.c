@@ -32,6 +32,8 @@ static struct {
     enum MHD_Result (*add_response_header)(struct MHD_Response *, const char *, const char *);
     const union MHD_ConnectionInfo *(*get_connection_info)(struct MHD_Connection *,
                                                            enum MHD_ConnectionInfoType, ...);
+    void (*suspend_connection)(struct MHD_Connection *);
+    void (*resume_connection)(struct MHD_Connection *);
 } mhd;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -60,6 +62,8 @@ static void load(void)
     mhd.destroy_response = symbol("MHD_destroy_response");
     mhd.add_response_header = symbol("MHD_add_response_header");
     mhd.get_connection_info = symbol("MHD_get_connection_info");
+    mhd.suspend_connection = symbol("MHD_suspend_connection");
+    mhd.resume_connection = symbol("MHD_resume_connection");
 }
 
 int mhd_load(struct ev_err *err)
@@ -138,4 +142,16 @@ const union MHD_ConnectionInfo *MHD_get_connection_info(struct MHD_Connection *c
 {
     need();
     return mhd.get_connection_info(connection, info_type);
+}
+
+void MHD_suspend_connection(struct MHD_Connection *connection)
+{
+    need();
+    mhd.suspend_connection(connection);
+}
+
+void MHD_resume_connection(struct MHD_Connection *connection)
+{
+    need();
+    mhd.resume_connection(connection);
 }

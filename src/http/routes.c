@@ -12,16 +12,17 @@ static void route_health(const struct route_ctx *ctx, struct request *rq, struct
 /* Reading runtimes and executing need an execute key (an admin key may do everything); what
  * changes the server's state needs an admin key. */
 static const struct route routes[] = {
-    {"GET", "/health", ROUTE_EXACT, AUTH_NONE, BODY_MEMORY, route_health},
-    {"GET", "/runtimes", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, route_runtimes_list},
-    {"POST", "/runtimes", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, route_runtimes_add},
-    {"GET", "/runtimes/", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, route_runtimes_list},
-    {"POST", "/runtimes/", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, route_runtimes_add},
-    {"GET", "/runtimes/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, route_runtimes_get},
-    {"DELETE", "/runtimes/", ROUTE_PREFIX, AUTH_ADMIN, BODY_MEMORY, route_runtimes_delete},
-    {"POST", "/update", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, route_update},
-    {"POST", "/gc", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, route_gc},
-    {"POST", "/execute", ROUTE_EXACT, AUTH_EXECUTE, BODY_FILE, route_execute},
+    {"GET", "/health", ROUTE_EXACT, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_health},
+    {"GET", "/runtimes", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_runtimes_list},
+    {"POST", "/runtimes", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_runtimes_add},
+    {"GET", "/runtimes/", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_runtimes_list},
+    {"POST", "/runtimes/", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_runtimes_add},
+    {"GET", "/runtimes/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_runtimes_get},
+    {"DELETE", "/runtimes/", ROUTE_PREFIX, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD,
+     route_runtimes_delete},
+    {"POST", "/update", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_update},
+    {"POST", "/gc", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_gc},
+    {"POST", "/execute", ROUTE_EXACT, AUTH_EXECUTE, BODY_FILE, RUN_QUEUED, NULL},
 };
 
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))

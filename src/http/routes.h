@@ -26,12 +26,20 @@ enum route_match { ROUTE_EXACT, ROUTE_PREFIX };
  * BODY_MEMORY: a body that was spilled to a file is read back into rq->body first. */
 enum route_body { BODY_MEMORY, BODY_FILE };
 
+/* Where a handler runs. RUN_INLINE: in libmicrohttpd's thread (quick: a health check, a read
+ * of the database). RUN_THREAD: in a thread of its own while the connection is suspended
+ * (work that may wait for its turn and take minutes: installations, updates). RUN_QUEUED:
+ * /execute, which waits in the scheduler's queue as a suspended connection and a small job,
+ * and runs in one of the server's workers when its turn comes (fn is NULL). */
+enum route_run { RUN_INLINE, RUN_THREAD, RUN_QUEUED };
+
 struct route {
     const char *method;
     const char *path;
     enum route_match match;
     enum auth_role role;
     enum route_body body;
+    enum route_run run;
     route_fn *fn;
 };
 
@@ -48,7 +56,14 @@ enum auth_role route_role(const char *method, const char *path);
 route_fn route_runtimes_list, route_runtimes_add, route_runtimes_get, route_runtimes_delete;
 /* routes_packages.c */
 route_fn route_update, route_gc;
-/* routes_execute.c */
-route_fn route_execute;
+/* routes_execute.c: POST /execute in two steps, so that a request waits for its turn without
+ * a thread (server.c). execute_prepare reads and checks the request: NULL with the answer in r
+ * (a 400 at once, never queued), or the job to queue. execute_run, once the job has its turn
+ * (a granted submission ticket), runs it and gives the turn back. */
+struct exec_job;
+struct exec_job *execute_prepare(const struct route_ctx *ctx, struct request *rq, struct reply *r);
+void execute_run(const struct route_ctx *ctx, struct exec_job *j, struct request *rq,
+                 struct reply *r);
+void exec_job_free(struct exec_job *j);
 
 #endif

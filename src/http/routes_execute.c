@@ -1,6 +1,7 @@
 /* POST /execute[?is_project=true] */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/base64.h"
 #include "format/stage_json.h"
@@ -23,78 +24,153 @@ static json_t *outcome_json(const struct exec_outcome *o, bool base64_output)
     return j;
 }
 
-void route_execute(const struct route_ctx *s, struct request *rq, struct reply *r)
+/* A request that passed its checks, waiting for its turn: the runtime as read once, the limits
+ * resolved, and the parsed body when it was small. A spilled body is parsed again from its file
+ * when the turn comes, so that a waiting request holds disk, not memory (SPEC §5). */
+struct exec_job {
+    struct execute_body b; /* b.root is NULL while a spilled body waits */
+    struct runtime rt;
+    struct exec_request req;
+    bool base64_output;
+    int body_fd;
+};
+
+void exec_job_free(struct exec_job *j)
 {
-    bool is_project = request_flag(rq, "is_project");
-    bool base64_output = request_flag(rq, "base64_output");
-    struct execute_body b;
-    char msg[512];
-    if ((rq->body_fd >= 0 ? parse_execute_fd(rq->body_fd, &b, msg, sizeof(msg))
-                          : parse_execute(rq->body, rq->body_len, &b, msg, sizeof(msg))) < 0) {
-        reply_message(r, 400, "%s", msg);
+    if (!j)
         return;
+    execute_body_free(&j->b);
+    runtime_free(&j->rt);
+    free(j);
+}
+
+static int parse_body(const struct request *rq, int body_fd, struct execute_body *b, char *msg,
+                      size_t size)
+{
+    return body_fd >= 0 ? parse_execute_fd(body_fd, b, msg, size)
+                        : parse_execute(rq->body, rq->body_len, b, msg, size);
+}
+
+/* base64 of a project, decoded; NULL with the answer in r. */
+static void *decode_archive(const struct execute_body *b, const struct request *rq, struct reply *r,
+                            size_t *len)
+{
+    size_t bad;
+    void *archive = base64_decode(b->source, b->source_len, len, &bad);
+    if (!archive) {
+        if (bad == (size_t)-1)
+            reply_internal(r, rq, "out of memory decoding base64");
+        else
+            reply_message(r, 400,
+                          "Invalid base64 in source_code: unexpected character at offset %zu", bad);
     }
-    void *archive = NULL;
+    return archive;
+}
+
+/* Reads and checks the request into j: false with the answer in r (j then holds nothing). */
+static bool check_job(const struct route_ctx *s, struct exec_job *j, struct request *rq,
+                      struct reply *r)
+{
+    char msg[512];
+    if (parse_body(rq, j->body_fd, &j->b, msg, sizeof(msg)) < 0) {
+        reply_message(r, 400, "%s", msg);
+        return false;
+    }
     /* The runtime is read once: its limits are checked and it runs from this one copy, so a
      * runtime deleted and installed again under the same id while the request waits is
      * never run under limits checked against the old one. An unknown runtime is answered
      * at once, without queueing. */
-    struct runtime rt;
     struct ev_err gerr = {0};
-    int found = store_get(s->pipeline->store, b.runtime_id, &rt, &gerr);
+    int found = store_get(s->pipeline->store, j->b.runtime_id, &j->rt, &gerr);
     if (found != 0) {
         if (found > 0)
-            reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)b.runtime_id);
+            reply_message(r, 400, "Runtime with id: %lld does not exist",
+                          (long long)j->b.runtime_id);
         else
             reply_internal(r, rq, gerr.msg);
-        execute_body_free(&b);
-        return;
+        execute_body_free(&j->b);
+        memset(&j->rt, 0, sizeof(j->rt));
+        return false;
     }
-    struct exec_request req = {
-        .rt = &rt,
-        .source = b.source,
-        .source_len = b.source_len,
-        .is_project = is_project,
-        .input = b.input,
-        .input_len = b.input_len,
-    };
+    j->req.rt = &j->rt;
     /* A runtime's own limits are, for it, the defaults and the maxima. */
     struct ev_limits cmax, rmax;
-    runtime_limits(&rt, s->cfg, &cmax, &rmax);
-    if (limits_resolve(&b.compile, &cmax, "compile", &req.compile, msg, sizeof(msg)) < 0 ||
-        limits_resolve(&b.run, &rmax, "run", &req.run, msg, sizeof(msg)) < 0) {
+    runtime_limits(&j->rt, s->cfg, &cmax, &rmax);
+    if (limits_resolve(&j->b.compile, &cmax, "compile", &j->req.compile, msg, sizeof(msg)) < 0 ||
+        limits_resolve(&j->b.run, &rmax, "run", &j->req.run, msg, sizeof(msg)) < 0) {
         reply_message(r, 400, "%s", msg);
-        goto out;
+        execute_body_free(&j->b);
+        runtime_free(&j->rt);
+        return false;
     }
-    if (is_project) {
-        size_t len, bad;
-        archive = base64_decode(b.source, b.source_len, &len, &bad);
+    return true;
+}
+
+struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, struct reply *r)
+{
+    struct exec_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        reply_internal(r, rq, "out of memory");
+        return NULL;
+    }
+    j->body_fd = rq->body_fd;
+    j->base64_output = request_flag(rq, "base64_output");
+    j->req.is_project = request_flag(rq, "is_project");
+    /* A spilled body (over 1 MiB) is read when its turn comes, not now: held parsed while it
+     * waits it would cost its size in memory, and parsed twice it would cost twice the time.
+     * Its 400, if it has one, comes after the wait. */
+    if (j->body_fd >= 0)
+        return j;
+    if (!check_job(s, j, rq, r)) {
+        free(j);
+        return NULL;
+    }
+    if (j->req.is_project) {
+        /* checked now, so that a bad archive is answered without waiting; decoded again when
+         * it runs rather than held decoded while it waits */
+        size_t len;
+        void *archive = decode_archive(&j->b, rq, r, &len);
         if (!archive) {
-            if (bad == (size_t)-1)
-                reply_internal(r, rq, "out of memory decoding base64");
-            else
-                reply_message(r, 400,
-                              "Invalid base64 in source_code: unexpected character at offset %zu",
-                              bad);
-            goto out;
+            exec_job_free(j);
+            return NULL;
+        }
+        free(archive);
+    }
+    return j;
+}
+
+void execute_run(const struct route_ctx *s, struct exec_job *j, struct request *rq, struct reply *r)
+{
+    if (!j->b.root && !check_job(s, j, rq, r)) {
+        pipeline_release(s->pipeline);
+        return;
+    }
+    struct exec_request req = j->req;
+    req.source = j->b.source;
+    req.source_len = j->b.source_len;
+    req.input = j->b.input;
+    req.input_len = j->b.input_len;
+    void *archive = NULL;
+    if (req.is_project) {
+        archive = decode_archive(&j->b, rq, r, &req.source_len);
+        if (!archive) {
+            pipeline_release(s->pipeline);
+            return;
         }
         req.source = archive;
-        req.source_len = len;
     }
     struct exec_outcome o;
     struct ev_err err = {0};
-    enum pipe_status st = pipeline_execute(s->pipeline, &req, request_aborted, rq, &o, &err);
+    enum pipe_status st =
+        pipeline_execute_granted(s->pipeline, &req, request_aborted, rq, &o, &err);
     if (st == PIPE_OK) {
         r->status = 200;
-        r->json = outcome_json(&o, base64_output);
+        r->json = outcome_json(&o, j->base64_output);
         exec_outcome_free(&o);
     } else if (st == PIPE_NO_RUNTIME) {
-        reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)b.runtime_id);
+        reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)j->rt.id);
     } else {
         reply_pipe_status(r, rq, st, &err);
     }
-out:
     free(archive);
-    runtime_free(&rt);
-    execute_body_free(&b);
 }

@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "common/fileutil.h"
@@ -27,6 +30,18 @@ struct conn_state {
     bool answered; /* a response was queued before the body ended (413) */
     int denied;    /* 401 or 403: answered without routing, the body is dropped */
     const char *denied_msg;
+
+    /* A request handled away from libmicrohttpd's threads, while the connection is suspended:
+     * its handler's arguments, and the answer it leaves for the resumed connection. */
+    struct http_server *s;
+    struct MHD_Connection *conn;
+    const struct route *route;
+    struct request rq;
+    struct reply reply;
+    bool suspended, has_reply;
+    struct exec_job *job;       /* /execute: waiting for, or holding, a submission turn */
+    struct sched_ticket ticket; /* its place in the queue; tag: the request id */
+    struct conn_state *ready_next;
 };
 
 /* Bodies up to this size stay in memory; a larger one is written to an unlinked file in the
@@ -53,9 +68,8 @@ static void drop_body(struct conn_state *cs)
     cs->body_fd = -1;
 }
 
-/* Answers a request whose body has all arrived, through the route table. */
-static void dispatch(struct http_server *s, struct conn_state *cs, struct request *rq,
-                     struct reply *r)
+/* The route of a request whose body has all arrived, or NULL with the answer in r. */
+static const struct route *route_of(struct conn_state *cs, struct request *rq, struct reply *r)
 {
     bool path_known;
     const struct route *rt = route_find(rq->method, rq->path, &path_known);
@@ -64,7 +78,7 @@ static void dispatch(struct http_server *s, struct conn_state *cs, struct reques
             reply_message(r, 405, "Method %s is not allowed on %.200s", rq->method, rq->path);
         else
             reply_message(r, 404, "Not found: %s %.200s", rq->method, rq->path);
-        return;
+        return NULL;
     }
     if (rt->match == ROUTE_PREFIX)
         rq->rest = rq->path + strlen(rt->path);
@@ -74,14 +88,191 @@ static void dispatch(struct http_server *s, struct conn_state *cs, struct reques
         cs->body = malloc(cs->len + 1);
         if (!cs->body || pread_full(cs->body_fd, cs->body, cs->len, 0) != (ssize_t)cs->len) {
             reply_internal(r, rq, "read a spilled body back");
-            return;
+            return NULL;
         }
         cs->body[cs->len] = '\0';
         rq->body = cs->body;
         rq->body_fd = -1;
     }
-    struct route_ctx ctx = {.pipeline = s->pipeline, .cfg = s->cfg};
-    rt->fn(&ctx, rq, r);
+    return rt;
+}
+
+static struct route_ctx route_ctx(const struct http_server *s)
+{
+    return (struct route_ctx){.pipeline = s->pipeline, .cfg = s->cfg};
+}
+
+/* Hands the suspended connection back to libmicrohttpd with its answer in cs->reply; the
+ * access handler is called again and sends it. */
+static void finish_suspended(struct conn_state *cs)
+{
+    cs->has_reply = true;
+    MHD_resume_connection(cs->conn);
+}
+
+/* ---- /execute: waiting in the queue without a thread ------------------------------------ */
+
+static void watch_del(struct http_server *s, struct conn_state *cs)
+{
+    /* ENOENT: the registration was a one-shot that fired, or never made; both are fine */
+    if (cs->rq.fd >= 0)
+        epoll_ctl(s->watch_fd, EPOLL_CTL_DEL, cs->rq.fd, NULL);
+}
+
+/* Called by the scheduler, with its lock held, when a waiting job leaves the queue. */
+static void on_ticket(struct sched_ticket *t)
+{
+    struct conn_state *cs = (struct conn_state *)((char *)t - offsetof(struct conn_state, ticket));
+    struct http_server *s = cs->s;
+    pthread_mutex_lock(&s->mu);
+    cs->ready_next = NULL;
+    if (s->ready_tail)
+        s->ready_tail->ready_next = cs;
+    else
+        s->ready_head = cs;
+    s->ready_tail = cs;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void *worker_main(void *arg)
+{
+    struct http_server *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->ready_head && !s->closing)
+            pthread_cond_wait(&s->cv, &s->mu);
+        struct conn_state *cs = s->ready_head;
+        if (cs) {
+            s->ready_head = cs->ready_next;
+            if (!s->ready_head)
+                s->ready_tail = NULL;
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!cs)
+            return NULL; /* closing, and nothing left to answer */
+        watch_del(s, cs);
+        struct route_ctx ctx = route_ctx(s);
+        if (cs->ticket.granted)
+            execute_run(&ctx, cs->job, &cs->rq, &cs->reply);
+        else
+            reply_pipe_status(&cs->reply, &cs->rq, PIPE_STOPPING, NULL);
+        finish_suspended(cs);
+    }
+}
+
+/* Waiting clients that hang up: their jobs leave the queue (SPEC §5), and their connections
+ * are closed without an answer. Only the hang-up is watched (EPOLLRDHUP, not EPOLLIN), so
+ * that a request the client pipelined behind is not taken for one. */
+static void *watcher_main(void *arg)
+{
+    struct http_server *s = arg;
+    struct epoll_event ev[64];
+    for (;;) {
+        int n = epoll_wait(s->watch_fd, ev, 64, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            fprintf(stderr, "envicutor: http: epoll_wait: %s\n", strerror(errno));
+            return NULL;
+        }
+        for (int i = 0; i < n; i++) {
+            if (ev[i].data.u64 == 0)
+                return NULL; /* http_stop */
+            /* By tag, not by pointer: a job granted meanwhile may be gone already. */
+            struct sched_ticket *t = pipeline_withdraw(s->pipeline, ev[i].data.u64);
+            if (!t)
+                continue; /* granted: the run itself watches its client */
+            struct conn_state *cs =
+                (struct conn_state *)((char *)t - offsetof(struct conn_state, ticket));
+            cs->reply.drop = true;
+            finish_suspended(cs);
+        }
+    }
+}
+
+/* Queues a checked /execute request; the connection is suspended until its answer is ready.
+ * Suspended first, so that no worker can resume it before it is. */
+static void queue_execute(struct http_server *s, struct conn_state *cs, struct exec_job *job)
+{
+    cs->job = job;
+    cs->ticket = (struct sched_ticket){.notify = on_ticket, .tag = cs->id};
+    /* A waiting request holds its body: in memory when small (its parsed form now), in its
+     * file when spilled. The raw text in memory is no longer needed. */
+    if (cs->body_fd >= 0)
+        cs->ticket.spilled = cs->len;
+    else
+        cs->ticket.mem = cs->len;
+    free(cs->body);
+    cs->body = NULL;
+    cs->rq.body = "";
+    cs->cap = 0;
+    cs->suspended = true;
+    MHD_suspend_connection(cs->conn);
+    if (cs->rq.fd >= 0) {
+        struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.u64 = cs->id};
+        if (epoll_ctl(s->watch_fd, EPOLL_CTL_ADD, cs->rq.fd, &ev) < 0 &&
+            (errno != EEXIST || epoll_ctl(s->watch_fd, EPOLL_CTL_MOD, cs->rq.fd, &ev) < 0))
+            fprintf(stderr, "req %llu: cannot watch the client for a hang-up: %s\n",
+                    (unsigned long long)cs->id, strerror(errno));
+    }
+    enum pipe_status st = pipeline_enqueue(s->pipeline, &cs->ticket);
+    if (st != PIPE_OK) {
+        watch_del(s, cs);
+        reply_pipe_status(&cs->reply, &cs->rq, st, NULL);
+        finish_suspended(cs);
+    } else if (cs->ticket.granted) {
+        on_ticket(&cs->ticket);
+    }
+}
+
+/* ---- long work in a thread of its own ---------------------------------------------------- */
+
+static void *handler_main(void *arg)
+{
+    struct conn_state *cs = arg;
+    struct http_server *s = cs->s;
+    struct route_ctx ctx = route_ctx(s);
+    cs->route->fn(&ctx, &cs->rq, &cs->reply);
+    pthread_mutex_lock(&s->mu);
+    finish_suspended(cs);
+    /* Under the lock: http_stop stops the daemon once this count is 0, and the resume above
+     * must come before. */
+    if (--s->threads == 0)
+        pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+#define HANDLER_STACK (1u << 20)
+
+static void run_in_thread(struct http_server *s, struct conn_state *cs)
+{
+    cs->suspended = true;
+    MHD_suspend_connection(cs->conn);
+    pthread_mutex_lock(&s->mu);
+    int e = s->closing ? ECANCELED : 0;
+    pthread_attr_t a;
+    pthread_t th;
+    if (!e) {
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&a, HANDLER_STACK);
+        e = pthread_create(&th, &a, handler_main, cs);
+        pthread_attr_destroy(&a);
+        if (!e)
+            s->threads++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (e == ECANCELED) {
+        reply_pipe_status(&cs->reply, &cs->rq, PIPE_STOPPING, NULL);
+        finish_suspended(cs);
+    } else if (e) {
+        char why[128];
+        snprintf(why, sizeof(why), "start a thread for the request: %s", strerror(e));
+        reply_internal(&cs->reply, &cs->rq, why);
+        finish_suspended(cs);
+    }
 }
 
 static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct reply *r)
@@ -130,6 +321,26 @@ static void log_request(uint64_t id, const char *method, const char *path, const
     else
         fprintf(stderr, "req %llu %s %s %d %.1fms\n", (unsigned long long)id, method, path,
                 r->status, ms);
+}
+
+/* Sends r (or closes the connection when the client is gone) and logs the request. */
+static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn,
+                              const char *method, const char *url, struct reply *r)
+{
+    if (!r->drop && !r->json && !r->text) {
+        fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",
+                (unsigned long long)cs->id);
+        r->status = 500;
+        r->text = "Internal server error";
+    }
+    enum MHD_Result ret = r->drop ? MHD_NO : send_reply(conn, r);
+    log_request(cs->id, method, url, r, cs->t0);
+    json_decref(r->json);
+    r->json = NULL;
+    /* The body is no longer needed; the state itself goes in on_completed. */
+    drop_body(cs);
+    cs->answered = true;
+    return ret;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -230,6 +441,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
     if (cs->answered)
         return MHD_YES;
+    if (cs->suspended)
+        return cs->has_reply ? answer(cs, conn, method, url, &cs->reply) : MHD_YES;
     struct reply r = {0};
     if (cs->denied) {
         reply_message(&r, cs->denied, "%s", cs->denied_msg);
@@ -239,29 +452,34 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     } else {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-        struct request rq = {.id = cs->id,
-                             .method = method,
-                             .path = url,
-                             .rest = "",
-                             .body = cs->body ? cs->body : "",
-                             .body_len = cs->len,
-                             .body_fd = cs->body_fd,
-                             .conn = conn,
-                             .fd = ci ? ci->connect_fd : -1};
-        dispatch(s, cs, &rq, &r);
+        cs->s = s;
+        cs->conn = conn;
+        cs->rq = (struct request){.id = cs->id,
+                                  .method = method,
+                                  .path = url,
+                                  .rest = "",
+                                  .body = cs->body ? cs->body : "",
+                                  .body_len = cs->len,
+                                  .body_fd = cs->body_fd,
+                                  .conn = conn,
+                                  .fd = ci ? ci->connect_fd : -1};
+        const struct route *rt = route_of(cs, &cs->rq, &r);
+        struct route_ctx ctx = route_ctx(s);
+        if (rt && rt->run == RUN_INLINE) {
+            rt->fn(&ctx, &cs->rq, &r);
+        } else if (rt && rt->run == RUN_THREAD) {
+            cs->route = rt;
+            run_in_thread(s, cs);
+            return MHD_YES;
+        } else if (rt) {
+            struct exec_job *job = execute_prepare(&ctx, &cs->rq, &r);
+            if (job) {
+                queue_execute(s, cs, job);
+                return MHD_YES;
+            }
+        }
     }
-    if (!r.drop && !r.json && !r.text) {
-        fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",
-                (unsigned long long)cs->id);
-        r.status = 500;
-        r.text = "Internal server error";
-    }
-    enum MHD_Result ret = r.drop ? MHD_NO : send_reply(conn, &r);
-    log_request(cs->id, method, url, &r, cs->t0);
-    json_decref(r.json);
-    /* The body is no longer needed; the state itself goes in on_completed. */
-    drop_body(cs);
-    return ret;
+    return answer(cs, conn, method, url, &r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -271,6 +489,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct conn_state *cs = *con_cls;
     if (cs) {
         drop_body(cs);
+        exec_job_free(cs->job);
+        json_decref(cs->reply.json);
         free(cs);
         *con_cls = NULL;
     }
@@ -283,25 +503,103 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     vfprintf(stderr, fmt, ap);
 }
 
+/* Descriptors kept for what is not a connection: the helper's socket, the database, spilled
+ * bodies and files of the requests being answered, the epoll sets, libraries. */
+#define FD_RESERVE 256
+
+/* The server may hold as many connections as descriptors: the soft limit is raised to the hard
+ * one (raising the hard one needs CAP_SYS_RESOURCE, which the server does not keep). */
+static unsigned connection_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 1024 - FD_RESERVE;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl.rlim_cur = rl.rlim_max;
+        else
+            fprintf(stderr, "envicutor: raise the descriptor limit to %llu: %s\n",
+                    (unsigned long long)rl.rlim_max, strerror(errno));
+    }
+    rlim_t n = rl.rlim_cur == RLIM_INFINITY ? 1u << 20 : rl.rlim_cur;
+    if (n > 1u << 20)
+        n = 1u << 20;
+    return n > 2 * FD_RESERVE ? (unsigned)(n - FD_RESERVE) : (unsigned)(n / 2);
+}
+
+/* libmicrohttpd's threads: its epoll loop and the access handler never block for long, so one
+ * per core is enough. */
+#define MHD_THREADS 2
+
 int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
                const struct ev_config *cfg, struct ev_err *err)
 {
     s->pipeline = p;
     s->cfg = cfg;
     atomic_store(&s->next_id, 1);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->watch_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->watch_fd < 0)
+        return ev_fail(err, errno, "epoll_create1");
+    s->wake_fd = eventfd(0, EFD_CLOEXEC);
+    if (s->wake_fd < 0)
+        return ev_fail(err, errno, "eventfd");
+    struct epoll_event wev = {.events = EPOLLIN, .data.u64 = 0};
+    if (epoll_ctl(s->watch_fd, EPOLL_CTL_ADD, s->wake_fd, &wev) < 0)
+        return ev_fail(err, errno, "epoll_ctl");
+    int e = pthread_create(&s->watcher, NULL, watcher_main, s);
+    if (e)
+        return ev_fail(err, e, "start the HTTP server's watcher");
+    s->watcher_started = true;
+    s->workers = calloc(cfg->max_concurrent, sizeof(*s->workers));
+    if (!s->workers)
+        return ev_fail(err, ENOMEM, "start the HTTP server's workers");
+    for (; s->n_workers < cfg->max_concurrent; s->n_workers++) {
+        e = pthread_create(&s->workers[s->n_workers], NULL, worker_main, s);
+        if (e)
+            return ev_fail(err, e, "start the HTTP server's workers");
+    }
+    s->max_connections = connection_limit();
     s->daemon = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0,
-        NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, NULL,
-        MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)cfg->connection_timeout, MHD_OPTION_END);
+        MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, NULL, MHD_OPTION_LISTEN_SOCKET,
+        listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)MHD_THREADS, MHD_OPTION_CONNECTION_LIMIT, s->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout, MHD_OPTION_END);
     if (!s->daemon)
         return ev_fail(err, errno, "start the HTTP server");
+    fprintf(stderr, "envicutor: up to %u connections\n", s->max_connections);
     return 0;
 }
 
 void http_stop(struct http_server *s)
 {
+    /* The pipeline was stopped: every waiting job was refused and handed to the workers. */
+    pthread_mutex_lock(&s->mu);
+    s->closing = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    for (unsigned i = 0; i < s->n_workers; i++)
+        pthread_join(s->workers[i], NULL);
+    free(s->workers);
+    s->workers = NULL;
+    s->n_workers = 0;
+    pthread_mutex_lock(&s->mu);
+    while (s->threads > 0)
+        pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    if (s->watcher_started) {
+        uint64_t one = 1;
+        if (write(s->wake_fd, &one, sizeof(one)) != sizeof(one))
+            fprintf(stderr, "envicutor: http: wake the watcher: %s\n", strerror(errno));
+        else
+            pthread_join(s->watcher, NULL);
+        s->watcher_started = false;
+    }
+    /* Every suspended connection has been resumed by now: libmicrohttpd must not be stopped
+     * with one. */
     if (s->daemon)
         MHD_stop_daemon(s->daemon);
     s->daemon = NULL;

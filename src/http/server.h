@@ -1,8 +1,18 @@
-/* The HTTP server (libmicrohttpd, one thread per connection). It only translates: a request
- * becomes a call into the pipeline, the outcome becomes a status and a JSON body. */
+/* The HTTP server. It only translates: a request becomes a call into the pipeline, the outcome
+ * becomes a status and a JSON body.
+ *
+ * libmicrohttpd runs in its epoll mode with a small pool of threads, so that a connection costs
+ * its socket and a little memory, not a thread, and their number is bounded by the descriptor
+ * limit (raised to its hard limit at start), not by select()'s 1 024. Nothing slow runs in
+ * those threads: a submission is checked there, then its connection is suspended while it
+ * waits in the scheduler's queue (a job, no thread) and runs in one of MAX_CONCURRENT_SUBMISSIONS
+ * workers when its turn comes; installations and other long work run in a thread of their
+ * own. A watcher sees a waiting client go away (its socket's hang-up, through an epoll set of
+ * its own) and takes its job out of the queue. */
 #ifndef ENVICUTOR_SERVER_H
 #define ENVICUTOR_SERVER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -17,12 +27,26 @@ struct http_server {
     const struct ev_config *cfg;
     const struct auth_keys *auth; /* set before http_start; NULL or empty: no API keys */
     atomic_uint_fast64_t next_id;
+    unsigned max_connections;
+
+    /* Granted (or refused, when the server stops) jobs, for the workers. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct conn_state *ready_head, *ready_tail;
+    unsigned threads; /* handlers running in threads of their own */
+    bool closing;
+    pthread_t *workers;
+    unsigned n_workers;
+    int watch_fd; /* epoll set of the waiting connections' sockets */
+    int wake_fd;  /* eventfd that stops the watcher */
+    pthread_t watcher;
+    bool watcher_started;
 };
 
 int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
                const struct ev_config *cfg, struct ev_err *err);
-/* Stops accepting connections (the pipeline is stopped by the caller) and waits for the
- * connections' threads. */
+/* Stops (the pipeline is stopped by the caller first, which refuses every waiting job): answers
+ * what waits, waits for the workers and the handlers' threads, then stops libmicrohttpd. */
 void http_stop(struct http_server *s);
 
 #endif

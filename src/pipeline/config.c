@@ -119,9 +119,15 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
     /* MAX_QUEUE_SIZE; MAX_QUEUED_REQUESTS is its earlier name, still read when the new one is
      * not set. */
     const char *queue_var = get("MAX_QUEUE_SIZE") ? "MAX_QUEUE_SIZE" : "MAX_QUEUED_REQUESTS";
-    if (env_count(get, queue_var, 64, 0, 100000, &v, err) < 0)
+    /* No count by default: waiting is bounded by what it holds (SPEC §5). */
+    if (env_count(get, queue_var, UINT32_MAX, 0, UINT32_MAX, &v, err) < 0)
         return -1;
     cfg->max_queue = (unsigned)v;
+    if (env_count(get, "MAX_QUEUE_MEMORY", 256ull << 20, 0, 1ull << 40, &cfg->max_queue_memory,
+                  err) < 0 ||
+        env_count(get, "MAX_QUEUE_SPILLED", 4ull << 30, 0, 1ull << 44, &cfg->max_queue_spilled,
+                  err) < 0)
+        return -1;
     if (env_count(get, "INSTALLATION_TIMEOUT", 120, 1, 86400, &cfg->installation_timeout, err) <
             0 ||
         env_count(get, "UPDATE_TIMEOUT", 240, 1, 86400, &cfg->update_timeout, err) < 0 ||

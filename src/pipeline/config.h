@@ -19,6 +19,8 @@ struct ev_config {
     struct ev_limits compile, run;
     unsigned max_concurrent;       /* MAX_CONCURRENT_SUBMISSIONS */
     unsigned max_queue;            /* MAX_QUEUE_SIZE: waiting requests before 503 */
+    uint64_t max_queue_memory;     /* MAX_QUEUE_MEMORY: body bytes waiting requests hold */
+    uint64_t max_queue_spilled;    /* MAX_QUEUE_SPILLED: body bytes they hold in files */
     uint64_t installation_timeout; /* seconds */
     uint64_t update_timeout;       /* seconds */
     uint64_t max_request_bytes;    /* MAX_REQUEST_SIZE: larger bodies get 413 */

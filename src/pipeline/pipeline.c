@@ -30,7 +30,8 @@ void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *
     p->cfg = cfg;
     p->psc = psc;
     p->store = store;
-    sched_init(&p->sched, cfg->max_concurrent, cfg->max_queue);
+    struct sched_bounds b = {cfg->max_queue, cfg->max_queue_memory, cfg->max_queue_spilled};
+    sched_init(&p->sched, cfg->max_concurrent, &b);
     atomic_store(&p->stopping, false);
 }
 
@@ -284,6 +285,39 @@ enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request 
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_SUBMISSION, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
+    return pipeline_execute_granted(p, req, abort_fn, ctx, out, err);
+}
+
+enum pipe_status pipeline_enqueue(struct pipeline *p, struct sched_ticket *t)
+{
+    pthread_mutex_lock(&p->sched.mu);
+    enum pipe_status st = from_sched(sched_enqueue_job(&p->sched, t, SCHED_SUBMISSION));
+    pthread_mutex_unlock(&p->sched.mu);
+    return st;
+}
+
+struct sched_ticket *pipeline_withdraw(struct pipeline *p, uint64_t tag)
+{
+    pthread_mutex_lock(&p->sched.mu);
+    struct sched_ticket *t = sched_find_tag(&p->sched, tag);
+    if (t)
+        sched_withdraw(&p->sched, t);
+    pthread_mutex_unlock(&p->sched.mu);
+    return t;
+}
+
+void pipeline_release(struct pipeline *p)
+{
+    sched_done(&p->sched, SCHED_SUBMISSION);
+}
+
+enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_request *req,
+                                          pipe_abort_fn abort_fn, void *ctx,
+                                          struct exec_outcome *out, struct ev_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    struct abort_ctx ac = {p, abort_fn, ctx};
+    enum pipe_status st;
     /* Deletion is exclusive work: while we hold our turn the runtime cannot go away, but it
      * may have gone while we waited, and a runtime installed since may carry the same id. Its
      * directory name is drawn afresh for every installation, so id and directory together

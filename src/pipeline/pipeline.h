@@ -79,6 +79,20 @@ enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request 
                                   pipe_abort_fn abort_fn, void *ctx, struct exec_outcome *out,
                                   struct ev_err *err);
 
+/* The same in two steps, for a request that waits without a thread (the HTTP layer's
+ * /execute). pipeline_enqueue queues t (its notify, tag and costs set by the caller; see
+ * sched_enqueue_job): PIPE_OK when it is granted at once (t->granted) or queued, PIPE_QUEUE_FULL
+ * or PIPE_STOPPING. Once granted, pipeline_execute_granted runs the request and gives the turn
+ * back; a granted request that is not run gives it back with pipeline_release.
+ * pipeline_withdraw takes a waiting ticket out by its tag and returns it: NULL when it was no
+ * longer waiting (granted or refused already). */
+enum pipe_status pipeline_enqueue(struct pipeline *p, struct sched_ticket *t);
+struct sched_ticket *pipeline_withdraw(struct pipeline *p, uint64_t tag);
+void pipeline_release(struct pipeline *p);
+enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_request *req,
+                                          pipe_abort_fn abort_fn, void *ctx,
+                                          struct exec_outcome *out, struct ev_err *err);
+
 /* Installs rt (name, provider, scripts, source file name, env). For a host runtime the set-up
  * checks the scripts' syntax inside a sandbox; its output lands in *out / *errout (malloc'ed,
  * also on PIPE_SETUP_FAILED). */

@@ -4,9 +4,9 @@
 
 #include "common/fileutil.h"
 
-void sched_init(struct sched *s, unsigned max_running, unsigned max_waiting)
+void sched_init(struct sched *s, unsigned max_running, const struct sched_bounds *bounds)
 {
-    *s = (struct sched){.max_running = max_running, .max_waiting = max_waiting};
+    *s = (struct sched){.max_running = max_running, .bounds = *bounds};
     pthread_mutex_init(&s->mu, NULL);
     cond_init_monotonic(&s->cv);
 }
@@ -33,6 +33,13 @@ static void start(struct sched *s, struct sched_ticket *t)
         s->running++;
 }
 
+static void unqueue_cost(struct sched *s, const struct sched_ticket *t)
+{
+    s->waiting--;
+    s->mem -= t->mem;
+    s->spilled -= t->spilled;
+}
+
 /* Starts queued tickets from the head for as long as the head may start. */
 static void grant_from_head(struct sched *s)
 {
@@ -43,24 +50,31 @@ static void grant_from_head(struct sched *s)
         if (!s->head)
             s->tail = NULL;
         t->next = NULL;
-        s->waiting--;
+        unqueue_cost(s, t);
         start(s, t);
+        if (t->notify)
+            t->notify(t);
         any = true;
     }
     if (any)
         pthread_cond_broadcast(&s->cv);
 }
 
-enum sched_outcome sched_enqueue(struct sched *s, struct sched_ticket *t, enum sched_kind kind)
+enum sched_outcome sched_enqueue_job(struct sched *s, struct sched_ticket *t, enum sched_kind kind)
 {
-    *t = (struct sched_ticket){.kind = kind};
+    t->kind = kind;
+    t->granted = false;
+    t->next = NULL;
     if (s->stopping)
         return SCHED_STOPPING;
     if (!s->head && can_start(s, kind)) {
         start(s, t);
         return SCHED_GRANTED;
     }
-    if (s->waiting >= s->max_waiting)
+    /* Subtractions, so that a cost near UINT64_MAX cannot wrap the sums past a bound. */
+    const struct sched_bounds *b = &s->bounds;
+    if (s->waiting >= b->max_waiting || t->mem > b->max_mem - s->mem ||
+        t->spilled > b->max_spilled - s->spilled)
         return SCHED_FULL;
     if (s->tail)
         s->tail->next = t;
@@ -68,7 +82,23 @@ enum sched_outcome sched_enqueue(struct sched *s, struct sched_ticket *t, enum s
         s->head = t;
     s->tail = t;
     s->waiting++;
+    s->mem += t->mem;
+    s->spilled += t->spilled;
     return SCHED_GRANTED; /* queued; t->granted says when it may start */
+}
+
+enum sched_outcome sched_enqueue(struct sched *s, struct sched_ticket *t, enum sched_kind kind)
+{
+    *t = (struct sched_ticket){.kind = kind};
+    return sched_enqueue_job(s, t, kind);
+}
+
+struct sched_ticket *sched_find_tag(struct sched *s, uint64_t tag)
+{
+    for (struct sched_ticket *p = s->head; p; p = p->next)
+        if (p->notify && p->tag == tag)
+            return p;
+    return NULL;
 }
 
 void sched_withdraw(struct sched *s, struct sched_ticket *t)
@@ -83,7 +113,7 @@ void sched_withdraw(struct sched *s, struct sched_ticket *t)
             s->head = p->next;
         if (s->tail == p)
             s->tail = prev;
-        s->waiting--;
+        unqueue_cost(s, p);
         break;
     }
     grant_from_head(s); /* the one behind may start now */
@@ -131,6 +161,22 @@ void sched_stop(struct sched *s)
 {
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
+    /* Job tickets have no thread to wake: they leave the queue here. Tickets of waiting
+     * threads stay until their thread sees stopping and withdraws. */
+    struct sched_ticket **pp = &s->head, *last = NULL;
+    while (*pp) {
+        struct sched_ticket *t = *pp;
+        if (!t->notify) {
+            last = t;
+            pp = &t->next;
+            continue;
+        }
+        *pp = t->next;
+        t->next = NULL;
+        unqueue_cost(s, t);
+        t->notify(t);
+    }
+    s->tail = last;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }

@@ -133,7 +133,7 @@ static void test_scheduler_fifo_and_exclusive(void **state)
 {
     (void)state;
     struct sched s;
-    sched_init(&s, 2, 3);
+    sched_init(&s, 2, &(struct sched_bounds){3, UINT64_MAX, UINT64_MAX});
     struct sched_ticket a, b, x, c, d, e;
     assert_int_equal(sched_enqueue(&s, &a, SCHED_SUBMISSION), SCHED_GRANTED);
     assert_true(a.granted);
@@ -162,11 +162,61 @@ static void test_scheduler_fifo_and_exclusive(void **state)
     sched_destroy(&s);
 }
 
+static unsigned notified, notified_granted;
+static void count_notify(struct sched_ticket *t)
+{
+    notified++;
+    notified_granted += t->granted;
+}
+
+/* Job tickets: the queue is bounded by what its requests hold, a grant is told to the owner,
+ * and a stop refuses them all. */
+static void test_scheduler_job_costs(void **state)
+{
+    (void)state;
+    struct sched s;
+    sched_init(&s, 1, &(struct sched_bounds){UINT32_MAX, 100, 1000});
+    struct sched_ticket a = {.notify = count_notify, .tag = 1, .mem = 100};
+    struct sched_ticket b = {.notify = count_notify, .tag = 2, .mem = 60};
+    struct sched_ticket c = {.notify = count_notify, .tag = 3, .mem = 40, .spilled = 1000};
+    struct sched_ticket d = {.notify = count_notify, .tag = 4, .mem = 1};
+    struct sched_ticket e = {.notify = count_notify, .tag = 5, .spilled = 1};
+    notified = notified_granted = 0;
+    /* a runs at once: a running request's body does not count against the queue */
+    assert_int_equal(sched_enqueue_job(&s, &a, SCHED_SUBMISSION), SCHED_GRANTED);
+    assert_true(a.granted);
+    assert_int_equal(sched_enqueue_job(&s, &b, SCHED_SUBMISSION), SCHED_GRANTED);
+    assert_int_equal(sched_enqueue_job(&s, &c, SCHED_SUBMISSION), SCHED_GRANTED);
+    assert_int_equal(s.mem, 100);
+    assert_int_equal(s.spilled, 1000);
+    assert_int_equal(sched_enqueue_job(&s, &d, SCHED_SUBMISSION), SCHED_FULL); /* memory */
+    assert_int_equal(sched_enqueue_job(&s, &e, SCHED_SUBMISSION), SCHED_FULL); /* spilled */
+    assert_int_equal(notified, 0);
+    assert_ptr_equal(sched_find_tag(&s, 3), &c);
+    assert_null(sched_find_tag(&s, 1)); /* granted: not waiting */
+    sched_withdraw(&s, &c);
+    assert_int_equal(s.spilled, 0);
+    assert_int_equal(sched_enqueue_job(&s, &e, SCHED_SUBMISSION), SCHED_GRANTED);
+    sched_release(&s, SCHED_SUBMISSION); /* a ends: b gets its turn, and is told */
+    assert_true(b.granted);
+    assert_int_equal(notified, 1);
+    assert_int_equal(notified_granted, 1);
+    assert_int_equal(s.mem, 0);
+    sched_stop(&s); /* e still waits: refused */
+    assert_int_equal(notified, 2);
+    assert_int_equal(notified_granted, 1);
+    assert_false(e.granted);
+    assert_null(s.head);
+    assert_null(s.tail);
+    assert_int_equal(s.waiting, 0);
+    sched_destroy(&s);
+}
+
 static void test_scheduler_withdraw_lets_the_next_start(void **state)
 {
     (void)state;
     struct sched s;
-    sched_init(&s, 1, 4);
+    sched_init(&s, 1, &(struct sched_bounds){4, UINT64_MAX, UINT64_MAX});
     struct sched_ticket a, x, b;
     sched_enqueue(&s, &a, SCHED_SUBMISSION);
     sched_enqueue(&s, &x, SCHED_EXCLUSIVE);
@@ -542,9 +592,10 @@ static void test_route_table(void **state)
     assert_non_null(rt);
     assert_ptr_equal(rt->fn, route_gc);
     assert_int_equal(rt->body, BODY_MEMORY);
+    assert_int_equal(rt->run, RUN_THREAD);
     rt = route_find("POST", "/execute", &known);
     assert_non_null(rt);
-    assert_ptr_equal(rt->fn, route_execute);
+    assert_int_equal(rt->run, RUN_QUEUED);
     assert_int_equal(rt->body, BODY_FILE);
     assert_null(route_find("GET", "/execute", &known));
     assert_true(known);
@@ -566,6 +617,7 @@ int main(void)
         cmocka_unit_test(test_limits_resolve),
         cmocka_unit_test(test_scheduler_fifo_and_exclusive),
         cmocka_unit_test(test_scheduler_withdraw_lets_the_next_start),
+        cmocka_unit_test(test_scheduler_job_costs),
         cmocka_unit_test(test_parse_runtime),
         cmocka_unit_test(test_parse_execute),
         cmocka_unit_test(test_helper_checks_messages),
