@@ -26,10 +26,10 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, b
                    struct reply *r)
 {
     struct execute_body b;
-    char msg[512];
-    if ((rq->body_fd >= 0 ? parse_execute_fd(rq->body_fd, &b, msg, sizeof(msg))
-                          : parse_execute(rq->body, rq->body_len, &b, msg, sizeof(msg))) < 0) {
-        reply_message(r, 400, "%s", msg);
+    struct ev_err err = {0};
+    if ((rq->body_fd >= 0 ? parse_execute_fd(rq->body_fd, &b, &err)
+                          : parse_execute(rq->body, rq->body_len, &b, &err)) < 0) {
+        reply_message(r, 400, "%s", err.msg);
         return;
     }
     void *archive = NULL;
@@ -59,9 +59,9 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, b
     /* A runtime's own limits are, for it, the defaults and the maxima. */
     struct ev_limits cmax, rmax;
     runtime_limits(&rt, s->cfg, &cmax, &rmax);
-    if (limits_resolve(&b.compile, &cmax, "compile", &req.compile, msg, sizeof(msg)) < 0 ||
-        limits_resolve(&b.run, &rmax, "run", &req.run, msg, sizeof(msg)) < 0) {
-        reply_message(r, 400, "%s", msg);
+    if (limits_resolve(&b.compile, &cmax, "compile", &req.compile, &err) < 0 ||
+        limits_resolve(&b.run, &rmax, "run", &req.run, &err) < 0) {
+        reply_message(r, 400, "%s", err.msg);
         goto out;
     }
     if (is_project) {
@@ -80,7 +80,6 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, b
         req.source_len = len;
     }
     struct exec_outcome o;
-    struct ev_err err = {0};
     enum pipe_status st = pipeline_execute(s->pipeline, &req, request_aborted, rq, &o, &err);
     if (st == PIPE_OK) {
         r->status = 200;

@@ -38,20 +38,19 @@ void route_runtimes_list(struct http_server *s, struct request *rq, struct reply
 void route_runtimes_add(struct http_server *s, struct request *rq, struct reply *r)
 {
     struct runtime rt;
-    char msg[512];
-    if (parse_runtime(rq->body, rq->body_len, nix_available(), &rt, msg, sizeof(msg)) < 0) {
-        reply_message(r, 400, "%s", msg);
+    struct ev_err err = {0};
+    if (parse_runtime(rq->body, rq->body_len, nix_available(), &rt, &err) < 0) {
+        reply_message(r, 400, "%s", err.msg);
         return;
     }
-    if (parse_runtime_options(rq->body, rq->body_len, &s->cfg->compile, &s->cfg->run, &rt, msg,
-                              sizeof(msg)) < 0) {
-        reply_message(r, 400, "%s", msg);
+    if (parse_runtime_options(rq->body, rq->body_len, &s->cfg->compile, &s->cfg->run, &rt, &err) <
+        0) {
+        reply_message(r, 400, "%s", err.msg);
         runtime_free(&rt);
         return;
     }
     int64_t wanted_id = rt.id;
     char *out = NULL, *errout = NULL;
-    struct ev_err err = {0};
     enum pipe_status st =
         pipeline_install(s->pipeline, &rt, request_aborted, rq, &out, &errout, &err);
     switch (st) {

@@ -87,42 +87,42 @@ static void test_limits_resolve(void **state)
 {
     (void)state;
     struct ev_limits max = {60000000, 30000000, 5000000, 1000000, 64, 100000, 64}, out;
-    char msg[256];
+    struct ev_err err;
     struct limit_request req = {0};
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), 0);
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), 0);
     assert_memory_equal(&out, &max, sizeof(max));
 
     req.present[LIM_WALL_TIME] = true;
     req.value[LIM_WALL_TIME] = 0.25;
     req.present[LIM_EXTRA_TIME] = true;
     req.value[LIM_EXTRA_TIME] = 0;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), 0);
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), 0);
     assert_int_equal(out.wall_time_us, 250000);
     assert_int_equal(out.extra_time_us, 0);
 
     req.value[LIM_WALL_TIME] = 61;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg, "Invalid run limits: wall_time can't exceed 60 seconds");
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), -1);
+    assert_string_equal(err.msg, "Invalid run limits: wall_time can't exceed 60 seconds");
 
     memset(&req, 0, sizeof(req));
     req.present[LIM_MEMORY] = true;
     req.value[LIM_MEMORY] = 1000001;
-    assert_int_equal(limits_resolve(&req, &max, "compile", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg, "Invalid compile limits: memory can't exceed 1000000 kilobytes");
+    assert_int_equal(limits_resolve(&req, &max, "compile", &out, &err), -1);
+    assert_string_equal(err.msg, "Invalid compile limits: memory can't exceed 1000000 kilobytes");
     req.value[LIM_MEMORY] = 10.5;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg,
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), -1);
+    assert_string_equal(err.msg,
                         "Invalid run limits: memory must be a whole number of kilobytes from 1 to "
                         "1000000");
 
     memset(&req, 0, sizeof(req));
     req.present[LIM_MAX_OPEN_FILES] = true;
     req.value[LIM_MAX_OPEN_FILES] = 65;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg, "Invalid run limits: max_open_files can't exceed 64");
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), -1);
+    assert_string_equal(err.msg, "Invalid run limits: max_open_files can't exceed 64");
     req.value[LIM_MAX_OPEN_FILES] = 0;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg,
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), -1);
+    assert_string_equal(err.msg,
                         "Invalid run limits: max_open_files must be a whole number from 1 to 64");
 }
 
@@ -188,15 +188,15 @@ static void test_scheduler_withdraw_lets_the_next_start(void **state)
 static void check_runtime(const char *body, const char *expected)
 {
     struct runtime rt;
-    char msg[512];
-    int r = parse_runtime(body, strlen(body), false, &rt, msg, sizeof(msg));
+    struct ev_err err;
+    int r = parse_runtime(body, strlen(body), false, &rt, &err);
     if (!expected) {
         assert_int_equal(r, 0);
         runtime_free(&rt);
         return;
     }
     assert_int_equal(r, -1);
-    assert_string_equal(msg, expected);
+    assert_string_equal(err.msg, expected);
 }
 
 static void test_parse_runtime(void **state)
@@ -225,10 +225,10 @@ static void test_parse_runtime(void **state)
                   "\"host\" for a runtime on the host's own toolchains");
 
     struct runtime rt;
-    char msg[512];
+    struct ev_err err;
     const char *body = "{\"name\":\"n\",\"provider\":\"host\",\"run_script\":\"x\","
                        "\"source_file_name\":\"m\",\"env\":{\"A\":\"x=y\",\"B\":\" \"}}";
-    assert_int_equal(parse_runtime(body, strlen(body), false, &rt, msg, sizeof(msg)), 0);
+    assert_int_equal(parse_runtime(body, strlen(body), false, &rt, &err), 0);
     assert_int_equal(rt.env_len, strlen("A=x=y") + 1 + strlen("B= ") + 1);
     assert_string_equal(rt.env, "A=x=y");
     assert_string_equal(rt.env + 6, "B= ");
@@ -239,10 +239,10 @@ static void test_parse_execute(void **state)
 {
     (void)state;
     struct execute_body b;
-    char msg[512];
+    struct ev_err err;
     const char *ok = "{\"runtime_id\":3,\"source_code\":\"print(1)\",\"input\":\"x\","
                      "\"run_limits\":{\"wall_time\":1.5}}";
-    assert_int_equal(parse_execute(ok, strlen(ok), &b, msg, sizeof(msg)), 0);
+    assert_int_equal(parse_execute(ok, strlen(ok), &b, &err), 0);
     assert_int_equal(b.runtime_id, 3);
     assert_string_equal(b.source, "print(1)");
     assert_true(b.run.present[LIM_WALL_TIME]);
@@ -254,11 +254,11 @@ static void test_parse_execute(void **state)
         {"[]", "The request body must be a JSON object"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        assert_int_equal(parse_execute(bad[i][0], strlen(bad[i][0]), &b, msg, sizeof(msg)), -1);
-        assert_string_equal(msg, bad[i][1]);
+        assert_int_equal(parse_execute(bad[i][0], strlen(bad[i][0]), &b, &err), -1);
+        assert_string_equal(err.msg, bad[i][1]);
     }
-    assert_int_equal(parse_execute("{", 1, &b, msg, sizeof(msg)), -1);
-    assert_memory_equal(msg, "Invalid JSON", 12);
+    assert_int_equal(parse_execute("{", 1, &b, &err), -1);
+    assert_memory_equal(err.msg, "Invalid JSON", 12);
     assert_int_equal(parse_id("12"), 12);
     assert_int_equal(parse_id("0"), -1);
     assert_int_equal(parse_id("1a"), -1);
