@@ -39,12 +39,13 @@ void route_execute(struct http_server *s, struct request *rq, bool is_project, b
      * at once, without queueing. */
     struct runtime rt;
     struct ev_err gerr = {0};
-    int found = store_get(s->pipeline->store, b.runtime_id, &rt, &gerr);
-    if (found != 0) {
-        if (found > 0)
-            reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)b.runtime_id);
-        else
+    bool found = false;
+    int got = store_get(s->pipeline->store, b.runtime_id, &rt, &found, &gerr);
+    if (got < 0 || !found) {
+        if (got < 0)
             reply_internal(r, rq, gerr.msg);
+        else
+            reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)b.runtime_id);
         execute_body_free(&b);
         return;
     }

@@ -89,12 +89,13 @@ void route_runtimes_get(struct http_server *s, struct request *rq, const char *i
     struct runtime rt;
     struct ev_err err = {0};
     /* A read of the store, like the list: never queued. */
-    int f = store_get(s->pipeline->store, id, &rt, &err);
-    if (f != 0) {
-        if (f > 0)
-            reply_message(r, 404, "Could not find the specified runtime");
-        else
-            reply_internal(r, rq, err.msg);
+    bool found;
+    if (store_get(s->pipeline->store, id, &rt, &found, &err) < 0) {
+        reply_internal(r, rq, err.msg);
+        return;
+    }
+    if (!found) {
+        reply_message(r, 404, "Could not find the specified runtime");
         return;
     }
     struct ev_limits cl, rl;

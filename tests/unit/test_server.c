@@ -459,7 +459,9 @@ static void test_store_with_a_stale_error_object(void **state)
     stale(&err);
     assert_int_equal(store_sweep(s, &err), 0);
     stale(&err);
-    assert_int_equal(store_name_taken(s, "shell", &err), 0);
+    bool yes = true;
+    assert_int_equal(store_name_taken(s, "shell", &yes, &err), 0);
+    assert_false(yes);
     struct runtime rt = {.name = "shell",
                          .provider = "host",
                          .source_file_name = "main.sh",
@@ -469,11 +471,38 @@ static void test_store_with_a_stale_error_object(void **state)
     stale(&err);
     assert_int_equal(store_prepare(s, &rt, &err), 0);
     stale(&err);
-    assert_int_equal(store_commit(s, &rt, &err), 0);
+    enum store_conflict conflict;
+    assert_int_equal(store_commit(s, &rt, &conflict, &err), 0);
+    assert_int_equal(conflict, STORE_NO_CONFLICT);
     assert_true(rt.id > 0);
     stale(&err);
+    assert_int_equal(store_name_taken(s, "shell", &yes, &err), 0);
+    assert_true(yes);
+    stale(&err);
+    assert_int_equal(store_id_taken(s, rt.id, &yes, &err), 0);
+    assert_true(yes);
+    stale(&err);
+    assert_int_equal(store_is_installed(s, rt.id, rt.dir, &yes, &err), 0);
+    assert_true(yes);
+    /* A second runtime in the way of the first: by name, then by the id a client chose. A
+     * conflict is an answer (0), and nothing is written. */
+    struct runtime again = rt;
+    again.id = 0;
+    stale(&err);
+    assert_int_equal(store_prepare(s, &again, &err), 0);
+    assert_int_equal(store_commit(s, &again, &conflict, &err), 0);
+    assert_int_equal(conflict, STORE_NAME_TAKEN);
+    again.name = "another";
+    again.id = rt.id;
+    stale(&err);
+    assert_int_equal(store_commit(s, &again, &conflict, &err), 0);
+    assert_int_equal(conflict, STORE_ID_TAKEN);
+    store_discard(s, again.dir);
+    stale(&err);
     struct runtime got;
-    assert_int_equal(store_get(s, rt.id, &got, &err), 0);
+    bool found = false;
+    assert_int_equal(store_get(s, rt.id, &got, &found, &err), 0);
+    assert_true(found);
     assert_string_equal(got.run_script, "bash main.sh");
     assert_string_equal(got.dir, rt.dir);
     runtime_free(&got);
@@ -491,9 +520,17 @@ static void test_store_with_a_stale_error_object(void **state)
     assert_int_equal(store_get_flag(s, "catalog_installed", &flag, &err), 0);
     assert_true(flag);
     stale(&err);
-    assert_int_equal(store_delete(s, rt.id, &err), 0);
+    assert_int_equal(store_delete(s, rt.id, &found, &err), 0);
+    assert_true(found);
     stale(&err);
-    assert_int_equal(store_get(s, rt.id, &got, &err), 1);
+    assert_int_equal(store_get(s, rt.id, &got, &found, &err), 0);
+    assert_false(found);
+    stale(&err);
+    assert_int_equal(store_delete(s, rt.id, &found, &err), 0);
+    assert_false(found);
+    stale(&err);
+    assert_int_equal(store_is_installed(s, rt.id, rt.dir, &yes, &err), 0);
+    assert_false(yes);
     store_close(s);
     char cmd[100];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
