@@ -255,7 +255,11 @@ int cmd_privileged_helper(int argc, char **argv)
      * store (the helper's only extra mounts). */
     static const char *const points[] = {"/runtime", "/nix", NULL};
     struct sbx_host_config hcfg = {
-        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4, .prepared_root_points = points};
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"),
+        .netns_ahead = 4,
+        .prepared_root_points = points,
+        .log = ev_log_stderr,
+    };
     struct ev_err err;
     if (sbx_host_init(&host, &hcfg, &err) < 0) {
         fprintf(stderr, "envicutor helper: %s\n", err.msg);
@@ -310,7 +314,7 @@ int cmd_serve(int argc, char **argv)
                   "It drops root for everything but the sandbox; see 'envicutor serve --help'.");
 
     static struct sbx_host host;
-    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR")};
+    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .log = ev_log_stderr};
     if (sbx_host_init(&host, &hcfg, &err) < 0)
         die("%s", err.msg);
     int stale = sbx_cleanup_stale(&host, &err);
