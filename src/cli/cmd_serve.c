@@ -190,7 +190,12 @@ static int listen_on(unsigned port, struct ev_err *err)
     if (fd < 0)
         return ev_fail(err, errno, "socket");
     int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* without it a restart could not listen while the last run's connections linger */
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) {
+        int e = errno;
+        close(fd);
+        return ev_fail(err, e, "PORT: SO_REUSEADDR on port %u", port);
+    }
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_ANY)};
@@ -248,7 +253,8 @@ int cmd_privileged_helper(int argc, char **argv)
     }
     if (fcntl(HELPER_FD, F_SETFD, FD_CLOEXEC) < 0)
         return 1;
-    prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
+    /* only the name ps shows; it cannot fail for a valid pointer */
+    (void)prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
     static struct sbx_host host;
     /* A few network namespaces kept ready, so that no run waits for its own, and each box's
      * read-only tree built once, with mount points for a runtime's directory and the Nix

@@ -296,7 +296,7 @@ static void close_all_except(int *keep, int n)
  * bounds instead, needs CAP_SYS_RESOURCE. Best effort: it changes nothing the run needs. */
 static void hide_command_line(void)
 {
-    prctl(PR_SET_NAME, "init", 0, 0, 0);
+    (void)prctl(PR_SET_NAME, "init", 0, 0, 0); /* cannot fail for a valid pointer */
     char buf[1024];
     int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -344,7 +344,10 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
     for (int i = 0; i < c->cg->n_join && i < 4; i++)
         keep[n_keep++] = c->cg->join_fds[i];
     close_all_except(keep, n_keep);
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
+        ev_fail(&e, errno, "set the parent-death signal");
+        child_fail(c, REPORT_SETUP, &e);
+    }
     hide_command_line();
     reset_signals();
     if (c->net_fd >= 0) {
@@ -630,8 +633,13 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
         rc = -1;
         goto teardown;
     }
-    set_nonblock(w.out_r);
-    set_nonblock(w.err_r);
+    /* The watch reads each pipe until it is empty: a blocking one would stall the watch, and
+     * with it the limits, behind a box that stops writing. */
+    if (set_nonblock(w.out_r) < 0 || set_nonblock(w.err_r) < 0) {
+        ev_fail(err, errno, "make the output pipes non-blocking");
+        rc = -1;
+        goto teardown;
+    }
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     if (ncpu < 1)
