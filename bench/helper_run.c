@@ -61,7 +61,11 @@ int main(int argc, char **argv)
         rounds = 10;
     static const char *const points[] = {"/runtime", "/nix", NULL};
     struct sbx_host_config hcfg = {
-        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4, .prepared_root_points = points};
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"),
+        .netns_ahead = 4,
+        .prepared_root_points = points,
+        .log = ev_log_stderr,
+    };
     struct sbx_host host;
     struct ev_err err;
     if (sbx_host_init(&host, &hcfg, &err) < 0) {

@@ -23,21 +23,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(body, data + 1, size - 1);
     body[size - 1] = '\0';
-    char msg[512];
+    struct ev_err err;
     if (sel & 1) {
         struct runtime rt;
-        if (parse_runtime(body, size - 1, sel & 2, &rt, msg, sizeof(msg)) == 0) {
+        if (parse_runtime(body, size - 1, sel & 2, &rt, &err) == 0) {
             if (!plain_file_name(rt.source_file_name))
                 abort(); /* a name the helper would refuse got through */
             runtime_free(&rt);
         }
     } else {
         struct execute_body b;
-        if (parse_execute(body, size - 1, &b, msg, sizeof(msg)) == 0) {
+        if (parse_execute(body, size - 1, &b, &err) == 0) {
             static const struct ev_limits max = {60000000, 30000000, 5000000, 1000000,
                                                  64,       100000,   64};
             struct ev_limits out;
-            if (limits_resolve(&b.compile, &max, "compile", &out, msg, sizeof(msg)) == 0 &&
+            if (limits_resolve(&b.compile, &max, "compile", &out, &err) == 0 &&
                 (out.wall_time_us > max.wall_time_us || out.cpu_time_us > max.cpu_time_us ||
                  out.memory_kb > max.memory_kb || out.extra_time_us > max.extra_time_us ||
                  out.max_open_files > max.max_open_files ||

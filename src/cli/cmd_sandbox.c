@@ -230,7 +230,7 @@ int cmd_sandbox(int argc, char **argv)
     cfg.envp = env;
     cfg.mounts = mounts;
 
-    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR")};
+    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .log = ev_log_stderr};
     struct sbx_host host;
     if (sbx_host_init(&host, &hcfg, &err) < 0) {
         fprintf(stderr, "envicutor sandbox: %s\n", err.msg);

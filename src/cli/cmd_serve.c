@@ -193,7 +193,12 @@ static int listen_on(unsigned port, struct ev_err *err)
     if (fd < 0)
         return ev_fail(err, errno, "socket");
     int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* without it a restart could not listen while the last run's connections linger */
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) {
+        int e = errno;
+        close(fd);
+        return ev_fail(err, e, "PORT: SO_REUSEADDR on port %u", port);
+    }
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_ANY)};
@@ -277,7 +282,7 @@ int cmd_serve(int argc, char **argv)
                   "It drops root for everything but the sandbox; see 'envicutor serve --help'.");
 
     static struct sbx_host host;
-    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR")};
+    struct sbx_host_config hcfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"), .log = ev_log_stderr};
     if (sbx_host_init(&host, &hcfg, &err) < 0)
         die("%s", err.msg);
     int stale = sbx_cleanup_stale(&host, &err);

@@ -18,6 +18,12 @@ int ev_fail(struct ev_err *err, int errnum, const char *fmt, ...)
     return -1;
 }
 
+void ev_log_stderr(void *ctx, const char *msg)
+{
+    (void)ctx;
+    fprintf(stderr, "envicutor: %s\n", msg);
+}
+
 int ev_wrap(struct ev_err *err, const char *fmt, ...)
 {
     assert(err);

@@ -29,4 +29,12 @@ int ev_fail(struct ev_err *err, int errnum, const char *fmt, ...)
 /* Prefixes an existing message with more context ("box 3: " + message). Returns -1. */
 int ev_wrap(struct ev_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Where a layer reports a failure that must not stop its caller (a box passed over, a
+ * background thread giving up): msg is one line, without a newline. The layer never prints;
+ * the program that uses it chooses where such lines go. */
+typedef void ev_log_fn(void *ctx, const char *msg);
+
+/* The usual choice of a program: "envicutor: msg" on stderr. ctx is unused. */
+void ev_log_stderr(void *ctx, const char *msg);
+
 #endif

@@ -13,33 +13,29 @@
 #define ENV_MAX_VARS 150
 #define SCRIPT_MAX_BYTES 16384
 
-static int load_object(const char *body, size_t len, json_t **out, char *msg, size_t size)
+static int load_object(const char *body, size_t len, json_t **out, struct ev_err *err)
 {
     json_error_t e;
     json_t *root =
         json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
     if (!root) {
-        snprintf(msg, size, "Invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
-        return -1;
+        return ev_fail(err, 0, "Invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        snprintf(msg, size, "The request body must be a JSON object");
-        return -1;
+        return ev_fail(err, 0, "The request body must be a JSON object");
     }
     *out = root;
     return 0;
 }
 
-static int parse_limits(json_t *v, const char *stage, struct limit_request *out, char *msg,
-                        size_t size)
+static int parse_limits(json_t *v, const char *stage, struct limit_request *out, struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_object(v)) {
-        snprintf(msg, size, "%s_limits must be an object", stage);
-        return -1;
+        return ev_fail(err, 0, "%s_limits must be an object", stage);
     }
     const char *key;
     json_t *val;
@@ -49,8 +45,7 @@ static int parse_limits(json_t *v, const char *stage, struct limit_request *out,
         while (i < LIM_COUNT && strcmp(key, limit_names[i]) != 0)
             i++;
         if (i == LIM_COUNT) {
-            snprintf(msg, size, "Invalid %s limits: unknown limit %.64s", stage, key);
-            return -1;
+            return ev_fail(err, 0, "Invalid %s limits: unknown limit %.64s", stage, key);
         }
         if (json_is_null(val))
             continue;
@@ -62,74 +57,71 @@ static int parse_limits(json_t *v, const char *stage, struct limit_request *out,
     return 0;
 }
 
-static int parse_execute_root(struct execute_body *out, char *msg, size_t size);
+static int parse_execute_root(struct execute_body *out, struct ev_err *err);
 
-int parse_execute(const char *body, size_t len, struct execute_body *out, char *msg, size_t size)
+int parse_execute(const char *body, size_t len, struct execute_body *out, struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
-    if (load_object(body, len, &out->root, msg, size) < 0)
+    if (load_object(body, len, &out->root, err) < 0)
         return -1;
-    return parse_execute_root(out, msg, size);
+    return parse_execute_root(out, err);
 }
 
-int parse_execute_fd(int fd, struct execute_body *out, char *msg, size_t size)
+int parse_execute_fd(int fd, struct execute_body *out, struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
     json_error_t e;
     /* jansson reads through a small buffer: the raw text is never in memory as a whole */
     if (lseek(fd, 0, SEEK_SET) < 0) {
-        snprintf(msg, size, "Invalid JSON: the body could not be read");
-        return -1;
+        return ev_fail(err, 0, "Invalid JSON: the body could not be read");
     }
     json_t *root = json_loadfd(fd, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
     if (!root) {
-        snprintf(msg, size, "Invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
-        return -1;
+        return ev_fail(err, 0, "Invalid JSON: %s (line %d, column %d)", e.text, e.line, e.column);
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        snprintf(msg, size, "The request body must be a JSON object");
-        return -1;
+        return ev_fail(err, 0, "The request body must be a JSON object");
     }
     out->root = root;
-    return parse_execute_root(out, msg, size);
+    return parse_execute_root(out, err);
 }
 
-static int parse_execute_root(struct execute_body *out, char *msg, size_t size)
+static int parse_execute_root(struct execute_body *out, struct ev_err *err)
 {
     json_t *id = json_object_get(out->root, "runtime_id");
     json_t *src = json_object_get(out->root, "source_code");
     json_t *in = json_object_get(out->root, "input");
     if (!id || json_is_null(id)) {
-        snprintf(msg, size, "runtime_id is required");
+        ev_fail(err, 0, "runtime_id is required");
         goto fail;
     }
     if (!json_is_integer(id)) {
-        snprintf(msg, size, "runtime_id must be an integer");
+        ev_fail(err, 0, "runtime_id must be an integer");
         goto fail;
     }
     out->runtime_id = json_integer_value(id);
     if (!src || json_is_null(src)) {
-        snprintf(msg, size, "source_code is required");
+        ev_fail(err, 0, "source_code is required");
         goto fail;
     }
     if (!json_is_string(src)) {
-        snprintf(msg, size, "source_code must be a string");
+        ev_fail(err, 0, "source_code must be a string");
         goto fail;
     }
     out->source = json_string_value(src);
     out->source_len = json_string_length(src);
     if (in && !json_is_null(in)) {
         if (!json_is_string(in)) {
-            snprintf(msg, size, "input must be a string");
+            ev_fail(err, 0, "input must be a string");
             goto fail;
         }
         out->input = json_string_value(in);
         out->input_len = json_string_length(in);
     }
-    if (parse_limits(json_object_get(out->root, "compile_limits"), "compile", &out->compile, msg,
-                     size) < 0 ||
-        parse_limits(json_object_get(out->root, "run_limits"), "run", &out->run, msg, size) < 0)
+    if (parse_limits(json_object_get(out->root, "compile_limits"), "compile", &out->compile, err) <
+            0 ||
+        parse_limits(json_object_get(out->root, "run_limits"), "run", &out->run, err) < 0)
         goto fail;
     return 0;
 fail:
@@ -144,23 +136,20 @@ void execute_body_free(struct execute_body *b)
 }
 
 /* A string field: absent or null reads as "", anything else but a string is an error. */
-static int get_string(json_t *root, const char *key, const char **out, char *msg, size_t size)
+static int get_string(json_t *root, const char *key, const char **out, struct ev_err *err)
 {
     json_t *v = json_object_get(root, key);
     *out = "";
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_string(v)) {
-        snprintf(msg, size, "%s must be a string", key);
-        return -1;
+        return ev_fail(err, 0, "%s must be a string", key);
     }
     *out = json_string_value(v);
     if (strlen(*out) != json_string_length(v)) {
         if (strcmp(key, "source_file_name") == 0)
-            snprintf(msg, size, "Invalid source file name");
-        else
-            snprintf(msg, size, "%s must not contain NUL characters", key);
-        return -1;
+            return ev_fail(err, 0, "Invalid source file name");
+        return ev_fail(err, 0, "%s must not contain NUL characters", key);
     }
     return 0;
 }
@@ -176,51 +165,43 @@ static int env_name_ok(const char *k)
     return 1;
 }
 
-static int parse_env(json_t *v, struct runtime *rt, char *msg, size_t size)
+static int parse_env(json_t *v, struct runtime *rt, struct ev_err *err)
 {
     rt->env = calloc(1, 1);
     rt->env_len = 0;
     if (!rt->env) {
-        snprintf(msg, size, "Out of memory");
-        return -1;
+        return ev_fail(err, 0, "Out of memory");
     }
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_object(v)) {
-        snprintf(msg, size, "env must be an object of strings");
-        return -1;
+        return ev_fail(err, 0, "env must be an object of strings");
     }
     if (json_object_size(v) > ENV_MAX_VARS) {
-        snprintf(msg, size, "env: at most %d variables", ENV_MAX_VARS);
-        return -1;
+        return ev_fail(err, 0, "env: at most %d variables", ENV_MAX_VARS);
     }
     const char *key;
     json_t *val;
     json_object_foreach(v, key, val)
     {
         if (!env_name_ok(key)) {
-            snprintf(msg, size, "env: invalid variable name '%.64s'", key);
-            return -1;
+            return ev_fail(err, 0, "env: invalid variable name '%.64s'", key);
         }
         if (!json_is_string(val)) {
-            snprintf(msg, size, "env: the value of %.64s must be a string", key);
-            return -1;
+            return ev_fail(err, 0, "env: the value of %.64s must be a string", key);
         }
         const char *s = json_string_value(val);
         size_t vlen = json_string_length(val), klen = strlen(key);
         if (strlen(s) != vlen) {
-            snprintf(msg, size, "env: the value of %.64s must not contain NUL characters", key);
-            return -1;
+            return ev_fail(err, 0, "env: the value of %.64s must not contain NUL characters", key);
         }
         size_t add = klen + 1 + vlen + 1;
         if (rt->env_len + add > ENV_MAX_BYTES) {
-            snprintf(msg, size, "env: at most %d bytes in all", ENV_MAX_BYTES);
-            return -1;
+            return ev_fail(err, 0, "env: at most %d bytes in all", ENV_MAX_BYTES);
         }
         char *p = realloc(rt->env, rt->env_len + add + 1);
         if (!p) {
-            snprintf(msg, size, "Out of memory");
-            return -1;
+            return ev_fail(err, 0, "Out of memory");
         }
         rt->env = p;
         memcpy(p + rt->env_len, key, klen);
@@ -233,70 +214,68 @@ static int parse_env(json_t *v, struct runtime *rt, char *msg, size_t size)
     return 0;
 }
 
-int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt, char *msg,
-                  size_t size)
+int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt, struct ev_err *err)
 {
     memset(rt, 0, sizeof(*rt));
     json_t *root;
-    if (load_object(body, len, &root, msg, size) < 0)
+    if (load_object(body, len, &root, err) < 0)
         return -1;
     const char *name, *nix, *compile, *run, *file, *provider;
     int rc = -1;
-    if (get_string(root, "name", &name, msg, size) < 0 ||
-        get_string(root, "nix_shell", &nix, msg, size) < 0 ||
-        get_string(root, "compile_script", &compile, msg, size) < 0 ||
-        get_string(root, "run_script", &run, msg, size) < 0 ||
-        get_string(root, "source_file_name", &file, msg, size) < 0 ||
-        get_string(root, "provider", &provider, msg, size) < 0)
+    if (get_string(root, "name", &name, err) < 0 || get_string(root, "nix_shell", &nix, err) < 0 ||
+        get_string(root, "compile_script", &compile, err) < 0 ||
+        get_string(root, "run_script", &run, err) < 0 ||
+        get_string(root, "source_file_name", &file, err) < 0 ||
+        get_string(root, "provider", &provider, err) < 0)
         goto out;
     bool host = strcmp(provider, "host") == 0;
     if (!host && provider[0] && strcmp(provider, "nix") != 0) {
-        snprintf(msg, size, "Unknown provider: \"%.32s\" (expected \"host\" or \"nix\")", provider);
+        ev_fail(err, 0, "Unknown provider: \"%.32s\" (expected \"host\" or \"nix\")", provider);
         goto out;
     }
     if (!name[0]) {
-        snprintf(msg, size, "Name can't be empty");
+        ev_fail(err, 0, "Name can't be empty");
         goto out;
     }
     if (strlen(name) > NAME_MAX_BYTES) {
-        snprintf(msg, size, "Name can't be longer than %d bytes", NAME_MAX_BYTES);
+        ev_fail(err, 0, "Name can't be longer than %d bytes", NAME_MAX_BYTES);
         goto out;
     }
     if (!host && !nix[0]) {
-        snprintf(msg, size, "Nix shell can't be empty");
+        ev_fail(err, 0, "Nix shell can't be empty");
         goto out;
     }
     if (!run[0]) {
-        snprintf(msg, size, "Run command can't be empty");
+        ev_fail(err, 0, "Run command can't be empty");
         goto out;
     }
     if (strlen(run) > SCRIPT_MAX_BYTES || strlen(compile) > SCRIPT_MAX_BYTES) {
-        snprintf(msg, size, "Scripts can't be longer than %d bytes", SCRIPT_MAX_BYTES);
+        ev_fail(err, 0, "Scripts can't be longer than %d bytes", SCRIPT_MAX_BYTES);
         goto out;
     }
     if (!file[0]) {
-        snprintf(msg, size, "Source file name can't be empty");
+        ev_fail(err, 0, "Source file name can't be empty");
         goto out;
     }
     if (!plain_file_name(file) ||
         json_string_length(json_object_get(root, "source_file_name")) != strlen(file)) {
-        snprintf(msg, size, "Invalid source file name");
+        ev_fail(err, 0, "Invalid source file name");
         goto out;
     }
     if (host && json_object_get(root, "env") == NULL) {
         /* fine: no extra variables */
     } else if (!host && json_object_get(root, "env") &&
                !json_is_null(json_object_get(root, "env"))) {
-        snprintf(msg, size, "env is only for host runtimes (\"provider\": \"host\")");
+        ev_fail(err, 0, "env is only for host runtimes (\"provider\": \"host\")");
         goto out;
     }
     if (!host && !nix_ok) {
-        snprintf(msg, size,
-                 "Nix is not available on this server: install Nix, or use \"provider\": \"host\" "
-                 "for a runtime on the host's own toolchains");
+        ev_fail(err, 0,
+                "Nix is not available on this server: install Nix, or use \"provider\": \"host\" "
+                "for a runtime on the host's own toolchains");
         goto out;
     }
-    if (parse_env(json_object_get(root, "env"), rt, msg, size) < 0)
+    if (parse_env(json_object_get(root, "env"), rt, err) < 0)
         goto out;
     rt->name = strdup(name);
     rt->provider = strdup(host ? "host" : "nix");
@@ -306,7 +285,7 @@ int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt,
     rt->nix_shell = strdup(nix);
     if (!rt->name || !rt->provider || !rt->source_file_name || !rt->compile_script ||
         !rt->run_script || !rt->nix_shell) {
-        snprintf(msg, size, "Out of memory");
+        ev_fail(err, 0, "Out of memory");
         goto out;
     }
     rc = 0;
@@ -318,18 +297,18 @@ out:
 }
 
 static int parse_override(json_t *v, const char *stage, const struct ev_limits *max,
-                          struct limit_override *o, char *msg, size_t size)
+                          struct limit_override *o, struct ev_err *err)
 {
     struct limit_request req;
     memset(o, 0, sizeof(*o));
-    if (parse_limits(v, stage, &req, msg, size) < 0)
+    if (parse_limits(v, stage, &req, err) < 0)
         return -1;
     uint64_t maxv[LIM_COUNT];
     limits_to_array(max, maxv);
     for (int i = 0; i < LIM_COUNT; i++) {
         if (!req.present[i])
             continue;
-        if (limit_check(i, req.value[i], maxv[i], stage, &o->value[i], msg, size) < 0)
+        if (limit_check(i, req.value[i], maxv[i], stage, &o->value[i], err) < 0)
             return -1;
         o->present[i] = true;
     }
@@ -339,11 +318,10 @@ static int parse_override(json_t *v, const char *stage, const struct ev_limits *
 #define MAX_RUNTIME_ID 9007199254740991ll /* 2^53 - 1: exact in every JSON client */
 
 int parse_runtime_options(const char *body, size_t len, const struct ev_limits *compile_max,
-                          const struct ev_limits *run_max, struct runtime *rt, char *msg,
-                          size_t size)
+                          const struct ev_limits *run_max, struct runtime *rt, struct ev_err *err)
 {
     json_t *root;
-    if (load_object(body, len, &root, msg, size) < 0)
+    if (load_object(body, len, &root, err) < 0)
         return -1;
     int rc = -1;
     json_t *id = json_object_get(root, "id");
@@ -351,15 +329,15 @@ int parse_runtime_options(const char *body, size_t len, const struct ev_limits *
     if (id && !json_is_null(id)) {
         if (!json_is_integer(id) || json_integer_value(id) < 1 ||
             json_integer_value(id) > MAX_RUNTIME_ID) {
-            snprintf(msg, size, "id must be an integer from 1 to %lld", MAX_RUNTIME_ID);
+            ev_fail(err, 0, "id must be an integer from 1 to %lld", MAX_RUNTIME_ID);
             goto out;
         }
         rt->id = json_integer_value(id);
     }
     if (parse_override(json_object_get(root, "compile_limits"), "compile", compile_max,
-                       &rt->compile_limits, msg, size) < 0 ||
-        parse_override(json_object_get(root, "run_limits"), "run", run_max, &rt->run_limits, msg,
-                       size) < 0)
+                       &rt->compile_limits, err) < 0 ||
+        parse_override(json_object_get(root, "run_limits"), "run", run_max, &rt->run_limits, err) <
+            0)
         goto out;
     rc = 0;
 out:

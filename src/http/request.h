@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/error.h"
 #include "pipeline/config.h"
 #include "pipeline/runtime_store.h"
 
@@ -21,23 +22,24 @@ struct execute_body {
     struct limit_request compile, run;
 };
 
-/* 0, or -1 with the message of a 400 in msg. */
-int parse_execute(const char *body, size_t len, struct execute_body *out, char *msg, size_t size);
+/* 0, or -1 with the message of a 400 in err (errnum 0: the message is the client's whole
+ * answer). */
+int parse_execute(const char *body, size_t len, struct execute_body *out, struct ev_err *err);
 /* The same from a body in a file (read from its start). */
-int parse_execute_fd(int fd, struct execute_body *out, char *msg, size_t size);
+int parse_execute_fd(int fd, struct execute_body *out, struct ev_err *err);
 void execute_body_free(struct execute_body *b);
 
 /* Fills rt (malloc'ed strings; runtime_free releases them). nix_ok says whether the Nix
  * provider is available on this server. */
-int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt, char *msg,
-                  size_t size);
+int parse_runtime(const char *body, size_t len, bool nix_ok, struct runtime *rt,
+                  struct ev_err *err);
 
 /* The extensions of POST /runtimes: an optional "id" (a positive integer, at most 2^53 - 1) and
  * optional "compile_limits" / "run_limits", each value within the system's (the *_max). Sets
- * rt->id (0 when absent) and rt->compile_limits / rt->run_limits. 0, or -1 with the message. */
+ * rt->id (0 when absent) and rt->compile_limits / rt->run_limits. 0, or -1 with the message in err.
+ */
 int parse_runtime_options(const char *body, size_t len, const struct ev_limits *compile_max,
-                          const struct ev_limits *run_max, struct runtime *rt, char *msg,
-                          size_t size);
+                          const struct ev_limits *run_max, struct runtime *rt, struct ev_err *err);
 
 /* "/runtimes/12" -> 12; -1 when the rest of the path is not a positive decimal id. */
 int64_t parse_id(const char *text);

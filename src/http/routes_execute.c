@@ -44,11 +44,11 @@ void exec_job_free(struct exec_job *j)
     free(j);
 }
 
-static int parse_body(const struct request *rq, int body_fd, struct execute_body *b, char *msg,
-                      size_t size)
+static int parse_body(const struct request *rq, int body_fd, struct execute_body *b,
+                      struct ev_err *err)
 {
-    return body_fd >= 0 ? parse_execute_fd(body_fd, b, msg, size)
-                        : parse_execute(rq->body, rq->body_len, b, msg, size);
+    return body_fd >= 0 ? parse_execute_fd(body_fd, b, err)
+                        : parse_execute(rq->body, rq->body_len, b, err);
 }
 
 /* base64 of a project, decoded; NULL with the answer in r. */
@@ -71,9 +71,9 @@ static void *decode_archive(const struct execute_body *b, const struct request *
 static bool check_job(const struct route_ctx *s, struct exec_job *j, struct request *rq,
                       struct reply *r)
 {
-    char msg[512];
-    if (parse_body(rq, j->body_fd, &j->b, msg, sizeof(msg)) < 0) {
-        reply_message(r, 400, "%s", msg);
+    struct ev_err err = {0};
+    if (parse_body(rq, j->body_fd, &j->b, &err) < 0) {
+        reply_message(r, 400, "%s", err.msg);
         return false;
     }
     /* The runtime is read once: its limits are checked and it runs from this one copy, so a
@@ -81,13 +81,14 @@ static bool check_job(const struct route_ctx *s, struct exec_job *j, struct requ
      * never run under limits checked against the old one. An unknown runtime is answered
      * at once, without queueing. */
     struct ev_err gerr = {0};
-    int found = store_get(s->pipeline->store, j->b.runtime_id, &j->rt, &gerr);
-    if (found != 0) {
-        if (found > 0)
+    bool found = false;
+    int got = store_get(s->pipeline->store, j->b.runtime_id, &j->rt, &found, &gerr);
+    if (got < 0 || !found) {
+        if (got < 0)
+            reply_internal(r, rq, gerr.msg);
+        else
             reply_message(r, 400, "Runtime with id: %lld does not exist",
                           (long long)j->b.runtime_id);
-        else
-            reply_internal(r, rq, gerr.msg);
         execute_body_free(&j->b);
         memset(&j->rt, 0, sizeof(j->rt));
         return false;
@@ -96,9 +97,9 @@ static bool check_job(const struct route_ctx *s, struct exec_job *j, struct requ
     /* A runtime's own limits are, for it, the defaults and the maxima. */
     struct ev_limits cmax, rmax;
     runtime_limits(&j->rt, s->cfg, &cmax, &rmax);
-    if (limits_resolve(&j->b.compile, &cmax, "compile", &j->req.compile, msg, sizeof(msg)) < 0 ||
-        limits_resolve(&j->b.run, &rmax, "run", &j->req.run, msg, sizeof(msg)) < 0) {
-        reply_message(r, 400, "%s", msg);
+    if (limits_resolve(&j->b.compile, &cmax, "compile", &j->req.compile, &err) < 0 ||
+        limits_resolve(&j->b.run, &rmax, "run", &j->req.run, &err) < 0) {
+        reply_message(r, 400, "%s", err.msg);
         execute_body_free(&j->b);
         runtime_free(&j->rt);
         return false;

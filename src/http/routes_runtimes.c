@@ -39,20 +39,19 @@ void route_runtimes_list(const struct route_ctx *s, struct request *rq, struct r
 void route_runtimes_add(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
     struct runtime rt;
-    char msg[512];
-    if (parse_runtime(rq->body, rq->body_len, nix_available(), &rt, msg, sizeof(msg)) < 0) {
-        reply_message(r, 400, "%s", msg);
+    struct ev_err err = {0};
+    if (parse_runtime(rq->body, rq->body_len, nix_available(), &rt, &err) < 0) {
+        reply_message(r, 400, "%s", err.msg);
         return;
     }
-    if (parse_runtime_options(rq->body, rq->body_len, &s->cfg->compile, &s->cfg->run, &rt, msg,
-                              sizeof(msg)) < 0) {
-        reply_message(r, 400, "%s", msg);
+    if (parse_runtime_options(rq->body, rq->body_len, &s->cfg->compile, &s->cfg->run, &rt, &err) <
+        0) {
+        reply_message(r, 400, "%s", err.msg);
         runtime_free(&rt);
         return;
     }
     int64_t wanted_id = rt.id;
     char *out = NULL, *errout = NULL;
-    struct ev_err err = {0};
     enum pipe_status st =
         pipeline_install(s->pipeline, &rt, request_aborted, rq, &out, &errout, &err);
     switch (st) {
@@ -91,12 +90,13 @@ void route_runtimes_get(const struct route_ctx *s, struct request *rq, struct re
     struct runtime rt;
     struct ev_err err = {0};
     /* A read of the store, like the list: never queued. */
-    int f = store_get(s->pipeline->store, id, &rt, &err);
-    if (f != 0) {
-        if (f > 0)
-            reply_message(r, 404, "Could not find the specified runtime");
-        else
-            reply_internal(r, rq, err.msg);
+    bool found;
+    if (store_get(s->pipeline->store, id, &rt, &found, &err) < 0) {
+        reply_internal(r, rq, err.msg);
+        return;
+    }
+    if (!found) {
+        reply_message(r, 404, "Could not find the specified runtime");
         return;
     }
     struct ev_limits cl, rl;

@@ -174,42 +174,38 @@ static void format_max(int i, uint64_t max, char *buf, size_t size)
 /* "wall_time must be a number of seconds from 0.000001 to 60": the whole allowed range, for a
  * value of the wrong type or below the minimum. Times have a resolution of one microsecond, so
  * a positive time that rounds to 0 us is out of range too. */
-static void range_message(int i, uint64_t max, const char *stage, char *msg, size_t size)
+static int range_message(int i, uint64_t max, const char *stage, struct ev_err *err)
 {
     const char *name = limit_names[i];
     if (limit_is_seconds[i]) {
         char m[32];
         format_seconds(max, m, sizeof(m));
-        snprintf(msg, size, "Invalid %s limits: %s must be a number of seconds from %s to %s",
-                 stage, name, i == LIM_EXTRA_TIME ? "0" : "0.000001", m);
-    } else
-        snprintf(msg, size, "Invalid %s limits: %s must be a whole number%s from 1 to %llu", stage,
-                 name, limit_units[i][0] ? " of kilobytes" : "", (unsigned long long)max);
+        return ev_fail(err, 0, "Invalid %s limits: %s must be a number of seconds from %s to %s",
+                       stage, name, i == LIM_EXTRA_TIME ? "0" : "0.000001", m);
+    }
+    return ev_fail(err, 0, "Invalid %s limits: %s must be a whole number%s from 1 to %llu", stage,
+                   name, limit_units[i][0] ? " of kilobytes" : "", (unsigned long long)max);
 }
 
-int limit_check(int i, double v, uint64_t max, const char *stage, uint64_t *out, char *msg,
-                size_t msg_size)
+int limit_check(int i, double v, uint64_t max, const char *stage, uint64_t *out, struct ev_err *err)
 {
     bool zero_ok = i == LIM_EXTRA_TIME;
     /* NaN (a value of the wrong type reaches here as NaN), infinities, negatives. */
     if (!isfinite(v) || v < 0 || (v == 0 && !zero_ok) || (!limit_is_seconds[i] && floor(v) != v)) {
-        range_message(i, max, stage, msg, msg_size);
-        return -1;
+        return range_message(i, max, stage, err);
     }
     double scaled = limit_is_seconds[i] ? v * 1e6 : v;
     /* The comparison is in doubles, so values far beyond uint64_t never reach a conversion. */
     if (scaled > (double)max) {
         char m[64];
         format_max(i, max, m, sizeof(m));
-        snprintf(msg, msg_size, "Invalid %s limits: %s can't exceed %s", stage, limit_names[i], m);
-        return -1;
+        return ev_fail(err, 0, "Invalid %s limits: %s can't exceed %s", stage, limit_names[i], m);
     }
     uint64_t u = (uint64_t)llround(scaled);
     if (u > max)
         u = max;
     if (u == 0 && !zero_ok) {
-        range_message(i, max, stage, msg, msg_size);
-        return -1;
+        return range_message(i, max, stage, err);
     }
     *out = u;
     return 0;
@@ -240,14 +236,14 @@ void limits_from_array(const uint64_t v[LIM_COUNT], struct ev_limits *l)
 }
 
 int limits_resolve(const struct limit_request *req, const struct ev_limits *max, const char *stage,
-                   struct ev_limits *out, char *msg, size_t msg_size)
+                   struct ev_limits *out, struct ev_err *err)
 {
     uint64_t maxv[LIM_COUNT], val[LIM_COUNT];
     limits_to_array(max, maxv);
     for (int i = 0; i < LIM_COUNT; i++) {
         val[i] = maxv[i];
         if (req && req->present[i] &&
-            limit_check(i, req->value[i], maxv[i], stage, &val[i], msg, msg_size) < 0)
+            limit_check(i, req->value[i], maxv[i], stage, &val[i], err) < 0)
             return -1;
     }
     limits_from_array(val, out);

@@ -60,15 +60,15 @@ extern const char *const limit_names[LIM_COUNT];
 
 /* Merges a request with the configured maximum: an omitted limit takes the maximum; a given one
  * must be in range. On failure writes the client-facing message ("Invalid run limits:
- * wall_time can't exceed 60 seconds") to msg and returns -1. stage is "run" or "compile". */
+ * wall_time can't exceed 60 seconds") to err and returns -1. stage is "run" or "compile". */
 int limits_resolve(const struct limit_request *req, const struct ev_limits *max, const char *stage,
-                   struct ev_limits *out, char *msg, size_t msg_size);
+                   struct ev_limits *out, struct ev_err *err);
 
 /* One limit: v (NaN for a value of the wrong type) checked against [minimum, max] and
  * converted to microseconds, kilobytes or a count in *out; -1 with the client-facing message
  * naming the limit and its allowed range. */
-int limit_check(int i, double v, uint64_t max, const char *stage, uint64_t *out, char *msg,
-                size_t msg_size);
+int limit_check(int i, double v, uint64_t max, const char *stage, uint64_t *out,
+                struct ev_err *err);
 void limits_to_array(const struct ev_limits *l, uint64_t v[LIM_COUNT]);
 /* Microseconds as exact decimal seconds: 60000000 -> "60", 1500 -> "0.0015". */
 void format_seconds(uint64_t us, char *buf, size_t size);

@@ -323,10 +323,11 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
      * directory name is drawn afresh for every installation, so id and directory together
      * say whether req->rt is still the installed runtime; when it is, its directory exists
      * and the copy is what the row says. */
-    int r = store_is_installed(p->store, req->rt->id, req->rt->dir, err);
-    if (r != 1) {
+    bool installed = false;
+    int r = store_is_installed(p->store, req->rt->id, req->rt->dir, &installed, err);
+    if (r < 0 || !installed) {
         sched_done(&p->sched, SCHED_SUBMISSION);
-        return r == 0 ? PIPE_NO_RUNTIME : PIPE_INTERNAL;
+        return r < 0 ? PIPE_INTERNAL : PIPE_NO_RUNTIME;
     }
     uint32_t box;
     if (psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err) < 0) {
@@ -439,23 +440,25 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
-    int r = store_name_taken(p->store, rt->name, err);
-    int id_taken = r == 0 && rt->id > 0 ? store_id_taken(p->store, rt->id, err) : 0;
-    if (r != 0) {
-        st = r > 0 ? PIPE_NAME_TAKEN : PIPE_INTERNAL;
-    } else if (id_taken != 0) {
-        st = id_taken > 0 ? PIPE_ID_TAKEN : PIPE_INTERNAL;
+    bool name_taken = false, id_taken = false;
+    if (store_name_taken(p->store, rt->name, &name_taken, err) < 0 ||
+        (!name_taken && rt->id > 0 && store_id_taken(p->store, rt->id, &id_taken, err) < 0)) {
+        st = PIPE_INTERNAL;
+    } else if (name_taken) {
+        st = PIPE_NAME_TAKEN;
+    } else if (id_taken) {
+        st = PIPE_ID_TAKEN;
     } else if (store_prepare(p->store, rt, err) < 0) {
         st = PIPE_INTERNAL;
     } else {
         st = is_nix(rt) ? setup_nix_runtime(p, rt, out, errout, err)
                         : setup_runtime(p, rt, out, errout, err);
         if (st == PIPE_OK) {
-            r = store_commit(p->store, rt, err);
-            st = r == 0   ? PIPE_OK
-                 : r == 2 ? PIPE_ID_TAKEN
-                 : r > 0  ? PIPE_NAME_TAKEN
-                          : PIPE_INTERNAL;
+            enum store_conflict c;
+            st = store_commit(p->store, rt, &c, err) < 0 ? PIPE_INTERNAL
+                 : c == STORE_ID_TAKEN                   ? PIPE_ID_TAKEN
+                 : c == STORE_NAME_TAKEN                 ? PIPE_NAME_TAKEN
+                                                         : PIPE_OK;
         }
         if (st != PIPE_OK)
             store_discard(p->store, rt->dir);
@@ -476,9 +479,10 @@ enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn a
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
-    int r = store_delete(p->store, id, err);
+    bool found;
+    int r = store_delete(p->store, id, &found, err);
     sched_done(&p->sched, SCHED_EXCLUSIVE);
-    return r == 0 ? PIPE_OK : r > 0 ? PIPE_NO_RUNTIME : PIPE_INTERNAL;
+    return r < 0 ? PIPE_INTERNAL : found ? PIPE_OK : PIPE_NO_RUNTIME;
 }
 
 bool nix_available(void)

@@ -201,7 +201,7 @@ const char *store_runtimes_dir(const struct store *s)
     return s->rt_dir;
 }
 
-static int dir_referenced(struct store *s, const char *dir, struct ev_err *err)
+static int dir_referenced(struct store *s, const char *dir, bool *referenced, struct ev_err *err)
 {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM runtimes WHERE dir = ?", -1, &st, NULL) !=
@@ -210,11 +210,10 @@ static int dir_referenced(struct store *s, const char *dir, struct ev_err *err)
     sqlite3_bind_text(st, 1, dir, -1, SQLITE_TRANSIENT);
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (r == SQLITE_ROW)
-        return 1;
-    if (r == SQLITE_DONE)
-        return 0;
-    return db_fail(s, err, "look a directory up");
+    if (r != SQLITE_ROW && r != SQLITE_DONE)
+        return db_fail(s, err, "look a directory up");
+    *referenced = r == SQLITE_ROW;
+    return 0;
 }
 
 int store_sweep(struct store *s, struct ev_err *err)
@@ -238,12 +237,12 @@ int store_sweep(struct store *s, struct ev_err *err)
     while ((e = readdir(d)) != NULL && n < 256) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
-        int r = dir_referenced(s, e->d_name, err);
-        if (r < 0) {
+        bool referenced = true;
+        if (dir_referenced(s, e->d_name, &referenced, err) < 0) {
             pthread_mutex_unlock(&s->mu);
             return -1;
         }
-        if (r == 0 && strlen(e->d_name) < 64)
+        if (!referenced && strlen(e->d_name) < 64)
             snprintf(names[n++], 64, "%s", e->d_name);
     }
     for (int i = 0; i < n; i++) {
@@ -315,9 +314,10 @@ void store_list_free(struct runtime_summary *list, size_t n)
     free(list);
 }
 
-int store_get(struct store *s, int64_t id, struct runtime *rt, struct ev_err *err)
+int store_get(struct store *s, int64_t id, struct runtime *rt, bool *found, struct ev_err *err)
 {
     memset(rt, 0, sizeof(*rt));
+    *found = false;
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
     int rc;
@@ -332,7 +332,7 @@ int store_get(struct store *s, int64_t id, struct runtime *rt, struct ev_err *er
     sqlite3_bind_int64(st, 1, id);
     int r = sqlite3_step(st);
     if (r == SQLITE_DONE) {
-        rc = 1;
+        rc = 0;
     } else if (r != SQLITE_ROW) {
         rc = db_fail(s, err, "get a runtime");
     } else {
@@ -362,6 +362,8 @@ int store_get(struct store *s, int64_t id, struct runtime *rt, struct ev_err *er
             !rt->run_script || !rt->nix_shell || !rt->env) {
             runtime_free(rt);
             rc = ev_fail(err, ENOMEM, "get a runtime");
+        } else {
+            *found = true;
         }
     }
     sqlite3_finalize(st);
@@ -370,7 +372,8 @@ out:
     return rc;
 }
 
-int store_is_installed(struct store *s, int64_t id, const char *dir, struct ev_err *err)
+int store_is_installed(struct store *s, int64_t id, const char *dir, bool *installed,
+                       struct ev_err *err)
 {
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
@@ -382,14 +385,15 @@ int store_is_installed(struct store *s, int64_t id, const char *dir, struct ev_e
         sqlite3_bind_int64(st, 1, id);
         sqlite3_bind_text(st, 2, dir, -1, SQLITE_TRANSIENT);
         int r = sqlite3_step(st);
-        rc = r == SQLITE_ROW ? 1 : r == SQLITE_DONE ? 0 : db_fail(s, err, "look a runtime up");
+        rc = r == SQLITE_ROW || r == SQLITE_DONE ? 0 : db_fail(s, err, "look a runtime up");
+        *installed = r == SQLITE_ROW;
         sqlite3_finalize(st);
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
-int store_name_taken(struct store *s, const char *name, struct ev_err *err)
+int store_name_taken(struct store *s, const char *name, bool *taken, struct ev_err *err)
 {
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
@@ -400,14 +404,15 @@ int store_name_taken(struct store *s, const char *name, struct ev_err *err)
     } else {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
         int r = sqlite3_step(st);
-        rc = r == SQLITE_ROW ? 1 : r == SQLITE_DONE ? 0 : db_fail(s, err, "look a name up");
+        rc = r == SQLITE_ROW || r == SQLITE_DONE ? 0 : db_fail(s, err, "look a name up");
+        *taken = r == SQLITE_ROW;
         sqlite3_finalize(st);
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
-int store_id_taken(struct store *s, int64_t id, struct ev_err *err)
+int store_id_taken(struct store *s, int64_t id, bool *taken, struct ev_err *err)
 {
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
@@ -418,7 +423,8 @@ int store_id_taken(struct store *s, int64_t id, struct ev_err *err)
     } else {
         sqlite3_bind_int64(st, 1, id);
         int r = sqlite3_step(st);
-        rc = r == SQLITE_ROW ? 1 : r == SQLITE_DONE ? 0 : db_fail(s, err, "look an id up");
+        rc = r == SQLITE_ROW || r == SQLITE_DONE ? 0 : db_fail(s, err, "look an id up");
+        *taken = r == SQLITE_ROW;
         sqlite3_finalize(st);
     }
     pthread_mutex_unlock(&s->mu);
@@ -480,8 +486,10 @@ void store_discard(struct store *s, const char *dir)
         fprintf(stderr, "envicutor: remove %s/%s: %s\n", s->rt_dir, dir, e.msg);
 }
 
-int store_commit(struct store *s, struct runtime *rt, struct ev_err *err)
+int store_commit(struct store *s, struct runtime *rt, enum store_conflict *conflict,
+                 struct ev_err *err)
 {
+    *conflict = STORE_NO_CONFLICT;
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
     int rc;
@@ -519,7 +527,12 @@ int store_commit(struct store *s, struct runtime *rt, struct ev_err *err)
         rt->created_at = now;
         rc = 0;
     } else if (r == SQLITE_CONSTRAINT) {
-        rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_PRIMARYKEY ? 2 : 1;
+        /* the id is the primary key; the other unique columns are the name and the directory,
+         * whose name is fresh and random */
+        *conflict = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_PRIMARYKEY
+                        ? STORE_ID_TAKEN
+                        : STORE_NAME_TAKEN;
+        rc = 0;
     } else {
         rc = db_fail(s, err, "add a runtime");
     }
@@ -529,12 +542,13 @@ out:
     return rc;
 }
 
-int store_delete(struct store *s, int64_t id, struct ev_err *err)
+int store_delete(struct store *s, int64_t id, bool *found, struct ev_err *err)
 {
     struct runtime rt;
-    int r = store_get(s, id, &rt, err);
-    if (r != 0)
-        return r;
+    if (store_get(s, id, &rt, found, err) < 0)
+        return -1;
+    if (!*found)
+        return 0;
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st;
     int rc;
@@ -544,14 +558,16 @@ int store_delete(struct store *s, int64_t id, struct ev_err *err)
     } else {
         sqlite3_bind_int64(st, 1, id);
         int x = sqlite3_step(st);
-        rc = x == SQLITE_DONE ? (sqlite3_changes(s->db) ? 0 : 1)
-                              : db_fail(s, err, "delete a runtime");
+        rc = x == SQLITE_DONE ? 0 : db_fail(s, err, "delete a runtime");
+        /* gone meanwhile: not found, as if store_get had not seen it */
+        if (rc == 0 && sqlite3_changes(s->db) == 0)
+            *found = false;
         sqlite3_finalize(st);
     }
     pthread_mutex_unlock(&s->mu);
     /* The row is gone for good; a crash before this line leaves an orphan the next start
      * removes. */
-    if (rc == 0)
+    if (rc == 0 && *found)
         store_discard(s, rt.dir);
     runtime_free(&rt);
     return rc;

@@ -52,25 +52,31 @@ int store_sweep(struct store *s, struct ev_err *err);
 /* 0 and the list (ordered by id) or -1. */
 int store_list(struct store *s, struct runtime_summary **out, size_t *n, struct ev_err *err);
 void store_list_free(struct runtime_summary *list, size_t n);
-/* 0 found, 1 not found, -1 error. */
-int store_get(struct store *s, int64_t id, struct runtime *out, struct ev_err *err);
-/* 1 when the runtime under id is the one installed in directory dir, 0 when there is none or
- * another (deleted and installed again under the same id), -1 on error. */
-int store_is_installed(struct store *s, int64_t id, const char *dir, struct ev_err *err);
-/* 1 when a runtime has this name, 0 when not, -1 on error. */
-int store_name_taken(struct store *s, const char *name, struct ev_err *err);
+/* 0 with *found, and out filled when it is true; -1 on error. */
+int store_get(struct store *s, int64_t id, struct runtime *out, bool *found, struct ev_err *err);
+/* *installed: whether the runtime under id is the one installed in directory dir (false when
+ * there is none or another, deleted and installed again under the same id). 0, or -1 on
+ * error. */
+int store_is_installed(struct store *s, int64_t id, const char *dir, bool *installed,
+                       struct ev_err *err);
+/* *taken: whether a runtime has this name. 0, or -1 on error. */
+int store_name_taken(struct store *s, const char *name, bool *taken, struct ev_err *err);
 
 /* Writes rt's directory under a fresh name (set in rt->dir), complete and synced. */
 int store_prepare(struct store *s, struct runtime *rt, struct ev_err *err);
-/* 1 when a runtime has this id, 0 when not, -1 on error. */
-int store_id_taken(struct store *s, int64_t id, struct ev_err *err);
+/* *taken: whether a runtime has this id. 0, or -1 on error. */
+int store_id_taken(struct store *s, int64_t id, bool *taken, struct ev_err *err);
+enum store_conflict { STORE_NO_CONFLICT, STORE_NAME_TAKEN, STORE_ID_TAKEN };
 /* Inserts rt's row in one transaction, with rt->id when it is positive (an id the client chose),
- * and sets rt->id and rt->created_at. Returns 1 when the name is taken, 2 when the id is. */
-int store_commit(struct store *s, struct runtime *rt, struct ev_err *err);
+ * and sets rt->id and rt->created_at. 0 with *conflict STORE_NO_CONFLICT when the row is in;
+ * 0 with *conflict naming what is taken when nothing was written (a conflict is an answer, not
+ * a failure of the store); -1 on error. */
+int store_commit(struct store *s, struct runtime *rt, enum store_conflict *conflict,
+                 struct ev_err *err);
 /* Removes a prepared directory that will not be committed. */
 void store_discard(struct store *s, const char *dir);
-/* 0 deleted, 1 not found, -1 error. */
-int store_delete(struct store *s, int64_t id, struct ev_err *err);
+/* 0 with *found (false: there was no runtime under id, nothing changed), or -1 on error. */
+int store_delete(struct store *s, int64_t id, bool *found, struct ev_err *err);
 
 /* A small key/value table for the server's own bookkeeping ("catalog_installed"). */
 int store_get_flag(struct store *s, const char *key, bool *value, struct ev_err *err);

@@ -614,14 +614,19 @@ int helper_process_main(int argc, char **argv)
     }
     if (fcntl(HELPER_FD, F_SETFD, FD_CLOEXEC) < 0)
         return 1;
-    prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
+    /* only the name ps shows; it cannot fail for a valid pointer */
+    (void)prctl(PR_SET_NAME, "envicutor-priv", 0, 0, 0);
     static struct sbx_host host;
     /* A few network namespaces kept ready, so that no run waits for its own, and each box's
      * read-only tree built once, with mount points for a runtime's directory and the Nix
      * store (the helper's only extra mounts). */
     static const char *const points[] = {"/runtime", "/nix", NULL};
     struct sbx_host_config hcfg = {
-        .run_dir = getenv("ENVICUTOR_RUN_DIR"), .netns_ahead = 4, .prepared_root_points = points};
+        .run_dir = getenv("ENVICUTOR_RUN_DIR"),
+        .netns_ahead = 4,
+        .prepared_root_points = points,
+        .log = ev_log_stderr,
+    };
     struct ev_err err;
     if (sbx_host_init(&host, &hcfg, &err) < 0) {
         fprintf(stderr, "envicutor helper: %s\n", err.msg);

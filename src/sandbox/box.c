@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +116,20 @@ static int take_box(struct sbx_host *host, const struct sbx_box_options *opt, in
     return 0;
 }
 
+/* A failure that does not stop the call, for the program's log (sbx_host_config.log). */
+__attribute__((format(printf, 2, 3))) static void box_log(const struct sbx_host *host,
+                                                          const char *fmt, ...)
+{
+    if (!host->log)
+        return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    host->log(host->log_ctx, line);
+}
+
 int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struct sbx_box *box,
                  struct ev_err *err)
 {
@@ -144,7 +159,7 @@ int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struc
                 continue;
             if (!unclean) /* the box directory the caller asked for: no other box would do */
                 return -1;
-            fprintf(stderr, "envicutor: skipping %s\n", err->msg);
+            box_log(host, "skipping %s", err->msg);
             __atomic_fetch_add(&host->boxes_skipped, 1, __ATOMIC_RELAXED);
             if (host->box_bad)
                 __atomic_store_n(&host->box_bad[id], 1, __ATOMIC_RELAXED);
@@ -168,11 +183,10 @@ void sbx_box_close(struct sbx_host *host, struct sbx_box *box)
         return;
     if (box->own_tmpfs) {
         if (umount2(box->dir, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
-            fprintf(stderr, "envicutor: unmount %s: %s\n", box->dir, strerror(errno));
+            box_log(host, "unmount %s: %s", box->dir, strerror(errno));
         else if (rmdir(box->dir) < 0)
-            fprintf(stderr, "envicutor: rmdir %s: %s\n", box->dir, strerror(errno));
+            box_log(host, "rmdir %s: %s", box->dir, strerror(errno));
     }
-    (void)host;
     close(box->lock_fd);
     box->lock_fd = -1;
 }

@@ -72,7 +72,10 @@ static int host_init(struct sbx_host *host, const struct sbx_host_config *cfg, s
         return ev_fail(err, 0, "lock directory '%s' must be an absolute path of at most 200 bytes",
                        lock_dir);
     snprintf(host->lock_dir, sizeof(host->lock_dir), "%s", lock_dir);
-    if (cfg && cfg->netns_ahead && netns_pool_start(&host->netns, cfg->netns_ahead, err) < 0)
+    host->log = cfg ? cfg->log : NULL;
+    host->log_ctx = cfg ? cfg->log_ctx : NULL;
+    if (cfg && cfg->netns_ahead &&
+        netns_pool_start(&host->netns, cfg->netns_ahead, host->log, host->log_ctx, err) < 0)
         return -1;
     host->first_uid = cfg && cfg->first_uid ? cfg->first_uid : 60000;
     host->n_boxes = cfg && cfg->n_boxes ? cfg->n_boxes : 1000;

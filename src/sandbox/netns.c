@@ -19,6 +19,8 @@ struct netns_pool {
     int fds[NETNS_POOL_MAX];
     unsigned n, ahead;
     bool stop, failed;
+    ev_log_fn *log;
+    void *log_ctx;
     pthread_t thread;
 };
 
@@ -66,9 +68,12 @@ static void *maker(void *arg)
         pthread_mutex_unlock(&p->mu);
         struct ev_err err;
         int fd = make_one(&err);
-        if (fd < 0)
-            fprintf(stderr, "envicutor: network namespaces are made per run from now on: %s\n",
-                    err.msg);
+        if (fd < 0 && p->log) {
+            char line[sizeof(err.msg) + 64];
+            snprintf(line, sizeof(line), "network namespaces are made per run from now on: %s",
+                     err.msg);
+            p->log(p->log_ctx, line);
+        }
         pthread_mutex_lock(&p->mu);
         if (fd < 0) {
             p->failed = true;
@@ -82,7 +87,8 @@ static void *maker(void *arg)
     return NULL;
 }
 
-int netns_pool_start(struct netns_pool **pool, unsigned ahead, struct ev_err *err)
+int netns_pool_start(struct netns_pool **pool, unsigned ahead, ev_log_fn *log, void *log_ctx,
+                     struct ev_err *err)
 {
     *pool = NULL;
     if (ahead < 1 || ahead > NETNS_POOL_MAX)
@@ -92,6 +98,8 @@ int netns_pool_start(struct netns_pool **pool, unsigned ahead, struct ev_err *er
     if (!p)
         return ev_fail(err, ENOMEM, "network namespace pool");
     p->ahead = ahead;
+    p->log = log;
+    p->log_ctx = log_ctx;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->changed, NULL);
     /* The thread takes no signal: whoever started us decides where signals go. */

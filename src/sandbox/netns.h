@@ -17,8 +17,10 @@
 
 struct netns_pool;
 
-/* Starts a thread that keeps `ahead` (1 to NETNS_POOL_MAX) namespaces ready. */
-int netns_pool_start(struct netns_pool **pool, unsigned ahead, struct ev_err *err);
+/* Starts a thread that keeps `ahead` (1 to NETNS_POOL_MAX) namespaces ready. The thread
+ * reports through log (NULL: not at all) when it gives up. */
+int netns_pool_start(struct netns_pool **pool, unsigned ahead, ev_log_fn *log, void *log_ctx,
+                     struct ev_err *err);
 
 /* A descriptor of a fresh namespace, waiting for the thread if it is making one; -1 when the
  * thread has failed (the caller then makes its own namespace). */

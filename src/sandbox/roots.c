@@ -131,7 +131,8 @@ struct build_report {
  * system calls and stack buffers only. */
 static __attribute__((noreturn)) void builder(const struct root_plan *plan, int report_w)
 {
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        _exit(127); /* seen by the caller as a builder that failed without a report */
     /* the caller's other descriptors (other runs' pipes among them) are not ours to hold */
     if (dup2(report_w, 3) < 0)
         _exit(127);

@@ -294,7 +294,7 @@ static void close_all_except(int *keep, int n)
  * bounds instead, needs CAP_SYS_RESOURCE. Best effort: it changes nothing the run needs. */
 static void hide_command_line(void)
 {
-    prctl(PR_SET_NAME, "init", 0, 0, 0);
+    (void)prctl(PR_SET_NAME, "init", 0, 0, 0); /* cannot fail for a valid pointer */
     char buf[1024];
     int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -342,7 +342,10 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
     for (int i = 0; i < c->cg->n_join && i < 4; i++)
         keep[n_keep++] = c->cg->join_fds[i];
     close_all_except(keep, n_keep);
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
+        ev_fail(&e, errno, "set the parent-death signal");
+        child_fail(c, REPORT_SETUP, &e);
+    }
     hide_command_line();
     reset_signals();
     if (c->net_fd >= 0) {

@@ -46,6 +46,11 @@ struct sbx_host_config {
     /* Where the /etc entries a box sees come from; NULL: /etc. Tests point it at a directory
      * they control, to change an entry by rename as ldconfig and tzdata do. */
     const char *etc_dir;
+    /* Failures that do not stop a call (a box passed over, a box directory left behind on
+     * close, the namespaces made ahead given up): the sandbox reports them here and never
+     * prints. NULL: they are not reported. */
+    ev_log_fn *log;
+    void *log_ctx;
 };
 
 /* What sbx_host_init learns once about the host. */
@@ -82,6 +87,8 @@ struct sbx_host {
     unsigned next_box;
     unsigned char *box_bad;
     unsigned long boxes_skipped;
+    ev_log_fn *log; /* from sbx_host_config; NULL: not reported */
+    void *log_ctx;
 };
 
 struct sbx_box_options {
@@ -163,7 +170,7 @@ int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struc
                  struct ev_err *err);
 void sbx_box_close(struct sbx_host *host, struct sbx_box *box);
 /* How many times sbx_box_open found a free box whose leftovers could not be cleaned, and
- * passed over it (each is logged on stderr with the reason). */
+ * passed over it (each is reported through sbx_host_config.log with the reason). */
 unsigned long sbx_boxes_skipped(const struct sbx_host *host);
 
 /* Removes what killed owners left behind: boxes whose lock is free (their cgroups, mounts and

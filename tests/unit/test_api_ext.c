@@ -24,15 +24,15 @@ static const struct ev_limits sys_max = {60000000, 30000000, 5000000, 1000000, 6
 static void check_limit(int i, double v, const char *expected, uint64_t expect_value)
 {
     uint64_t out = 0;
-    char msg[256] = "";
+    struct ev_err err;
     int r = limit_check(i, v,
                         i == LIM_MEMORY      ? 1000000
                         : i == LIM_WALL_TIME ? 60000000
                                              : 64,
-                        "run", &out, msg, sizeof(msg));
+                        "run", &out, &err);
     if (expected) {
         assert_int_equal(r, -1);
-        assert_string_equal(msg, expected);
+        assert_string_equal(err.msg, expected);
     } else {
         assert_int_equal(r, 0);
         assert_int_equal(out, expect_value);
@@ -68,15 +68,14 @@ static void test_limit_bounds(void **state)
     check_limit(LIM_MAX_OPEN_FILES, 0,
                 "Invalid run limits: max_open_files must be a whole number from 1 to 64", 0);
     uint64_t out;
-    char msg[256];
-    assert_int_equal(limit_check(LIM_EXTRA_TIME, 0, 5000000, "compile", &out, msg, sizeof(msg)), 0);
+    struct ev_err err;
+    assert_int_equal(limit_check(LIM_EXTRA_TIME, 0, 5000000, "compile", &out, &err), 0);
     assert_int_equal(out, 0);
-    assert_int_equal(limit_check(LIM_EXTRA_TIME, -0.1, 5000000, "compile", &out, msg, sizeof(msg)),
-                     -1);
+    assert_int_equal(limit_check(LIM_EXTRA_TIME, -0.1, 5000000, "compile", &out, &err), -1);
     assert_string_equal(
-        msg, "Invalid compile limits: extra_time must be a number of seconds from 0 to 5");
-    assert_int_equal(limit_check(LIM_CPU_TIME, 3, 2500000, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg, "Invalid run limits: cpu_time can't exceed 2.5 seconds");
+        err.msg, "Invalid compile limits: extra_time must be a number of seconds from 0 to 5");
+    assert_int_equal(limit_check(LIM_CPU_TIME, 3, 2500000, "run", &out, &err), -1);
+    assert_string_equal(err.msg, "Invalid run limits: cpu_time can't exceed 2.5 seconds");
 }
 
 static void test_format_seconds(void **state)
@@ -106,25 +105,24 @@ static void test_limits_override(void **state)
     assert_int_equal(l.memory_kb, 262144);
     assert_int_equal(l.max_open_files, 64);
     assert_int_equal(l.wall_time_us, 60000000);
-    char msg[256];
+    struct ev_err err;
     struct limit_request req = {0};
     req.present[LIM_MEMORY] = true;
     req.value[LIM_MEMORY] = 262145;
     struct ev_limits out;
-    assert_int_equal(limits_resolve(&req, &l, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg, "Invalid run limits: memory can't exceed 262144 kilobytes");
+    assert_int_equal(limits_resolve(&req, &l, "run", &out, &err), -1);
+    assert_string_equal(err.msg, "Invalid run limits: memory can't exceed 262144 kilobytes");
 }
 
 static void test_parse_runtime_options(void **state)
 {
     (void)state;
     struct runtime rt;
-    char msg[256];
+    struct ev_err err;
     memset(&rt, 0, sizeof(rt));
     const char *ok = "{\"id\":7,\"run_limits\":{\"memory\":1024,\"wall_time\":1.5},"
                      "\"compile_limits\":{\"extra_time\":0}}";
-    assert_int_equal(
-        parse_runtime_options(ok, strlen(ok), &sys_max, &sys_max, &rt, msg, sizeof(msg)), 0);
+    assert_int_equal(parse_runtime_options(ok, strlen(ok), &sys_max, &sys_max, &rt, &err), 0);
     assert_int_equal(rt.id, 7);
     assert_true(rt.run_limits.present[LIM_MEMORY]);
     assert_int_equal(rt.run_limits.value[LIM_MEMORY], 1024);
@@ -143,10 +141,9 @@ static void test_parse_runtime_options(void **state)
         {"{\"run_limits\":[]}", "run_limits must be an object"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        assert_int_equal(parse_runtime_options(bad[i][0], strlen(bad[i][0]), &sys_max, &sys_max,
-                                               &rt, msg, sizeof(msg)),
-                         -1);
-        assert_string_equal(msg, bad[i][1]);
+        assert_int_equal(
+            parse_runtime_options(bad[i][0], strlen(bad[i][0]), &sys_max, &sys_max, &rt, &err), -1);
+        assert_string_equal(err.msg, bad[i][1]);
     }
 }
 

@@ -19,6 +19,7 @@
 #include "common/filename.h"
 #include "common/fileutil.h"
 #include "common/path.h"
+#include "common/error.h"
 #include "common/rmtree.h"
 #include "common/utf8.h"
 
@@ -213,6 +214,29 @@ static void test_parse_seconds(void **state)
     }
 }
 
+/* The line a program writes for what a layer reports without failing: prefixed, one line. */
+static void test_log_stderr_writes_one_prefixed_line(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/envicutor-test-log-XXXXXX";
+    int fd = mkostemp(path, O_CLOEXEC);
+    assert_true(fd >= 0);
+    unlink(path);
+    fflush(stderr);
+    int saved = fcntl(2, F_DUPFD_CLOEXEC, 3);
+    assert_true(saved >= 0);
+    assert_int_equal(dup2(fd, 2), 2);
+    ev_log_stderr(NULL, "skipping box 3: busy");
+    fflush(stderr);
+    assert_int_equal(dup2(saved, 2), 2);
+    close(saved);
+    char buf[64] = "";
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    close(fd);
+    assert_int_equal(n, (ssize_t)strlen("envicutor: skipping box 3: busy\n"));
+    assert_string_equal(buf, "envicutor: skipping box 3: busy\n");
+}
+
 static void test_parse_count(void **state)
 {
     (void)state;
@@ -365,6 +389,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_make_dirs, make_scratch, remove_scratch),
         cmocka_unit_test_setup_teardown(test_find_in_path_takes_the_first_executable, make_scratch,
                                         remove_scratch),
+        cmocka_unit_test(test_log_stderr_writes_one_prefixed_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

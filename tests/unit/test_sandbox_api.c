@@ -675,7 +675,7 @@ static void test_pool_hands_out_distinct_namespaces(void **state)
     (void)state;
     struct netns_pool *pool;
     struct ev_err err;
-    assert_int_equal(netns_pool_start(&pool, 2, &err), 0);
+    assert_int_equal(netns_pool_start(&pool, 2, NULL, NULL, &err), 0);
     struct stat own;
     assert_int_equal(stat("/proc/self/ns/net", &own), 0);
     ino_t seen[5];

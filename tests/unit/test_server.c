@@ -88,42 +88,42 @@ static void test_limits_resolve(void **state)
 {
     (void)state;
     struct ev_limits max = {60000000, 30000000, 5000000, 1000000, 64, 100000, 64}, out;
-    char msg[256];
+    struct ev_err err;
     struct limit_request req = {0};
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), 0);
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), 0);
     assert_memory_equal(&out, &max, sizeof(max));
 
     req.present[LIM_WALL_TIME] = true;
     req.value[LIM_WALL_TIME] = 0.25;
     req.present[LIM_EXTRA_TIME] = true;
     req.value[LIM_EXTRA_TIME] = 0;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), 0);
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), 0);
     assert_int_equal(out.wall_time_us, 250000);
     assert_int_equal(out.extra_time_us, 0);
 
     req.value[LIM_WALL_TIME] = 61;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg, "Invalid run limits: wall_time can't exceed 60 seconds");
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), -1);
+    assert_string_equal(err.msg, "Invalid run limits: wall_time can't exceed 60 seconds");
 
     memset(&req, 0, sizeof(req));
     req.present[LIM_MEMORY] = true;
     req.value[LIM_MEMORY] = 1000001;
-    assert_int_equal(limits_resolve(&req, &max, "compile", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg, "Invalid compile limits: memory can't exceed 1000000 kilobytes");
+    assert_int_equal(limits_resolve(&req, &max, "compile", &out, &err), -1);
+    assert_string_equal(err.msg, "Invalid compile limits: memory can't exceed 1000000 kilobytes");
     req.value[LIM_MEMORY] = 10.5;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg,
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), -1);
+    assert_string_equal(err.msg,
                         "Invalid run limits: memory must be a whole number of kilobytes from 1 to "
                         "1000000");
 
     memset(&req, 0, sizeof(req));
     req.present[LIM_MAX_OPEN_FILES] = true;
     req.value[LIM_MAX_OPEN_FILES] = 65;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg, "Invalid run limits: max_open_files can't exceed 64");
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), -1);
+    assert_string_equal(err.msg, "Invalid run limits: max_open_files can't exceed 64");
     req.value[LIM_MAX_OPEN_FILES] = 0;
-    assert_int_equal(limits_resolve(&req, &max, "run", &out, msg, sizeof(msg)), -1);
-    assert_string_equal(msg,
+    assert_int_equal(limits_resolve(&req, &max, "run", &out, &err), -1);
+    assert_string_equal(err.msg,
                         "Invalid run limits: max_open_files must be a whole number from 1 to 64");
 }
 
@@ -239,15 +239,15 @@ static void test_scheduler_withdraw_lets_the_next_start(void **state)
 static void check_runtime(const char *body, const char *expected)
 {
     struct runtime rt;
-    char msg[512];
-    int r = parse_runtime(body, strlen(body), false, &rt, msg, sizeof(msg));
+    struct ev_err err;
+    int r = parse_runtime(body, strlen(body), false, &rt, &err);
     if (!expected) {
         assert_int_equal(r, 0);
         runtime_free(&rt);
         return;
     }
     assert_int_equal(r, -1);
-    assert_string_equal(msg, expected);
+    assert_string_equal(err.msg, expected);
 }
 
 static void test_parse_runtime(void **state)
@@ -276,10 +276,10 @@ static void test_parse_runtime(void **state)
                   "\"host\" for a runtime on the host's own toolchains");
 
     struct runtime rt;
-    char msg[512];
+    struct ev_err err;
     const char *body = "{\"name\":\"n\",\"provider\":\"host\",\"run_script\":\"x\","
                        "\"source_file_name\":\"m\",\"env\":{\"A\":\"x=y\",\"B\":\" \"}}";
-    assert_int_equal(parse_runtime(body, strlen(body), false, &rt, msg, sizeof(msg)), 0);
+    assert_int_equal(parse_runtime(body, strlen(body), false, &rt, &err), 0);
     assert_int_equal(rt.env_len, strlen("A=x=y") + 1 + strlen("B= ") + 1);
     assert_string_equal(rt.env, "A=x=y");
     assert_string_equal(rt.env + 6, "B= ");
@@ -290,10 +290,10 @@ static void test_parse_execute(void **state)
 {
     (void)state;
     struct execute_body b;
-    char msg[512];
+    struct ev_err err;
     const char *ok = "{\"runtime_id\":3,\"source_code\":\"print(1)\",\"input\":\"x\","
                      "\"run_limits\":{\"wall_time\":1.5}}";
-    assert_int_equal(parse_execute(ok, strlen(ok), &b, msg, sizeof(msg)), 0);
+    assert_int_equal(parse_execute(ok, strlen(ok), &b, &err), 0);
     assert_int_equal(b.runtime_id, 3);
     assert_string_equal(b.source, "print(1)");
     assert_true(b.run.present[LIM_WALL_TIME]);
@@ -305,11 +305,11 @@ static void test_parse_execute(void **state)
         {"[]", "The request body must be a JSON object"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        assert_int_equal(parse_execute(bad[i][0], strlen(bad[i][0]), &b, msg, sizeof(msg)), -1);
-        assert_string_equal(msg, bad[i][1]);
+        assert_int_equal(parse_execute(bad[i][0], strlen(bad[i][0]), &b, &err), -1);
+        assert_string_equal(err.msg, bad[i][1]);
     }
-    assert_int_equal(parse_execute("{", 1, &b, msg, sizeof(msg)), -1);
-    assert_memory_equal(msg, "Invalid JSON", 12);
+    assert_int_equal(parse_execute("{", 1, &b, &err), -1);
+    assert_memory_equal(err.msg, "Invalid JSON", 12);
     assert_int_equal(parse_id("12"), 12);
     assert_int_equal(parse_id("0"), -1);
     assert_int_equal(parse_id("1a"), -1);
@@ -510,7 +510,9 @@ static void test_store_with_a_stale_error_object(void **state)
     stale(&err);
     assert_int_equal(store_sweep(s, &err), 0);
     stale(&err);
-    assert_int_equal(store_name_taken(s, "shell", &err), 0);
+    bool yes = true;
+    assert_int_equal(store_name_taken(s, "shell", &yes, &err), 0);
+    assert_false(yes);
     struct runtime rt = {.name = "shell",
                          .provider = "host",
                          .source_file_name = "main.sh",
@@ -520,11 +522,38 @@ static void test_store_with_a_stale_error_object(void **state)
     stale(&err);
     assert_int_equal(store_prepare(s, &rt, &err), 0);
     stale(&err);
-    assert_int_equal(store_commit(s, &rt, &err), 0);
+    enum store_conflict conflict;
+    assert_int_equal(store_commit(s, &rt, &conflict, &err), 0);
+    assert_int_equal(conflict, STORE_NO_CONFLICT);
     assert_true(rt.id > 0);
     stale(&err);
+    assert_int_equal(store_name_taken(s, "shell", &yes, &err), 0);
+    assert_true(yes);
+    stale(&err);
+    assert_int_equal(store_id_taken(s, rt.id, &yes, &err), 0);
+    assert_true(yes);
+    stale(&err);
+    assert_int_equal(store_is_installed(s, rt.id, rt.dir, &yes, &err), 0);
+    assert_true(yes);
+    /* A second runtime in the way of the first: by name, then by the id a client chose. A
+     * conflict is an answer (0), and nothing is written. */
+    struct runtime again = rt;
+    again.id = 0;
+    stale(&err);
+    assert_int_equal(store_prepare(s, &again, &err), 0);
+    assert_int_equal(store_commit(s, &again, &conflict, &err), 0);
+    assert_int_equal(conflict, STORE_NAME_TAKEN);
+    again.name = "another";
+    again.id = rt.id;
+    stale(&err);
+    assert_int_equal(store_commit(s, &again, &conflict, &err), 0);
+    assert_int_equal(conflict, STORE_ID_TAKEN);
+    store_discard(s, again.dir);
+    stale(&err);
     struct runtime got;
-    assert_int_equal(store_get(s, rt.id, &got, &err), 0);
+    bool found = false;
+    assert_int_equal(store_get(s, rt.id, &got, &found, &err), 0);
+    assert_true(found);
     assert_string_equal(got.run_script, "bash main.sh");
     assert_string_equal(got.dir, rt.dir);
     runtime_free(&got);
@@ -542,9 +571,17 @@ static void test_store_with_a_stale_error_object(void **state)
     assert_int_equal(store_get_flag(s, "catalog_installed", &flag, &err), 0);
     assert_true(flag);
     stale(&err);
-    assert_int_equal(store_delete(s, rt.id, &err), 0);
+    assert_int_equal(store_delete(s, rt.id, &found, &err), 0);
+    assert_true(found);
     stale(&err);
-    assert_int_equal(store_get(s, rt.id, &got, &err), 1);
+    assert_int_equal(store_get(s, rt.id, &got, &found, &err), 0);
+    assert_false(found);
+    stale(&err);
+    assert_int_equal(store_delete(s, rt.id, &found, &err), 0);
+    assert_false(found);
+    stale(&err);
+    assert_int_equal(store_is_installed(s, rt.id, rt.dir, &yes, &err), 0);
+    assert_false(yes);
     store_close(s);
     char cmd[100];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
