@@ -221,7 +221,7 @@ int psc_open_box(struct psc *c, uint64_t disk_kb, uint64_t max_inodes, uint32_t 
 
 static int memfd_with(const void *data, size_t len, struct ev_err *err)
 {
-    cleanup_close int fd = memfd_create("envicutor-data", MFD_CLOEXEC);
+    cleanup_close int fd = memfd_create("envicutor-data", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return ev_fail(err, errno, "memfd_create");
     if (len && write_full(fd, data, len) < 0)
@@ -314,6 +314,10 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
             return -1;
         if (run->input_newline && write_full(in_fd, "\n", 1) < 0)
             return ev_fail(err, errno, "write to a memfd");
+        /* Sealed, the input cannot change any more, so the helper can give the box this very
+         * memfd instead of a copy (privsep/helper.c, stdin_for_box). */
+        if (fcntl(in_fd, F_ADD_SEALS, PS_STDIN_SEALS) < 0)
+            return ev_fail(err, errno, "seal the input's memfd");
         r->has_stdin = 1;
     }
     struct ps_reply rep;

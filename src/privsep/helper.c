@@ -225,23 +225,32 @@ static void do_write(const struct ps_request *req, int src, struct ps_reply *rep
     give_slot(s);
 }
 
-/* The program's stdin: a copy of the received file in a memfd of the helper's, sealed
- * read-only, rather than the server's descriptor itself. The box then shares nothing with the
- * server: not the file offset (the server's is at the end of what it wrote, and the box's reads
- * would move it), not a writable description of a server file, and no contents a compromised
- * server could change during the run. It stays a regular, seekable file, as programs expect of
- * a redirected stdin. The cost is one copy of the input, which MAX_REQUEST_SIZE bounds;
- * PS_MAX_INPUT bounds what a compromised server could make the helper copy. */
-static int stdin_copy(int src, struct ev_err *err)
+/* The program's stdin. A memfd the server sealed against writing, growing and shrinking
+ * (PS_STDIN_SEALS) cannot change any more, so the box gets that memfd itself, rewound, with no
+ * copy: it can neither write it nor reach anything of the server's through it (a sealed file is
+ * a memfd, never a file on disk). Anything else is copied into a memfd of the helper's, sealed
+ * the same way, rather than given as it is: the box then shares nothing with the server, not
+ * the file offset (the box's reads would move it), not a writable description of a server
+ * file, and no contents a compromised server could change during the run. Either way it is a
+ * regular, seekable file, as programs expect of a redirected stdin. PS_MAX_INPUT bounds what a
+ * compromised server could make the helper copy. */
+static int stdin_for_box(int src, struct ev_err *err)
 {
     if (check_received(src, "run: stdin", err) < 0)
         return -1;
+    int seals = fcntl(src, F_GET_SEALS);
+    if (seals >= 0 && (seals & PS_STDIN_SEALS) == PS_STDIN_SEALS) {
+        if (lseek(src, 0, SEEK_SET) < 0)
+            return ev_fail(err, errno, "run: rewind stdin");
+        int fd = fcntl(src, F_DUPFD_CLOEXEC, 0);
+        return fd < 0 ? ev_fail(err, errno, "run: duplicate stdin") : fd;
+    }
     cleanup_close int fd = memfd_create("envicutor-stdin", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return ev_fail(err, errno, "memfd_create");
     if (copy_received(src, fd, PS_MAX_INPUT, "run: stdin", err) < 0)
         return -1;
-    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+    if (fcntl(fd, F_ADD_SEALS, PS_STDIN_SEALS) < 0)
         return ev_fail(err, errno, "run: seal the copy of stdin");
     if (lseek(fd, 0, SEEK_SET) < 0)
         return ev_fail(err, errno, "run: rewind the copy of stdin");
@@ -282,7 +291,7 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
     memset(&res, 0, sizeof(res));
     struct stat st;
     if (stdin_fd >= 0) {
-        in_fd = stdin_copy(stdin_fd, &err);
+        in_fd = stdin_for_box(stdin_fd, &err);
         if (in_fd < 0) {
             reply_error(rep, err.msg);
             goto out;

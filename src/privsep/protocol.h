@@ -13,6 +13,7 @@
 #define ENVICUTOR_PROTOCOL_H
 
 #include <stddef.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -28,6 +29,10 @@
 
 /* The "box" of a PS_CANCEL that kills the Nix command running now. */
 #define PS_NIX_BOX UINT32_MAX
+
+/* The seals that make a run's stdin memfd immutable: the helper passes such a memfd to the box
+ * as it is, and copies anything else. */
+#define PS_STDIN_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL)
 
 /* Nix as both sides see it. The server asks whether Nix is there (nix_available) where the
  * helper looks for its commands: in Nix's own profiles first, then in PATH. */

@@ -218,6 +218,28 @@ static void test_a_readable_stdin_reaches_the_program_whole(void **state)
     close(fd);
 }
 
+/* A sealed memfd, as the server sends, reaches the program as it is; the same contents in a
+ * memfd the client could still write are copied first, so a write after sending changes
+ * nothing the program reads. */
+static void test_a_sealed_memfd_is_given_as_it_is_and_an_unsealed_one_copied(void **state)
+{
+    (void)state;
+    for (int sealed = 0; sealed < 2; sealed++) {
+        int fd = memfd_create("stdin", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, "abc\n", 4), 4);
+        if (sealed)
+            assert_int_equal(fcntl(fd, F_ADD_SEALS, PS_STDIN_SEALS), 0);
+        struct ps_reply rep;
+        /* the program reads its stdin, and reports whether it is the very memfd sent */
+        const char *out =
+            run("cat; readlink /proc/self/fd/0 | sed 's/ (deleted)//'", 1, &fd, 1, &rep);
+        assert_int_equal(rep.rc, 0);
+        assert_string_equal(out, sealed ? "abc\n/memfd:stdin\n" : "abc\n/memfd:envicutor-stdin\n");
+        close(fd);
+    }
+}
+
 static void test_an_o_path_stdin_of_a_root_only_file_is_refused(void **state)
 {
     (void)state;
@@ -406,6 +428,7 @@ static int client(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_the_client_cannot_read_the_root_only_files_itself),
         cmocka_unit_test(test_a_readable_stdin_reaches_the_program_whole),
+        cmocka_unit_test(test_a_sealed_memfd_is_given_as_it_is_and_an_unsealed_one_copied),
         cmocka_unit_test(test_an_o_path_stdin_of_a_root_only_file_is_refused),
         cmocka_unit_test(test_a_write_only_stdin_is_refused),
         cmocka_unit_test(test_a_directory_pipe_or_socket_as_stdin_is_refused),
