@@ -8,6 +8,7 @@
 
 #include "common/cleanup.h"
 #include "common/path.h"
+#include "pipeline/stages.h"
 
 /* The archive of a project is written under this name, extracted and removed by the extract
  * stage. unzip's status 1 means "warnings, but everything was extracted" (a stripped absolute
@@ -21,8 +22,6 @@ static const char extract_script[] =
 /* The set-up of a host runtime: its scripts must at least be valid bash. */
 static const char setup_script[] = "bash -n /runtime/compile.sh && bash -n /runtime/run.sh && "
                                    "echo 'scripts checked: bash syntax ok'";
-
-#define MAX_ENV_ENTRIES 200
 
 void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *psc,
                    struct store *store)
@@ -61,13 +60,7 @@ static bool stopping(void *arg)
     return atomic_load(&p->stopping);
 }
 
-struct abort_ctx {
-    struct pipeline *p;
-    pipe_abort_fn fn;
-    void *ctx;
-};
-
-static bool should_abort(void *arg)
+bool should_abort(void *arg)
 {
     struct abort_ctx *a = arg;
     return atomic_load(&a->p->stopping) || (a->fn && a->fn(a->ctx));
@@ -182,24 +175,20 @@ static char *with_newline(const char *text, size_t len, size_t *out_len)
     return s;
 }
 
-static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const char *runtime_dir,
-                                  bool nix, char *const *argv, char *const *envp, const char *input,
-                                  size_t input_len, const struct ev_limits *l, struct abort_ctx *ac,
-                                  struct sbx_result *res, struct ev_err *err)
+enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct program_env *pe,
+                           struct psc_run *run, const struct ev_limits *l, struct abort_ctx *ac,
+                           struct sbx_result *res, struct ev_err *err)
 {
-    struct psc_run run = {.runtime = runtime_dir,
-                          .mount_nix = nix,
-                          .argv = argv,
-                          .envp = envp,
-                          .input = input,
-                          .input_len = input_len,
-                          /* SPEC §4: an input that does not end in a newline gets one; added
-                           * by the client as it fills the memfd, so a large input is not
-                           * copied */
-                          .input_newline = input && input_len && input[input_len - 1] != '\n',
-                          .limits = to_ps(p, l)};
+    run->runtime = pe->rt ? pe->rt->dir : NULL;
+    run->mount_nix = pe->nix;
+    run->envp = (char *const *)pe->envp;
+    /* SPEC §4: an input that does not end in a newline gets one; added by the client as it
+     * fills the memfd, so a large input is not copied */
+    run->input_newline =
+        run->input && run->input_len && ((const char *)run->input)[run->input_len - 1] != '\n';
+    run->limits = to_ps(p, l);
     bool aborted;
-    if (psc_run(p->psc, box, &run, should_abort, ac, res, &aborted, err) < 0) {
+    if (psc_run(p->psc, box, run, should_abort, ac, res, &aborted, err) < 0) {
         if (aborted)
             return atomic_load(&p->stopping) ? PIPE_STOPPING : PIPE_ABORTED;
         return PIPE_INTERNAL;
@@ -207,27 +196,49 @@ static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const char *
     return PIPE_OK;
 }
 
-static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const struct runtime *rt,
-                                       const struct exec_request *req, struct abort_ctx *ac,
-                                       struct exec_outcome *out, struct ev_err *err)
+static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const struct program_env *pe,
+                                  char *const *argv, const char *input, size_t input_len,
+                                  const struct ev_limits *l, struct abort_ctx *ac,
+                                  struct sbx_result *res, struct ev_err *err)
 {
-    char *envp[MAX_ENV_ENTRIES + 8];
-    cleanup_free char *nix_path = NULL;
-    bool nix = is_nix(rt);
-    char *bash = nix ? PS_NIX_SHELL_BASH : "bash";
-    if (nix)
-        build_nix_env(rt, envp, sizeof(envp) / sizeof(envp[0]), &nix_path);
+    struct psc_run run = {.argv = argv, .input = input, .input_len = input_len};
+    return stage_run(p, box, pe, &run, l, ac, res, err);
+}
+
+void program_env_init(struct program_env *pe, const struct runtime *rt)
+{
+    memset(pe, 0, sizeof(*pe));
+    pe->rt = rt;
+    pe->nix = is_nix(rt);
+    pe->bash = pe->nix ? PS_NIX_SHELL_BASH : "bash";
+    if (pe->nix)
+        build_nix_env(rt, pe->envp, sizeof(pe->envp) / sizeof(pe->envp[0]), &pe->nix_path);
     else
-        build_env(rt, envp, sizeof(envp) / sizeof(envp[0]));
+        build_env(rt, pe->envp, sizeof(pe->envp) / sizeof(pe->envp[0]));
+}
+
+void program_env_free(struct program_env *pe)
+{
+    free(pe->nix_path);
+    pe->nix_path = NULL;
+}
+
+enum pipe_status stage_build(struct pipeline *p, uint32_t box, const struct program_env *pe,
+                             const struct build_request *b, struct abort_ctx *ac,
+                             struct exec_outcome *out, bool *built, struct ev_err *err)
+{
+    const struct runtime *rt = pe->rt;
     enum pipe_status st;
-    if (req->is_project) {
-        if (psc_write_file(p->psc, box, ARCHIVE_NAME, 0644, req->source, req->source_len, err) < 0)
+    *built = false;
+    if (b->is_project) {
+        if (psc_write_file(p->psc, box, ARCHIVE_NAME, 0644, b->source, b->source_len, err) < 0)
             return PIPE_INTERNAL;
         char *argv[] = {"bash", "-c", (char *)extract_script, NULL};
-        char *env0[8];
-        build_env(NULL, env0, 8);
-        st = run_stage(p, box, NULL, false, argv, env0, NULL, 0, &req->compile, ac,
-                       &out->res[STAGE_EXTRACT], err);
+        struct program_env plain;
+        program_env_init(&plain, NULL);
+        st =
+            run_stage(p, box, &plain, argv, NULL, 0, b->compile, ac, &out->res[STAGE_EXTRACT], err);
+        program_env_free(&plain);
         if (st != PIPE_OK)
             return st;
         out->ran[STAGE_EXTRACT] = true;
@@ -235,31 +246,46 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
             return PIPE_OK;
     } else {
         size_t len;
-        cleanup_free char *src = with_newline(req->source, req->source_len, &len);
+        cleanup_free char *src = with_newline(b->source, b->source_len, &len);
         if (!src)
             return ev_fail(err, ENOMEM, "source"), PIPE_INTERNAL;
         if (psc_write_file(p->psc, box, rt->source_file_name, 0644, src, len, err) < 0)
             return PIPE_INTERNAL;
     }
     if (rt->compile_script[0]) {
-        char *argv[] = {bash, "-c", rt->compile_script, "/runtime/compile.sh", NULL};
-        st = run_stage(p, box, rt->dir, nix, argv, envp, NULL, 0, &req->compile, ac,
-                       &out->res[STAGE_COMPILE], err);
+        char *argv[] = {pe->bash, "-c", rt->compile_script, "/runtime/compile.sh", NULL};
+        st = run_stage(p, box, pe, argv, NULL, 0, b->compile, ac, &out->res[STAGE_COMPILE], err);
         if (st != PIPE_OK)
             return st;
         out->ran[STAGE_COMPILE] = true;
         if (out->res[STAGE_COMPILE].status != SBX_OK)
             return PIPE_OK;
     }
-    const char *in = req->input ? req->input : "";
-    size_t in_len = req->input ? req->input_len : 0;
-    char *argv[] = {bash, "-c", rt->run_script, "/runtime/run.sh", NULL};
-    st = run_stage(p, box, rt->dir, nix, argv, envp, in, in_len, &req->run, ac,
-                   &out->res[STAGE_RUN], err);
-    if (st != PIPE_OK)
-        return st;
-    out->ran[STAGE_RUN] = true;
+    *built = true;
     return PIPE_OK;
+}
+
+static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const struct runtime *rt,
+                                       const struct exec_request *req, struct abort_ctx *ac,
+                                       struct exec_outcome *out, struct ev_err *err)
+{
+    struct program_env pe;
+    program_env_init(&pe, rt);
+    struct build_request b = {req->source, req->source_len, req->is_project, &req->compile};
+    bool built;
+    enum pipe_status st = stage_build(p, box, &pe, &b, ac, out, &built, err);
+    if (st == PIPE_OK && built) {
+        char *argv[] = {pe.bash, "-c", rt->run_script, "/runtime/run.sh", NULL};
+        struct psc_run run = {.argv = argv,
+                              .input = req->input ? req->input : "",
+                              .input_len = req->input ? req->input_len : 0,
+                              .input_fd = req->input_fd};
+        st = stage_run(p, box, &pe, &run, &req->run, ac, &out->res[STAGE_RUN], err);
+        if (st == PIPE_OK)
+            out->ran[STAGE_RUN] = true;
+    }
+    program_env_free(&pe);
+    return st;
 }
 
 static enum pipe_status from_sched(enum sched_outcome o)
@@ -366,13 +392,13 @@ static enum pipe_status setup_runtime(struct pipeline *p, const struct runtime *
     uint64_t cap = p->cfg->installation_timeout * 1000000ull;
     if (l.wall_time_us > cap)
         l.wall_time_us = cap;
-    char *envp[MAX_ENV_ENTRIES + 8];
-    build_env(rt, envp, sizeof(envp) / sizeof(envp[0]));
+    struct program_env pe;
+    program_env_init(&pe, rt);
     char *argv[] = {"bash", "-c", (char *)setup_script, NULL};
     struct sbx_result res;
     struct abort_ctx ac = {p, NULL, NULL};
-    enum pipe_status st =
-        run_stage(p, box, rt->dir, false, argv, envp, NULL, 0, &l, &ac, &res, err);
+    enum pipe_status st = run_stage(p, box, &pe, argv, NULL, 0, &l, &ac, &res, err);
+    program_env_free(&pe);
     struct ev_err cerr;
     if (psc_close_box(p->psc, box, &cerr) < 0)
         fprintf(stderr, "envicutor: close box: %s\n", cerr.msg);

@@ -61,6 +61,7 @@ struct exec_request {
     bool is_project;
     const char *input;
     size_t input_len;
+    int input_fd; /* > 0: stdin from this descriptor (a stored file) instead of input */
     struct ev_limits compile, run;
 };
 

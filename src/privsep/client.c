@@ -308,7 +308,14 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
     r->envc = counts[1];
     r->strings_len = (uint32_t)(off - head);
     cleanup_close int in_fd = -1;
-    if (run->input) {
+    if (run->output_fd > 0 || run->fresh_box || run->n_files)
+        return ev_fail(err, ENOTSUP, "output_fd, fresh_box and files are not implemented yet");
+    if (run->input_fd > 0) {
+        in_fd = fcntl(run->input_fd, F_DUPFD_CLOEXEC, 3);
+        if (in_fd < 0)
+            return ev_fail(err, errno, "duplicate the input's descriptor");
+        r->has_stdin = 1;
+    } else if (run->input) {
         in_fd = memfd_with(run->input, run->input_len, err);
         if (in_fd < 0)
             return -1;

@@ -28,6 +28,15 @@ int psc_write_file(struct psc *c, uint32_t box, const char *name, unsigned mode,
 int psc_close_box(struct psc *c, uint32_t box, struct ev_err *err);
 void psc_cancel(struct psc *c, uint32_t box);
 
+/* A file that appears, read-only, in the /box of one run (fresh_box runs only): its bytes from
+ * data/len, or from a descriptor (fd > 0) read from its start. */
+struct psc_file {
+    const char *name; /* a plain file name (no '/') */
+    const void *data;
+    size_t len;
+    int fd;
+};
+
 struct psc_run {
     const char *runtime; /* runtime directory name, or NULL */
     char *const *argv;
@@ -35,6 +44,17 @@ struct psc_run {
     const void *input; /* NULL: empty stdin */
     size_t input_len;
     bool input_newline; /* append a newline to the input (written to the memfd, not copied) */
+    /* > 0: the program's stdin is this descriptor instead of `input`: a regular file opened
+     * read-only (a stored file, handed to the box without a copy) or a pipe (an interactor). */
+    int input_fd;
+    /* > 0: the program's stdout goes to this descriptor (a pipe to an interactor) instead of
+     * being captured; res->out then stays empty. stderr is captured as always. */
+    int output_fd;
+    /* /box shows the box's contents through a throw-away layer: the run reads what earlier
+     * runs left there, and nothing it writes outlives it (a test of a judged submission). */
+    bool fresh_box;
+    const struct psc_file *files; /* fresh_box only: extra read-only files in this run's /box */
+    size_t n_files;
     struct ps_limits limits;
     bool mount_nix; /* a Nix runtime: /nix read-only */
 };
