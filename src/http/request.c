@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "common/filename.h"
+#include "pipeline/checker.h"
 
 #define NAME_MAX_BYTES 128
 #define ENV_MAX_BYTES 32768
@@ -58,6 +59,165 @@ static int parse_limits(json_t *v, const char *stage, struct limit_request *out,
 }
 
 static int parse_execute_root(struct execute_body *out, struct ev_err *err);
+
+/* ---- judge mode ---------------------------------------------------------------------------- */
+
+/* A stored file's id where one may stand: a string (whether such a file exists is the
+ * route's to check, with the store). */
+static int file_id_field(json_t *v, const char *what, const char **out, struct ev_err *err)
+{
+    *out = NULL;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v))
+        return ev_fail(err, 0, "%s must be a string (a file id)", what);
+    *out = json_string_value(v);
+    return 0;
+}
+
+/* One of a test's texts: "NAME" (a string) or "NAME_file" (a stored file), not both. */
+static int parse_text(json_t *test, size_t i, const char *name, struct judge_text *t,
+                      struct ev_err *err)
+{
+    char file_key[40], what[80];
+    snprintf(file_key, sizeof(file_key), "%s_file", name);
+    json_t *v = json_object_get(test, name);
+    json_t *f = json_object_get(test, file_key);
+    bool has_v = v && !json_is_null(v), has_f = f && !json_is_null(f);
+    memset(t, 0, sizeof(*t));
+    if (has_v && has_f)
+        return ev_fail(err, 0, "tests[%zu]: %s and %s are mutually exclusive", i, name, file_key);
+    if (has_v) {
+        if (!json_is_string(v))
+            return ev_fail(err, 0, "tests[%zu].%s must be a string", i, name);
+        t->present = true;
+        t->data = json_string_value(v);
+        t->len = json_string_length(v);
+    } else if (has_f) {
+        snprintf(what, sizeof(what), "tests[%zu].%s", i, file_key);
+        if (file_id_field(f, what, &t->file_id, err) < 0)
+            return -1;
+        t->present = true;
+    }
+    return 0;
+}
+
+static int parse_program(json_t *v, const char *what, struct program_body *pb, struct ev_err *err)
+{
+    json_t *id = json_object_get(v, "runtime_id"), *src = json_object_get(v, "source_code");
+    if (!id || json_is_null(id))
+        return ev_fail(err, 0, "%s.runtime_id is required", what);
+    if (!json_is_integer(id))
+        return ev_fail(err, 0, "%s.runtime_id must be an integer", what);
+    if (!src || json_is_null(src))
+        return ev_fail(err, 0, "%s.source_code is required", what);
+    if (!json_is_string(src))
+        return ev_fail(err, 0, "%s.source_code must be a string", what);
+    pb->runtime_id = json_integer_value(id);
+    pb->source = json_string_value(src);
+    pb->source_len = json_string_length(src);
+    return 0;
+}
+
+#define CHECKER_CHOICES                                                                            \
+    "\"exact\", \"lines\", \"tokens\", {\"float\": EPSILON} or {\"runtime_id\": N, "               \
+    "\"source_code\": \"...\"}"
+
+static int parse_checker(json_t *v, struct execute_body *out, struct ev_err *err)
+{
+    out->checker = CHECKER_LINES;
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        int k = checker_from_name(json_string_value(v));
+        if (k == CHECKER_FLOAT)
+            return ev_fail(err, 0, "The float checker needs its error: {\"float\": 1e-6}");
+        if (k < 0)
+            return ev_fail(err, 0, "Unknown checker: \"%.32s\" (expected " CHECKER_CHOICES ")",
+                           json_string_value(v));
+        out->checker = k;
+        return 0;
+    }
+    if (json_is_object(v) && json_object_get(v, "float")) {
+        json_t *e = json_object_get(v, "float");
+        double eps = json_is_number(e) ? json_number_value(e) : -1;
+        if (json_object_size(v) != 1 || !json_is_number(e) || !(eps >= 0) || eps > 1e300)
+            return ev_fail(err, 0,
+                           "checker.float must be a non-negative number (the absolute or "
+                           "relative error allowed)");
+        out->checker = CHECKER_FLOAT;
+        out->eps = eps;
+        return 0;
+    }
+    if (json_is_object(v) && json_object_get(v, "runtime_id")) {
+        out->checker = CHECKER_CUSTOM;
+        return parse_program(v, "checker", &out->checker_program, err);
+    }
+    return ev_fail(err, 0, "Unknown checker (expected " CHECKER_CHOICES ")");
+}
+
+static int parse_judge(struct execute_body *out, struct ev_err *err)
+{
+    json_t *root = out->root;
+    json_t *tests = json_object_get(root, "tests");
+    json_t *checker = json_object_get(root, "checker");
+    json_t *inter = json_object_get(root, "interactor");
+    json_t *stop = json_object_get(root, "stop_on_first_failure");
+    if (file_id_field(json_object_get(root, "input_file"), "input_file", &out->input_file, err) < 0)
+        return -1;
+    if (out->input_file && out->input)
+        return ev_fail(err, 0, "input and input_file are mutually exclusive");
+    bool has_tests = tests && !json_is_null(tests);
+    if (!has_tests) {
+        if (checker && !json_is_null(checker))
+            return ev_fail(err, 0, "checker needs tests: it compares each test's output");
+        if (inter && !json_is_null(inter))
+            return ev_fail(err, 0, "interactor needs tests");
+        if (stop && !json_is_null(stop))
+            return ev_fail(err, 0, "stop_on_first_failure needs tests");
+        return 0;
+    }
+    if (!json_is_array(tests))
+        return ev_fail(err, 0, "tests must be an array of objects");
+    if (json_array_size(tests) == 0)
+        return ev_fail(err, 0, "tests must not be empty");
+    if (out->input || out->input_file)
+        return ev_fail(err, 0, "input and tests are mutually exclusive: each test has its input");
+    out->judge = true;
+    out->n_tests = json_array_size(tests);
+    out->tests = calloc(out->n_tests, sizeof(*out->tests));
+    if (!out->tests)
+        return ev_fail(err, 0, "Out of memory");
+    for (size_t i = 0; i < out->n_tests; i++) {
+        json_t *t = json_array_get(tests, i);
+        if (!json_is_object(t))
+            return ev_fail(err, 0, "tests[%zu] must be an object", i);
+        if (parse_text(t, i, "input", &out->tests[i].input, err) < 0 ||
+            parse_text(t, i, "expected_output", &out->tests[i].expected, err) < 0)
+            return -1;
+    }
+    if (parse_checker(checker, out, err) < 0)
+        return -1;
+    if (inter && !json_is_null(inter)) {
+        if (!json_is_object(inter))
+            return ev_fail(err, 0,
+                           "interactor must be an object: {\"runtime_id\": N, "
+                           "\"source_code\": \"...\"}");
+        if (checker && !json_is_null(checker))
+            return ev_fail(err, 0,
+                           "checker and interactor are mutually exclusive: the "
+                           "interactor decides the verdict");
+        if (parse_program(inter, "interactor", &out->interactor, err) < 0)
+            return -1;
+        out->has_interactor = true;
+    }
+    if (stop && !json_is_null(stop)) {
+        if (!json_is_boolean(stop))
+            return ev_fail(err, 0, "stop_on_first_failure must be a boolean");
+        out->stop_on_first_failure = json_is_true(stop);
+    }
+    return 0;
+}
 
 int parse_execute(const char *body, size_t len, struct execute_body *out, struct ev_err *err)
 {
@@ -123,6 +283,8 @@ static int parse_execute_root(struct execute_body *out, struct ev_err *err)
             0 ||
         parse_limits(json_object_get(out->root, "run_limits"), "run", &out->run, err) < 0)
         goto fail;
+    if (parse_judge(out, err) < 0)
+        goto fail;
     return 0;
 fail:
     execute_body_free(out);
@@ -133,6 +295,9 @@ void execute_body_free(struct execute_body *b)
 {
     json_decref(b->root);
     b->root = NULL;
+    free(b->tests);
+    b->tests = NULL;
+    b->n_tests = 0;
 }
 
 /* A string field: absent or null reads as "", anything else but a string is an error. */

@@ -10,7 +10,15 @@
 
 #include "common/error.h"
 #include "pipeline/config.h"
+#include "pipeline/pipeline.h"
 #include "pipeline/runtime_store.h"
+
+/* A checker or an interactor of judge mode: a program of its own. */
+struct program_body {
+    int64_t runtime_id;
+    const char *source;
+    size_t source_len;
+};
 
 struct execute_body {
     json_t *root; /* owns the strings below */
@@ -19,7 +27,18 @@ struct execute_body {
     size_t source_len;
     const char *input; /* NULL when absent */
     size_t input_len;
+    const char *input_file; /* a stored file's id, or NULL */
     struct limit_request compile, run;
+    /* Judge mode (SPEC §8): "tests" present. The strings point into root. */
+    bool judge;
+    struct judge_test *tests; /* malloc'ed */
+    size_t n_tests;
+    int checker; /* enum checker_kind */
+    double eps;
+    struct program_body checker_program; /* checker == CHECKER_CUSTOM */
+    bool has_interactor;
+    struct program_body interactor;
+    bool stop_on_first_failure;
 };
 
 /* 0, or -1 with the message of a 400 in err (errnum 0: the message is the client's whole

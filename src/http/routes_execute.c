@@ -8,9 +8,48 @@
 #include "http/request.h"
 #include "http/reply.h"
 #include "http/routes.h"
+#include "pipeline/checker.h"
 #include "pipeline/runtime_info.h"
 
-static json_t *outcome_json(const struct exec_outcome *o, bool base64_output)
+static int set_new(json_t *o, const char *key, json_t *v)
+{
+    return !v || json_object_set_new(o, key, v) < 0 ? -1 : 0;
+}
+
+/* Judge mode: "tests", "verdict", and the build of the checker or interactor. */
+static int judge_json(json_t *j, const struct judge_outcome *jo, const struct exec_request *req,
+                      bool base64_output)
+{
+    json_t *tests = json_array();
+    if (!tests || json_object_set_new(j, "tests", tests) < 0)
+        return -1;
+    for (size_t i = 0; i < jo->n_tests; i++) {
+        const struct judge_test_result *t = &jo->tests[i];
+        json_t *o = json_object();
+        if (!o || json_array_append_new(tests, o) < 0 ||
+            set_new(o, "verdict", json_string(verdict_name(t->verdict))) < 0 ||
+            set_new(o, "run", t->ran ? stage_result_json(&t->run, base64_output) : json_null()) <
+                0 ||
+            (t->message && set_new(o, "checker_message", json_string(t->message)) < 0))
+            return -1;
+    }
+    if (set_new(j, "verdict", json_string(verdict_name(jo->verdict))) < 0)
+        return -1;
+    const char *who = req->judge->interactor ? "interactor" : req->judge->custom ? "checker" : NULL;
+    if (!who)
+        return 0;
+    json_t *h = json_object();
+    if (set_new(j, who, h) < 0)
+        return -1;
+    static const char *const names[STAGE_COUNT] = {"extract", "compile", "run"};
+    return set_new(h, names[STAGE_COMPILE],
+                   jo->helper_ran[STAGE_COMPILE]
+                       ? stage_result_json(&jo->helper_res[STAGE_COMPILE], base64_output)
+                       : json_null());
+}
+
+static json_t *outcome_json(const struct exec_outcome *o, const struct exec_request *req,
+                            bool base64_output)
 {
     static const char *const names[STAGE_COUNT] = {"extract", "compile", "run"};
     json_t *j = json_object();
@@ -20,6 +59,10 @@ static json_t *outcome_json(const struct exec_outcome *o, bool base64_output)
             json_decref(j);
             j = NULL;
         }
+    }
+    if (j && o->judge && judge_json(j, o->judge, req, base64_output) < 0) {
+        json_decref(j);
+        j = NULL;
     }
     return j;
 }
@@ -33,6 +76,10 @@ struct exec_job {
     struct exec_request req;
     bool base64_output;
     int body_fd;
+    /* judge mode: the request's tests and its checker or interactor, read once like rt */
+    struct judge_request judge;
+    struct judge_program helper;
+    struct runtime helper_rt;
 };
 
 void exec_job_free(struct exec_job *j)
@@ -41,7 +88,85 @@ void exec_job_free(struct exec_job *j)
         return;
     execute_body_free(&j->b);
     runtime_free(&j->rt);
+    runtime_free(&j->helper_rt);
     free(j);
+}
+
+/* A runtime named by the request: false with the answer in r. */
+static bool get_runtime(const struct route_ctx *s, int64_t id, struct runtime *rt,
+                        struct request *rq, struct reply *r)
+{
+    struct ev_err gerr = {0};
+    bool found = false;
+    int got = store_get(s->pipeline->store, id, rt, &found, &gerr);
+    if (got < 0 || !found) {
+        if (got < 0)
+            reply_internal(r, rq, gerr.msg);
+        else
+            reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)id);
+        memset(rt, 0, sizeof(*rt));
+        return false;
+    }
+    return true;
+}
+
+static bool file_known(const struct route_ctx *s, const char *id, struct request *rq,
+                       struct reply *r)
+{
+    bool found = false;
+    struct ev_err err = {0};
+    if (pipeline_file_exists(s->pipeline, id, &found, &err) < 0) {
+        reply_internal(r, rq, err.msg);
+        return false;
+    }
+    if (!found)
+        reply_message(r, 400, "File with id: %.80s does not exist", id);
+    return found;
+}
+
+/* Judge mode's part of check_job: false with the answer in r. */
+static bool check_judge(const struct route_ctx *s, struct exec_job *j, struct request *rq,
+                        struct reply *r)
+{
+    struct execute_body *b = &j->b;
+    if (b->input_file && !file_known(s, b->input_file, rq, r))
+        return false;
+    if (!b->judge)
+        return true;
+    if (b->n_tests > s->cfg->max_tests) {
+        reply_message(r, 400, "Too many tests: %zu (at most %u, MAX_TESTS)", b->n_tests,
+                      s->cfg->max_tests);
+        return false;
+    }
+    for (size_t i = 0; i < b->n_tests; i++) {
+        const struct judge_test *t = &b->tests[i];
+        if ((t->input.file_id && !file_known(s, t->input.file_id, rq, r)) ||
+            (t->expected.file_id && !file_known(s, t->expected.file_id, rq, r)))
+            return false;
+    }
+    j->judge = (struct judge_request){.tests = b->tests,
+                                      .n_tests = b->n_tests,
+                                      .checker = b->checker,
+                                      .eps = b->eps,
+                                      .stop_on_first_failure = b->stop_on_first_failure};
+    const struct program_body *pb = b->has_interactor              ? &b->interactor
+                                    : b->checker == CHECKER_CUSTOM ? &b->checker_program
+                                                                   : NULL;
+    if (pb) {
+        if (!get_runtime(s, pb->runtime_id, &j->helper_rt, rq, r))
+            return false;
+        /* its runtime's own limits, the maxima for it */
+        runtime_limits(&j->helper_rt, s->cfg, &j->helper.compile, &j->helper.run);
+        j->helper.rt = &j->helper_rt;
+        j->helper.source = pb->source;
+        j->helper.source_len = pb->source_len;
+        if (b->has_interactor)
+            j->judge.interactor = &j->helper;
+        else
+            j->judge.custom = &j->helper;
+    }
+    j->req.judge = &j->judge;
+    return true;
 }
 
 static int parse_body(const struct request *rq, int body_fd, struct execute_body *b,
@@ -80,17 +205,8 @@ static bool check_job(const struct route_ctx *s, struct exec_job *j, struct requ
      * runtime deleted and installed again under the same id while the request waits is
      * never run under limits checked against the old one. An unknown runtime is answered
      * at once, without queueing. */
-    struct ev_err gerr = {0};
-    bool found = false;
-    int got = store_get(s->pipeline->store, j->b.runtime_id, &j->rt, &found, &gerr);
-    if (got < 0 || !found) {
-        if (got < 0)
-            reply_internal(r, rq, gerr.msg);
-        else
-            reply_message(r, 400, "Runtime with id: %lld does not exist",
-                          (long long)j->b.runtime_id);
+    if (!get_runtime(s, j->b.runtime_id, &j->rt, rq, r)) {
         execute_body_free(&j->b);
-        memset(&j->rt, 0, sizeof(j->rt));
         return false;
     }
     j->req.rt = &j->rt;
@@ -102,6 +218,13 @@ static bool check_job(const struct route_ctx *s, struct exec_job *j, struct requ
         reply_message(r, 400, "%s", err.msg);
         execute_body_free(&j->b);
         runtime_free(&j->rt);
+        return false;
+    }
+    if (!check_judge(s, j, rq, r)) {
+        execute_body_free(&j->b);
+        runtime_free(&j->rt);
+        runtime_free(&j->helper_rt);
+        memset(&j->helper_rt, 0, sizeof(j->helper_rt));
         return false;
     }
     return true;
@@ -151,6 +274,7 @@ void execute_run(const struct route_ctx *s, struct exec_job *j, struct request *
     req.source_len = j->b.source_len;
     req.input = j->b.input;
     req.input_len = j->b.input_len;
+    req.input_file = j->b.input_file;
     void *archive = NULL;
     if (req.is_project) {
         archive = decode_archive(&j->b, rq, r, &req.source_len);
@@ -166,7 +290,7 @@ void execute_run(const struct route_ctx *s, struct exec_job *j, struct request *
         pipeline_execute_granted(s->pipeline, &req, request_aborted, rq, &o, &err);
     if (st == PIPE_OK) {
         r->status = 200;
-        r->json = outcome_json(&o, j->base64_output);
+        r->json = outcome_json(&o, &req, j->base64_output);
         exec_outcome_free(&o);
     } else if (st == PIPE_NO_RUNTIME) {
         reply_message(r, 400, "Runtime with id: %lld does not exist", (long long)j->rt.id);

@@ -116,6 +116,9 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
     if (env_count(get, "MAX_CONCURRENT_SUBMISSIONS", 8, 1, 1024, &v, err) < 0)
         return -1;
     cfg->max_concurrent = (unsigned)v;
+    if (env_count(get, "MAX_TESTS", 1000, 1, 1000000, &v, err) < 0)
+        return -1;
+    cfg->max_tests = (unsigned)v;
     /* MAX_QUEUE_SIZE; MAX_QUEUED_REQUESTS is its earlier name, still read when the new one is
      * not set. */
     const char *queue_var = get("MAX_QUEUE_SIZE") ? "MAX_QUEUE_SIZE" : "MAX_QUEUED_REQUESTS";

@@ -18,6 +18,7 @@ struct ev_config {
     unsigned port;
     struct ev_limits compile, run;
     unsigned max_concurrent;       /* MAX_CONCURRENT_SUBMISSIONS */
+    unsigned max_tests;            /* MAX_TESTS: tests of one judge-mode request */
     unsigned max_queue;            /* MAX_QUEUE_SIZE: waiting requests before 503 */
     uint64_t max_queue_memory;     /* MAX_QUEUE_MEMORY: body bytes waiting requests hold */
     uint64_t max_queue_spilled;    /* MAX_QUEUE_SPILLED: body bytes they hold in files */

@@ -50,7 +50,22 @@ void exec_outcome_free(struct exec_outcome *o)
     for (int i = 0; i < STAGE_COUNT; i++)
         if (o->ran[i])
             sbx_result_free(&o->res[i]);
+    judge_outcome_free(o->judge);
     memset(o, 0, sizeof(*o));
+}
+
+int pipeline_file_exists(struct pipeline *p, const char *id, bool *found, struct ev_err *err)
+{
+    (void)p, (void)id, (void)err;
+    *found = false;
+    return 0;
+}
+
+int stage_open_file(struct pipeline *p, const char *id, int *fd, struct ev_err *err)
+{
+    (void)p;
+    *fd = -1;
+    return ev_fail(err, ENOENT, "File with id: %s does not exist", id);
 }
 
 /* A Nix command is given up when the server stops (its helper then kills it at once). */
@@ -278,9 +293,15 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
         char *argv[] = {pe.bash, "-c", rt->run_script, "/runtime/run.sh", NULL};
         struct psc_run run = {.argv = argv,
                               .input = req->input ? req->input : "",
-                              .input_len = req->input ? req->input_len : 0,
-                              .input_fd = req->input_fd};
-        st = stage_run(p, box, &pe, &run, &req->run, ac, &out->res[STAGE_RUN], err);
+                              .input_len = req->input ? req->input_len : 0};
+        int fd = -1;
+        if (req->input_file && stage_open_file(p, req->input_file, &fd, err) < 0)
+            st = PIPE_INTERNAL;
+        run.input_fd = fd;
+        if (st == PIPE_OK)
+            st = stage_run(p, box, &pe, &run, &req->run, ac, &out->res[STAGE_RUN], err);
+        if (fd >= 0)
+            close(fd);
         if (st == PIPE_OK)
             out->ran[STAGE_RUN] = true;
     }
@@ -351,6 +372,11 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
      * and the copy is what the row says. */
     bool installed = false;
     int r = store_is_installed(p->store, req->rt->id, req->rt->dir, &installed, err);
+    const struct judge_program *hp = !req->judge              ? NULL
+                                     : req->judge->interactor ? req->judge->interactor
+                                                              : req->judge->custom;
+    if (r == 0 && installed && hp)
+        r = store_is_installed(p->store, hp->rt->id, hp->rt->dir, &installed, err);
     if (r < 0 || !installed) {
         sched_done(&p->sched, SCHED_SUBMISSION);
         return r < 0 ? PIPE_INTERNAL : PIPE_NO_RUNTIME;
@@ -359,7 +385,8 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
     if (psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err) < 0) {
         st = PIPE_INTERNAL;
     } else {
-        st = execute_in_box(p, box, req->rt, req, &ac, out, err);
+        st = req->judge ? judge_in_box(p, box, req, &ac, out, err)
+                        : execute_in_box(p, box, req->rt, req, &ac, out, err);
         struct ev_err cerr;
         if (psc_close_box(p->psc, box, &cerr) < 0)
             fprintf(stderr, "envicutor: close box: %s\n", cerr.msg);

@@ -52,6 +52,69 @@ enum pipe_status {
 
 enum stage { STAGE_EXTRACT, STAGE_COMPILE, STAGE_RUN, STAGE_COUNT };
 
+/* Judge mode (SPEC §8): one program, many tests, a verdict for each. */
+enum verdict {
+    VERDICT_AC,
+    VERDICT_WA,
+    VERDICT_PE,
+    VERDICT_TLE,
+    VERDICT_MLE,
+    VERDICT_OLE,
+    VERDICT_RE,
+    VERDICT_SG,
+    VERDICT_CF,
+    VERDICT_XX,
+    VERDICT_SKIPPED,
+};
+const char *verdict_name(enum verdict v);
+
+/* A test's input or expected output: the bytes, or the id of a stored file (file_id). */
+struct judge_text {
+    bool present;
+    const char *data;
+    size_t len;
+    const char *file_id;
+};
+
+struct judge_test {
+    struct judge_text input, expected;
+};
+
+/* A custom checker or an interactor: compiled once per request in a box of its own, run with
+ * its runtime's limits. */
+struct judge_program {
+    const struct runtime *rt; /* read once, like the submission's */
+    const char *source;
+    size_t source_len;
+    struct ev_limits compile, run;
+};
+
+struct judge_request {
+    const struct judge_test *tests;
+    size_t n_tests;
+    int checker;                            /* enum checker_kind (pipeline/checker.h) */
+    double eps;                             /* CHECKER_FLOAT */
+    const struct judge_program *custom;     /* CHECKER_CUSTOM: the checker */
+    const struct judge_program *interactor; /* or NULL */
+    bool stop_on_first_failure;
+};
+
+struct judge_test_result {
+    enum verdict verdict;
+    bool ran; /* run holds the program's run (SKIPPED tests and builds that failed: false) */
+    struct sbx_result run;
+    char *message; /* the checker's or interactor's first line, or why it failed; or NULL */
+};
+
+struct judge_outcome {
+    struct judge_test_result *tests;
+    size_t n_tests;
+    enum verdict verdict;
+    /* the build of the checker or interactor, when there is one */
+    bool helper_ran[STAGE_COUNT];
+    struct sbx_result helper_res[STAGE_COUNT];
+};
+
 struct exec_request {
     /* The runtime as read once, before the request's limits were checked against its own; the
      * run uses this copy, never a second read (see pipeline_execute). */
@@ -61,13 +124,15 @@ struct exec_request {
     bool is_project;
     const char *input;
     size_t input_len;
-    int input_fd; /* > 0: stdin from this descriptor (a stored file) instead of input */
+    const char *input_file; /* or the id of a stored file, the run's stdin (a plain run) */
     struct ev_limits compile, run;
+    const struct judge_request *judge; /* NULL: one run with input */
 };
 
 struct exec_outcome {
     bool ran[STAGE_COUNT];
     struct sbx_result res[STAGE_COUNT];
+    struct judge_outcome *judge; /* judge mode: the tests (res[STAGE_RUN] is not used) */
 };
 void exec_outcome_free(struct exec_outcome *o);
 
@@ -118,6 +183,9 @@ struct gc_outcome {
 void gc_outcome_free(struct gc_outcome *g);
 enum pipe_status pipeline_gc(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx,
                              struct gc_outcome *g, struct ev_err *err);
+
+/* Whether the file store holds a file with this id (a 64-character sha256 in hex). */
+int pipeline_file_exists(struct pipeline *p, const char *id, bool *found, struct ev_err *err);
 
 /* Whether nix-shell can be found (for the Nix provider). */
 bool nix_available(void);

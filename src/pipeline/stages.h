@@ -53,4 +53,14 @@ enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct progra
                            struct psc_run *run, const struct ev_limits *l, struct abort_ctx *ac,
                            struct sbx_result *res, struct ev_err *err);
 
+/* Opens a stored file (the file store) for reading: 0 with *fd, or -1 (an unknown id says
+ * "File with id: X does not exist"). */
+int stage_open_file(struct pipeline *p, const char *id, int *fd, struct ev_err *err);
+
+/* judge.c: builds the program in box, then runs it against each test (SPEC §8); fills
+ * out->judge. */
+enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exec_request *req,
+                              struct abort_ctx *ac, struct exec_outcome *out, struct ev_err *err);
+void judge_outcome_free(struct judge_outcome *j);
+
 #endif
