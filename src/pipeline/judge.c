@@ -379,6 +379,28 @@ fail:
 
 /* ---- the request ---------------------------------------------------------------------------- */
 
+#define JUDGE_OUTPUT_FACTOR 8
+
+static void drop_output(struct sbx_output *o)
+{
+    if (!o->len)
+        return;
+    o->len = 0;
+    o->data[0] = '\0';
+    o->truncated = true;
+}
+
+static void keep_within(struct sbx_result *r, uint64_t *kept, uint64_t budget)
+{
+    uint64_t n = r->out.len + r->err.len;
+    if (*kept + n <= budget) {
+        *kept += n;
+        return;
+    }
+    drop_output(&r->out);
+    drop_output(&r->err);
+}
+
 enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exec_request *req,
                               struct abort_ctx *ac, struct exec_outcome *out, struct ev_err *err)
 {
@@ -412,6 +434,10 @@ enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exe
         goto done;
     bool failed = false;
     jo->verdict = VERDICT_AC;
+    /* Each test's output is kept for the answer, up to MAX_OUTPUT_SIZE per stream as in any
+     * run; past JUDGE_OUTPUT_FACTOR times that in all, a test's output is dropped once it is
+     * judged (and marked truncated), so that a thousand tests cannot hold gigabytes. */
+    uint64_t kept = 0, budget = (uint64_t)JUDGE_OUTPUT_FACTOR * p->cfg->max_output_bytes;
     for (size_t i = 0; i < jr->n_tests && st == PIPE_OK; i++) {
         struct judge_test_result *tr = &jo->tests[i];
         if (failed && jr->stop_on_first_failure)
@@ -423,6 +449,8 @@ enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exe
             failed = true;
             jo->verdict = tr->verdict;
         }
+        if (tr->ran)
+            keep_within(&tr->run, &kept, budget);
     }
 done:
     helper_close(p, &c.helper);

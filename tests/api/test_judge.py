@@ -74,6 +74,15 @@ def test_output_limit_verdict():
                                                    {"input": ""}])
         assert verdicts(a) == ["OLE", "OLE"]
         assert a["tests"][0]["run"]["stdout_truncated"] is True
+        # The answer keeps at most 8 x MAX_OUTPUT_SIZE of outputs in all: 20 tests of 900
+        # bytes are each judged on their whole output, the first 8 keep it in the answer.
+        line = "y" * 899
+        a = judge(s, PY, "print('y' * 899)\n", [{"input": "", "expected_output": line}] * 20)
+        assert verdicts(a) == ["AC"] * 20
+        kept = [t["run"]["stdout"] == line + "\n" for t in a["tests"]]
+        assert kept == [True] * 8 + [False] * 12
+        assert all(t["run"]["stdout"] == "" and t["run"]["stdout_truncated"]
+                   for t in a["tests"][8:])
     finally:
         assert s.stop() == 0, s.log_text()
 
