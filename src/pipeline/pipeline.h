@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 #include "pipeline/config.h"
+#include "pipeline/file_store.h"
 #include "pipeline/runtime_store.h"
 #include "pipeline/scheduler.h"
 #include "privsep/client.h"
@@ -28,6 +29,7 @@ struct pipeline {
     const struct ev_config *cfg;
     struct psc *psc;
     struct store *store;
+    struct file_store *files; /* uploaded test files (set by its owner after pipeline_init) */
     struct sched sched;
     atomic_bool stopping;
 };
