@@ -8,6 +8,7 @@
 
 #include "common/cleanup.h"
 #include "common/path.h"
+#include "pipeline/file_store.h"
 #include "pipeline/stages.h"
 
 /* The archive of a project is written under this name, extracted and removed by the extract
@@ -29,6 +30,7 @@ void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *
     p->cfg = cfg;
     p->psc = psc;
     p->store = store;
+    p->files = NULL;
     struct sched_bounds b = {cfg->max_queue, cfg->max_queue_memory, cfg->max_queue_spilled};
     sched_init(&p->sched, cfg->max_concurrent, &b);
     atomic_store(&p->stopping, false);
@@ -56,16 +58,26 @@ void exec_outcome_free(struct exec_outcome *o)
 
 int pipeline_file_exists(struct pipeline *p, const char *id, bool *found, struct ev_err *err)
 {
-    (void)p, (void)id, (void)err;
+    int fd = -1;
     *found = false;
+    if (!p->files)
+        return 0;
+    if (file_store_open(p->files, id, &fd, NULL, found, err) < 0)
+        return -1;
+    if (fd >= 0)
+        close(fd);
     return 0;
 }
 
 int stage_open_file(struct pipeline *p, const char *id, int *fd, struct ev_err *err)
 {
-    (void)p;
+    bool found = false;
     *fd = -1;
-    return ev_fail(err, ENOENT, "File with id: %s does not exist", id);
+    if (p->files && file_store_open(p->files, id, fd, NULL, &found, err) < 0)
+        return -1;
+    if (!found)
+        return ev_fail(err, ENOENT, "File with id: %.80s does not exist", id);
+    return 0;
 }
 
 /* A Nix command is given up when the server stops (its helper then kills it at once). */
