@@ -1,6 +1,7 @@
 #include "pipeline/pipeline.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,9 +279,17 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
         char *argv[] = {pe.bash, "-c", rt->run_script, "/runtime/run.sh", NULL};
         struct psc_run run = {.argv = argv,
                               .input = req->input ? req->input : "",
-                              .input_len = req->input ? req->input_len : 0,
-                              .input_fd = req->input_fd};
-        st = stage_run(p, box, &pe, &run, &req->run, ac, &out->res[STAGE_RUN], err);
+                              .input_len = req->input ? req->input_len : 0};
+        /* psc_run takes the descriptors it is given; the request keeps its own */
+        if (req->input_fd > 0) {
+            run.input_fd = fcntl(req->input_fd, F_DUPFD_CLOEXEC, 3);
+            if (run.input_fd < 0) {
+                ev_fail(err, errno, "duplicate the input's descriptor");
+                st = PIPE_INTERNAL;
+            }
+        }
+        if (st == PIPE_OK)
+            st = stage_run(p, box, &pe, &run, &req->run, ac, &out->res[STAGE_RUN], err);
         if (st == PIPE_OK)
             out->ran[STAGE_RUN] = true;
     }
