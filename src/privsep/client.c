@@ -346,7 +346,7 @@ static void close_callers_fds(const struct psc_run *run)
         close(run->input_fd);
     if (run->output_fd > 0)
         close(run->output_fd);
-    for (size_t i = 0; i < run->n_files && i < PS_MAX_FILES; i++)
+    for (size_t i = 0; i < run->n_files; i++)
         if (run->files[i].fd > 0)
             close(run->files[i].fd);
 }
