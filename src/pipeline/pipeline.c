@@ -1,6 +1,7 @@
 #include "pipeline/pipeline.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,14 +307,13 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
         struct psc_run run = {.argv = argv,
                               .input = req->input ? req->input : "",
                               .input_len = req->input ? req->input_len : 0};
+        /* psc_run takes the descriptor it is given (and closes it) */
         int fd = -1;
         if (req->input_file && stage_open_file(p, req->input_file, &fd, err) < 0)
             st = PIPE_INTERNAL;
         run.input_fd = fd;
         if (st == PIPE_OK)
             st = stage_run(p, box, &pe, &run, &req->run, ac, &out->res[STAGE_RUN], err);
-        if (fd >= 0)
-            close(fd);
         if (st == PIPE_OK)
             out->ran[STAGE_RUN] = true;
     }
