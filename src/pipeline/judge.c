@@ -381,18 +381,20 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
         return st;
     }
     tr->ran = true;
-    /* The interactor decides, except where the program's own run says more: a program that
-     * broke the protocol is judged by the interactor's answer, whatever happened to it after
-     * (killed by SIGPIPE, an end of input it did not expect). */
+    /* The program's own limits first (the interactor's answer to a program that ran out of
+     * time or memory is only a consequence); then the interactor's WA or PE: a program that
+     * broke the protocol is judged by the interactor, whatever happened to it after (killed by
+     * SIGPIPE, an end of input it did not expect); then an interactor that failed (the test
+     * cannot be judged, whatever the program did after); then the program's crash. */
     enum verdict iv = verdict_of_checker(&peer.res), pv = verdict_of_run(&tr->run);
     if (pv == VERDICT_XX || peer.res.status == SBX_XX)
         tr->verdict = VERDICT_XX;
-    else if (iv == VERDICT_WA || iv == VERDICT_PE)
-        tr->verdict = iv;
-    else if (pv != VERDICT_AC)
+    else if (pv == VERDICT_TLE || pv == VERDICT_MLE)
         tr->verdict = pv;
-    else
+    else if (iv != VERDICT_AC)
         tr->verdict = iv;
+    else
+        tr->verdict = pv;
     tr->message = first_line(&peer.res.err);
     if (tr->verdict == VERDICT_CF && !tr->message)
         tr->message = checker_failure("interactor", &peer.res);

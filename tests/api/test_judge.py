@@ -146,8 +146,8 @@ def test_project_with_tests(server):
 # ---- checkers --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("output,expected,accepted_by", [
-    ("1 2\n", "1\n2\n", {"tokens"}),
-    ("a  \nb\n\n\n", "a\nb\n", {"lines", "tokens"}),
+    ("1 2\n", "1\n2\n", {"tokens", "float"}),
+    ("a  \nb\n\n\n", "a\nb\n", {"lines", "tokens", "float"}),
     ("a b\n", "a b\n", {"lines", "tokens", "exact", "float"}),
     ("1.0000001\n", "1\n", {"float"}),
     ("a  b\n", "a b\n", {"tokens", "float"}),
@@ -303,10 +303,17 @@ def test_interactor_program_that_breaks_the_protocol(server):
     a = judge(server, PY, "import time\ntime.sleep(100)\n", [{"input": "5"}],
               interactor=interactor(server), run_limits={"wall_time": 1})
     assert verdicts(a) == ["TLE"]
-    # writes garbage: the interactor fails to parse it (a crash of the interactor is CF)
+    # writes garbage: the interactor's parse fails, Python exits 1, which is WA
     a = judge(server, PY, "print('hello', flush=True)\nimport sys\nsys.stdin.readline()\n",
               [{"input": "5"}], interactor=interactor(server))
+    assert verdicts(a) == ["WA"]
+    # an interactor that exits with another code is a checker failure, whatever the program did
+    broken = {"runtime_id": server.runtimes()[PY],
+              "source_code": "import sys\nprint('broken', file=sys.stderr)\nsys.exit(3)\n"}
+    a = judge(server, PY, BINARY_SEARCH, [{"input": "5"}], interactor=broken)
     assert verdicts(a) == ["CF"]
+    assert a["tests"][0]["checker_message"] == "broken"
+    assert a["interactor"]["compile"] is None
 
 
 # ---- file store ------------------------------------------------------------------------------
