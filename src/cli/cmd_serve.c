@@ -62,6 +62,8 @@ static const char usage[] =
     "  ADMIN_API_KEYS, EXECUTE_API_KEYS [none]  comma-separated API keys; when set, every\n"
     "                                   route but /health needs one (see the README)\n"
     "  BOX_DISK_SIZE [262144] BOX_MAX_FILES [16384]   size (KB) and files of a submission\n"
+    "  COMPILE_CACHE_SIZE [268435456]   bytes of compile results kept under the data\n"
+    "                                   directory (least recently used out; 0: no cache)\n"
     "  ENVICUTOR_DATA_DIR [/var/lib/envicutor]  database and runtime store\n"
     "  ENVICUTOR_RUN_DIR [/run/envicutor]       sandbox boxes and locks\n"
     "  ENVICUTOR_USER [envicutor]       unprivileged user of the server (created if missing)\n"
@@ -379,6 +381,10 @@ int cmd_serve(int argc, char **argv)
     sv[0] = -1;
     pipeline_init(&pipeline, &cfg, psc, store);
     pipeline_ready = true;
+    if (pipeline_open_cache(&pipeline, &err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
     if (catalog_install(&pipeline, catalog, n_catalog, &err) < 0)
         fprintf(stderr, "envicutor: the runtime catalog was not installed: %s\n", err.msg);
     catalog_free(catalog, n_catalog);

@@ -16,6 +16,11 @@ static json_t *outcome_json(const struct exec_outcome *o, bool base64_output)
     json_t *j = json_object();
     for (int i = 0; j && i < STAGE_COUNT; i++) {
         json_t *v = o->ran[i] ? stage_result_json(&o->res[i], base64_output) : json_null();
+        if (v && i == STAGE_COMPILE && o->ran[i] &&
+            json_object_set_new(v, "cached", json_boolean(o->cached)) < 0) {
+            json_decref(v);
+            v = NULL;
+        }
         if (!v || json_object_set_new(j, names[i], v) < 0) {
             json_decref(j);
             j = NULL;
