@@ -290,3 +290,23 @@ def test_damaged_entry_is_a_miss_not_a_wrong_answer(srv):
         f.truncate(os.stat(path).st_size - 1)
     j = run(srv, rid, source("right"))
     assert j["compile"]["cached"] is False and j["run"]["stdout"] == "right\n"
+
+
+def test_concurrent_identical_submissions_leave_one_whole_entry():
+    from concurrent.futures import ThreadPoolExecutor
+    s = Server(ENVICUTOR_CATALOG=NO_CATALOG, MAX_CONCURRENT_SUBMISSIONS=4).start()
+    try:
+        rid = add_c(s)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: run(s, rid, source("same")), range(4)))
+        assert all(a["run"]["stdout"] == "same\n" for a in answers)
+        compiled = {uuid_of(a) for a in answers if not a["compile"]["cached"]}
+        assert compiled  # at least the first compiled
+        assert len(entry_paths(s)) == 1
+        j = run(s, rid, source("same"))
+        assert j["compile"]["cached"] is True and uuid_of(j) in compiled
+        assert j["run"]["stdout"] == "same\n"
+        assert "damaged" not in s.log_text()
+    finally:
+        assert s.stop() == 0, s.log_text()
+        shutil.rmtree(s.data_dir, ignore_errors=True)
