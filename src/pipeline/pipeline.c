@@ -27,6 +27,10 @@ static const char extract_script[] =
  * stdout (in name order, so that identical boxes give identical archives); the restore leaves
  * the existing /box's owner and mode alone (--no-overwrite-dir), the box user not owning it. */
 #define CACHE_ARCHIVE ".envicutor-cache.tar"
+/* The archive passes through the helper's memory and the server's, as a stage's output does:
+ * a box whose archive is larger than this is not kept, so that a submission never holds much
+ * more memory than its outputs may take. */
+#define CACHE_MAX_ARCHIVE (64ull << 20)
 static const char cache_save_script[] = "tar --sort=name --numeric-owner -C /box -cf - .";
 static const char cache_restore_script[] =
     "tar -xpf /box/" CACHE_ARCHIVE " -C /box --no-overwrite-dir; s=$?; rm -f /box/" CACHE_ARCHIVE
@@ -432,6 +436,8 @@ static enum pipe_status save_to_cache(struct pipeline *p, uint32_t box, const st
         pl.max_output_bytes = p->cfg->box_disk_kb * 1024 + (4u << 20);
         if (pl.max_output_bytes > p->cfg->compile_cache_bytes)
             pl.max_output_bytes = p->cfg->compile_cache_bytes;
+        if (pl.max_output_bytes > CACHE_MAX_ARCHIVE)
+            pl.max_output_bytes = CACHE_MAX_ARCHIVE;
         enum pipe_status st = run_own_script(p, box, cache_save_script, &pl, ac, &tar, err);
         if (st != PIPE_OK)
             return st;

@@ -15,6 +15,7 @@ NO_CATALOG = "/nonexistent"
 
 COMPILE = ("cat /proc/sys/kernel/random/uuid; "
            "if grep -q SLOW main.c; then sleep 30; fi; "
+           "if grep -q BIG main.c; then head -c 2000000 /dev/urandom > blob; fi; "
            "gcc -O0 -o main main.c")
 
 HELLO = '#include <stdio.h>\nint main(void) { puts("%s"); return 0; }\n'
@@ -307,6 +308,25 @@ def test_concurrent_identical_submissions_leave_one_whole_entry():
         assert j["compile"]["cached"] is True and uuid_of(j) in compiled
         assert j["run"]["stdout"] == "same\n"
         assert "damaged" not in s.log_text()
+    finally:
+        assert s.stop() == 0, s.log_text()
+        shutil.rmtree(s.data_dir, ignore_errors=True)
+
+
+def test_a_box_larger_than_the_cache_can_keep_is_not_kept():
+    s = Server(ENVICUTOR_CATALOG=NO_CATALOG, COMPILE_CACHE_SIZE=1000000).start()
+    try:
+        rid = add_c(s)
+        big = source("big") + "/* BIG */\n"
+        a = run(s, rid, big)
+        b = run(s, rid, big)
+        assert a["run"]["stdout"] == b["run"]["stdout"] == "big\n"
+        assert a["compile"]["cached"] is False and b["compile"]["cached"] is False
+        assert uuid_of(a) != uuid_of(b)
+        assert entry_paths(s) == []
+        # a small one still is
+        run(s, rid, source("small"))
+        assert run(s, rid, source("small"))["compile"]["cached"] is True
     finally:
         assert s.stop() == 0, s.log_text()
         shutil.rmtree(s.data_dir, ignore_errors=True)
