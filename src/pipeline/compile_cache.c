@@ -375,7 +375,8 @@ static int scan(struct ccache *c, int runtimes_fd, struct ev_err *err)
     free(names);
     if (rc < 0)
         return -1;
-    qsort(c->items, c->n, sizeof(*c->items), by_tick);
+    if (c->n)
+        qsort(c->items, c->n, sizeof(*c->items), by_tick);
     for (size_t i = 0; i < c->n; i++)
         c->items[i].tick = i + 1;
     c->tick = c->n;
