@@ -181,7 +181,8 @@ static int prepare_data_dir(const char *dir, uid_t uid, gid_t gid, struct ev_err
     if (fchown(dfd, uid, gid) < 0 || fchmod(dfd, 0700) < 0)
         return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chown and chmod %s", dir);
     const char *files[] = {"envicutor.db", "envicutor.db-wal", "envicutor.db-shm"};
-    if (hand_over(dfd, dir, "runtimes", true, uid, gid, err) < 0)
+    if (hand_over(dfd, dir, "runtimes", true, uid, gid, err) < 0 ||
+        hand_over(dfd, dir, "compile-cache", true, uid, gid, err) < 0)
         return -1;
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
         if (hand_over(dfd, dir, files[i], false, uid, gid, err) < 0)

@@ -330,3 +330,17 @@ def test_a_box_larger_than_the_cache_can_keep_is_not_kept():
     finally:
         assert s.stop() == 0, s.log_text()
         shutil.rmtree(s.data_dir, ignore_errors=True)
+
+
+def test_a_cache_directory_made_by_root_is_handed_to_the_server():
+    data = tempfile.mkdtemp(prefix="envicutor-api-", dir="/tmp")
+    os.mkdir(os.path.join(data, "compile-cache"), 0o755)
+    s = Server(data_dir=data, ENVICUTOR_CATALOG=NO_CATALOG).start()
+    try:
+        assert os.stat(os.path.join(data, "compile-cache")).st_uid == os.stat(data).st_uid != 0
+        rid = add_c(s)
+        run(s, rid, source("x"))
+        assert run(s, rid, source("x"))["compile"]["cached"] is True
+    finally:
+        assert s.stop() == 0, s.log_text()
+        shutil.rmtree(data, ignore_errors=True)
