@@ -65,7 +65,10 @@ static const char usage[] =
     "  ADMIN_API_KEYS, EXECUTE_API_KEYS [none]  comma-separated API keys; when set, every\n"
     "                                   route but /health needs one (see the README)\n"
     "  BOX_DISK_SIZE [262144] BOX_MAX_FILES [16384]   size (KB) and files of a submission\n"
-    "  ENVICUTOR_DATA_DIR [/var/lib/envicutor]  database, runtime store, file store\n"
+    "  ENVICUTOR_DATA_DIR [/var/lib/envicutor]  database, runtime store, file store,\n"
+    "                                   compile cache\n"
+    "  COMPILE_CACHE_SIZE [268435456]   bytes of compile results kept under the data\n"
+    "                                   directory (least recently used out; 0: no cache)\n"
     "  ENVICUTOR_RUN_DIR [/run/envicutor]       sandbox boxes and locks\n"
     "  ENVICUTOR_USER [envicutor]       unprivileged user of the server (created if missing)\n"
     "  ENVICUTOR_CATALOG [<binary>/../../runtimes/catalog]  runtime catalog installed on first\n"
@@ -183,7 +186,8 @@ static int prepare_data_dir(const char *dir, uid_t uid, gid_t gid, struct ev_err
         return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chown and chmod %s", dir);
     const char *files[] = {"envicutor.db", "envicutor.db-wal", "envicutor.db-shm"};
     if (hand_over(dfd, dir, "runtimes", true, uid, gid, err) < 0 ||
-        hand_over(dfd, dir, "files", true, uid, gid, err) < 0)
+        hand_over(dfd, dir, "files", true, uid, gid, err) < 0 ||
+        hand_over(dfd, dir, "compile-cache", true, uid, gid, err) < 0)
         return -1;
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
         if (hand_over(dfd, dir, files[i], false, uid, gid, err) < 0)
@@ -391,6 +395,10 @@ int cmd_serve(int argc, char **argv)
     pipeline_init(&pipeline, &cfg, psc, store);
     pipeline.files = &files;
     pipeline_ready = true;
+    if (pipeline_open_cache(&pipeline, &err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
     if (catalog_install(&pipeline, catalog, n_catalog, &err) < 0)
         fprintf(stderr, "envicutor: the runtime catalog was not installed: %s\n", err.msg);
     catalog_free(catalog, n_catalog);

@@ -128,6 +128,7 @@ static enum pipe_status helper_build(struct pipeline *p, const struct judge_prog
         jo->helper_ran[i] = built.ran[i];
         jo->helper_res[i] = built.res[i];
     }
+    jo->helper_cached = built.cached;
     h->argv[0] = h->pe.bash;
     h->argv[1] = "-c";
     h->argv[2] = prog->rt->run_script;
