@@ -235,6 +235,22 @@ int main(void) {
     assert verdicts(a) == ["AC", "WA"]
     assert a["tests"][1]["checker_message"] == "15 is not a multiple of 4"
     assert a["checker"]["compile"]["exit_status"] is None
+    # the same checker again: its compile comes from the compile cache
+    b = judge(server, PY, "print(int(input()) * 6)\n", [{"input": "4", "expected_output": "6"}],
+              checker={"runtime_id": server.runtimes()["C"], "source_code": checker})
+    assert verdicts(b) == ["AC"]
+    assert b["checker"]["compile"]["cached"] is True
+    assert a["checker"]["compile"]["cached"] in (True, False)
+
+
+def test_judged_program_compile_is_cached(server):
+    src = "#include <stdio.h>\nint main(void){int x;scanf(\"%d\",&x);printf(\"%d\\n\",x+1);}\n"
+    src += "/* %s */\n" % os.urandom(8).hex()
+    tests = [{"input": "1", "expected_output": "2"}, {"input": "41", "expected_output": "42"}]
+    a = judge(server, "C", src, tests)
+    b = judge(server, "C", src, tests)
+    assert a["compile"]["cached"] is False and b["compile"]["cached"] is True
+    assert verdicts(a) == verdicts(b) == ["AC", "AC"]
 
 
 # ---- interactor ------------------------------------------------------------------------------
