@@ -27,10 +27,12 @@ struct request {
 
 struct reply {
     int status;
-    json_t *json;         /* the body, or NULL with text */
-    const char *text;     /* static text body */
-    bool drop;            /* the client is gone: close without answering */
-    unsigned retry_after; /* seconds, for a Retry-After header; 0: none */
+    json_t *json;             /* the body, or NULL with text */
+    const char *text;         /* static text body */
+    char *owned_text;         /* or a malloc'ed one, freed once sent (GET /metrics) */
+    const char *content_type; /* NULL: application/json, or text/plain for text */
+    bool drop;                /* the client is gone: close without answering */
+    unsigned retry_after;     /* seconds, for a Retry-After header; 0: none */
 };
 
 /* Whether the client of rq has gone away (the pipeline's abort hook). */

@@ -287,11 +287,17 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct repl
         if (!resp)
             free(text);
         type = "application/json";
+    } else if (r->owned_text) {
+        resp = MHD_create_response_from_buffer(strlen(r->owned_text), r->owned_text,
+                                               MHD_RESPMEM_MUST_COPY);
+        type = "text/plain; charset=utf-8";
     } else {
         const char *t = r->text ? r->text : "";
         resp = MHD_create_response_from_buffer(strlen(t), (void *)t, MHD_RESPMEM_PERSISTENT);
         type = "text/plain; charset=utf-8";
     }
+    if (r->content_type)
+        type = r->content_type;
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
@@ -310,6 +316,7 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct repl
 static void log_request(uint64_t id, const char *method, const char *path, const struct reply *r,
                         uint64_t t0)
 {
+    metrics_request(method, path, r->drop ? 0 : r->status);
     double ms = (double)(monotonic_ns() - t0) / 1e6;
     /* libmicrohttpd hands over the path URL-decoded: "%0a" is a newline by now. */
     char mbuf[64], pbuf[600];
@@ -327,7 +334,7 @@ static void log_request(uint64_t id, const char *method, const char *path, const
 static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn,
                               const char *method, const char *url, struct reply *r)
 {
-    if (!r->drop && !r->json && !r->text) {
+    if (!r->drop && !r->json && !r->text && !r->owned_text) {
         fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",
                 (unsigned long long)cs->id);
         r->status = 500;
@@ -337,6 +344,8 @@ static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn
     log_request(cs->id, method, url, r, cs->t0);
     json_decref(r->json);
     r->json = NULL;
+    free(r->owned_text);
+    r->owned_text = NULL;
     /* The body is no longer needed; the state itself goes in on_completed. */
     drop_body(cs);
     cs->answered = true;

@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "common/fileutil.h"
 #include "common/path.h"
+#include "pipeline/pipeline_metrics.h"
 #include "pipeline/stages.h"
 
 /* The archive of a project is written under this name, extracted and removed by the extract
@@ -190,6 +192,18 @@ static char *with_newline(const char *text, size_t len, size_t *out_len)
     return s;
 }
 
+/* Which stage a run is, for its metrics, told by what it runs: stage_run is shared with judge
+ * mode, whose tests, checkers and interactors run their runtimes' run scripts. */
+static enum stage stage_of(const struct psc_run *run)
+{
+    if (run->argv[0] && run->argv[1] && run->argv[2] == extract_script)
+        return STAGE_EXTRACT;
+    for (size_t i = 0; i < 4 && run->argv[i]; i++)
+        if (strcmp(run->argv[i], "/runtime/compile.sh") == 0)
+            return STAGE_COMPILE;
+    return STAGE_RUN;
+}
+
 enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct program_env *pe,
                            struct psc_run *run, const struct ev_limits *l, struct abort_ctx *ac,
                            struct sbx_result *res, struct ev_err *err)
@@ -203,11 +217,13 @@ enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct progra
         run->input && run->input_len && ((const char *)run->input)[run->input_len - 1] != '\n';
     run->limits = to_ps(p, l);
     bool aborted;
+    uint64_t t0 = monotonic_ns();
     if (psc_run(p->psc, box, run, should_abort, ac, res, &aborted, err) < 0) {
         if (aborted)
             return atomic_load(&p->stopping) ? PIPE_STOPPING : PIPE_ABORTED;
         return PIPE_INTERNAL;
     }
+    metrics_stage(stage_of(run), (monotonic_ns() - t0) / 1000, res->status);
     return PIPE_OK;
 }
 
@@ -382,7 +398,10 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
         return r < 0 ? PIPE_INTERNAL : PIPE_NO_RUNTIME;
     }
     uint32_t box;
-    if (psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err) < 0) {
+    uint64_t t0 = monotonic_ns();
+    int opened = psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err);
+    metrics_box_open((monotonic_ns() - t0) / 1000, opened == 0);
+    if (opened < 0) {
         st = PIPE_INTERNAL;
     } else {
         st = req->judge ? judge_in_box(p, box, req, &ac, out, err)
@@ -394,6 +413,9 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
     sched_done(&p->sched, SCHED_SUBMISSION);
     if (st != PIPE_OK)
         exec_outcome_free(out);
+    else if (out->judge)
+        for (size_t i = 0; i < out->judge->n_tests; i++)
+            metrics_verdict(out->judge->tests[i].verdict);
     return st;
 }
 
