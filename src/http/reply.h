@@ -16,6 +16,7 @@ struct MHD_Connection;
 
 struct request {
     uint64_t id;
+    const char *rid; /* the request id, as logged and returned in X-Request-Id */
     const char *method, *path;
     const char *rest; /* for a prefix route, the path after the prefix; "" otherwise */
     const char *body; /* "" when the body is in body_fd */

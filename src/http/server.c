@@ -11,17 +11,20 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include "common/fileutil.h"
 #include "common/logsafe.h"
+#include "common/request_id.h"
 #include "http/reply.h"
 #include "http/routes.h"
 
 /* What a connection accumulates between libmicrohttpd's calls. */
 struct conn_state {
     uint64_t id;
+    char rid[REQUEST_ID_MAX + 1]; /* the request id (X-Request-Id) */
     uint64_t t0;
     char *body;
     size_t len, cap;
@@ -153,10 +156,12 @@ static void *worker_main(void *arg)
             return NULL; /* closing, and nothing left to answer */
         watch_del(s, cs);
         struct route_ctx ctx = route_ctx(s);
+        pipeline_set_request_id(cs->rid);
         if (cs->ticket.granted)
             execute_run(&ctx, cs->job, &cs->rq, &cs->reply);
         else
             reply_pipe_status(&cs->reply, &cs->rq, PIPE_STOPPING, NULL);
+        pipeline_set_request_id(NULL);
         finish_suspended(cs);
     }
 }
@@ -213,8 +218,8 @@ static void queue_execute(struct http_server *s, struct conn_state *cs, struct e
         struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.u64 = cs->id};
         if (epoll_ctl(s->watch_fd, EPOLL_CTL_ADD, cs->rq.fd, &ev) < 0 &&
             (errno != EEXIST || epoll_ctl(s->watch_fd, EPOLL_CTL_MOD, cs->rq.fd, &ev) < 0))
-            fprintf(stderr, "req %llu: cannot watch the client for a hang-up: %s\n",
-                    (unsigned long long)cs->id, strerror(errno));
+            fprintf(stderr, "req %s: cannot watch the client for a hang-up: %s\n", cs->rid,
+                    strerror(errno));
     }
     enum pipe_status st = pipeline_enqueue(s->pipeline, &cs->ticket);
     if (st != PIPE_OK) {
@@ -233,6 +238,7 @@ static void *handler_main(void *arg)
     struct conn_state *cs = arg;
     struct http_server *s = cs->s;
     struct route_ctx ctx = route_ctx(s);
+    pipeline_set_request_id(cs->rid);
     cs->route->fn(&ctx, &cs->rq, &cs->reply);
     pthread_mutex_lock(&s->mu);
     finish_suspended(cs);
@@ -275,7 +281,8 @@ static void run_in_thread(struct http_server *s, struct conn_state *cs)
     }
 }
 
-static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct reply *r)
+static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct reply *r,
+                                  const char *rid)
 {
     struct MHD_Response *resp;
     const char *type;
@@ -301,6 +308,7 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct repl
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(resp, "X-Request-Id", rid);
     if (r->retry_after) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%u", r->retry_after);
@@ -313,8 +321,10 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct repl
     return ret;
 }
 
-static void log_request(uint64_t id, const char *method, const char *path, const struct reply *r,
-                        uint64_t t0)
+/* The one line per request: its id, method, path, status and duration. Nothing of a body is
+ * ever logged (a submission's source, input and output stay out of the log). */
+static void log_request(const char *rid, const char *method, const char *path,
+                        const struct reply *r, uint64_t t0)
 {
     metrics_request(method, path, r->drop ? 0 : r->status);
     double ms = (double)(monotonic_ns() - t0) / 1e6;
@@ -323,11 +333,9 @@ static void log_request(uint64_t id, const char *method, const char *path, const
     method = log_safe(method, mbuf, sizeof(mbuf));
     path = log_safe(path, pbuf, sizeof(pbuf));
     if (r->drop)
-        fprintf(stderr, "req %llu %s %s aborted by the client %.1fms\n", (unsigned long long)id,
-                method, path, ms);
+        fprintf(stderr, "req %s %s %s aborted by the client %.1fms\n", rid, method, path, ms);
     else
-        fprintf(stderr, "req %llu %s %s %d %.1fms\n", (unsigned long long)id, method, path,
-                r->status, ms);
+        fprintf(stderr, "req %s %s %s %d %.1fms\n", rid, method, path, r->status, ms);
 }
 
 /* Sends r (or closes the connection when the client is gone) and logs the request. */
@@ -335,13 +343,12 @@ static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn
                               const char *method, const char *url, struct reply *r)
 {
     if (!r->drop && !r->json && !r->text && !r->owned_text) {
-        fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",
-                (unsigned long long)cs->id);
+        fprintf(stderr, "req %s: internal error: out of memory building the answer\n", cs->rid);
         r->status = 500;
         r->text = "Internal server error";
     }
-    enum MHD_Result ret = r->drop ? MHD_NO : send_reply(conn, r);
-    log_request(cs->id, method, url, r, cs->t0);
+    enum MHD_Result ret = r->drop ? MHD_NO : send_reply(conn, r, cs->rid);
+    log_request(cs->rid, method, url, r, cs->t0);
     json_decref(r->json);
     r->json = NULL;
     free(r->owned_text);
@@ -366,6 +373,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         cs->id = atomic_fetch_add(&s->next_id, 1);
         cs->body_fd = -1;
         cs->t0 = monotonic_ns();
+        const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+        if (request_id_valid(given))
+            snprintf(cs->rid, sizeof(cs->rid), "%s", given);
+        else
+            request_id_make(cs->rid, s->rid_prefix, cs->id);
         *con_cls = cs;
         /* API keys first, from the headers alone: a refused request's body is never kept. */
         cs->denied = auth_check(s->auth, route_role(method, url),
@@ -378,8 +390,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (cs->denied && expect && strcasecmp(expect, "100-continue") == 0) {
             struct reply r = {0};
             reply_message(&r, cs->denied, "%s", cs->denied_msg);
-            enum MHD_Result ret = send_reply(conn, &r);
-            log_request(cs->id, method, url, &r, cs->t0);
+            enum MHD_Result ret = send_reply(conn, &r, cs->rid);
+            log_request(cs->rid, method, url, &r, cs->t0);
             json_decref(r.json);
             return ret;
         }
@@ -391,8 +403,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             struct reply r = {0};
             reply_message(&r, 413, "The request body is larger than %llu bytes",
                           (unsigned long long)s->cfg->max_request_bytes);
-            enum MHD_Result ret = send_reply(conn, &r);
-            log_request(cs->id, method, url, &r, cs->t0);
+            enum MHD_Result ret = send_reply(conn, &r, cs->rid);
+            log_request(cs->rid, method, url, &r, cs->t0);
             json_decref(r.json);
             return ret;
         }
@@ -415,8 +427,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (cs->body_fd < 0 && cs->len + n > SPILL_BYTES) {
             cs->body_fd = spill_file(s->cfg);
             if (cs->body_fd < 0 || (cs->len && write_full(cs->body_fd, cs->body, cs->len) < 0)) {
-                fprintf(stderr, "req %llu: internal error: spill the body to a file: %s\n",
-                        (unsigned long long)cs->id, strerror(errno));
+                fprintf(stderr, "req %s: internal error: spill the body to a file: %s\n", cs->rid,
+                        strerror(errno));
                 return MHD_NO;
             }
             free(cs->body);
@@ -425,8 +437,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (cs->body_fd >= 0) {
             if (write_full(cs->body_fd, upload_data, n) < 0) {
-                fprintf(stderr, "req %llu: internal error: write the body to a file: %s\n",
-                        (unsigned long long)cs->id, strerror(errno));
+                fprintf(stderr, "req %s: internal error: write the body to a file: %s\n", cs->rid,
+                        strerror(errno));
                 return MHD_NO;
             }
             cs->len += n;
@@ -464,6 +476,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         cs->s = s;
         cs->conn = conn;
         cs->rq = (struct request){.id = cs->id,
+                                  .rid = cs->rid,
                                   .method = method,
                                   .path = url,
                                   .rest = "",
@@ -547,6 +560,9 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
     s->pipeline = p;
     s->cfg = cfg;
     atomic_store(&s->next_id, 1);
+    /* not a secret: only keeps ids from repeating across restarts */
+    if (getrandom(&s->rid_prefix, sizeof(s->rid_prefix), GRND_NONBLOCK) != sizeof(s->rid_prefix))
+        s->rid_prefix = (uint32_t)monotonic_ns() ^ (uint32_t)getpid();
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->watch_fd = epoll_create1(EPOLL_CLOEXEC);

@@ -9,6 +9,7 @@
 #include "common/cleanup.h"
 #include "common/fileutil.h"
 #include "common/path.h"
+#include "common/request_id.h"
 #include "pipeline/pipeline_metrics.h"
 #include "pipeline/stages.h"
 
@@ -34,6 +35,16 @@ void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *
     struct sched_bounds b = {cfg->max_queue, cfg->max_queue_memory, cfg->max_queue_spilled};
     sched_init(&p->sched, cfg->max_concurrent, &b);
     atomic_store(&p->stopping, false);
+}
+
+static _Thread_local char thread_request_id[REQUEST_ID_MAX + 1];
+
+void pipeline_set_request_id(const char *request_id)
+{
+    if (request_id && request_id_valid(request_id))
+        snprintf(thread_request_id, sizeof(thread_request_id), "%s", request_id);
+    else
+        thread_request_id[0] = '\0';
 }
 
 void pipeline_stop(struct pipeline *p)
@@ -216,6 +227,8 @@ enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct progra
     run->input_newline =
         run->input && run->input_len && ((const char *)run->input)[run->input_len - 1] != '\n';
     run->limits = to_ps(p, l);
+    /* ac's, when the request's runs go on in threads of their own (an interactor's) */
+    run->request_id = ac->request_id ? ac->request_id : thread_request_id;
     bool aborted;
     uint64_t t0 = monotonic_ns();
     if (psc_run(p->psc, box, run, should_abort, ac, res, &aborted, err) < 0) {
@@ -344,7 +357,7 @@ enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request 
                                   struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_SUBMISSION, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -379,7 +392,7 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
                                           struct exec_outcome *out, struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, thread_request_id};
     enum pipe_status st;
     /* Deletion is exclusive work: while we hold our turn the runtime cannot go away, but it
      * may have gone while we waited, and a runtime installed since may carry the same id. Its
@@ -445,7 +458,7 @@ static enum pipe_status setup_runtime(struct pipeline *p, const struct runtime *
     program_env_init(&pe, rt);
     char *argv[] = {"bash", "-c", (char *)setup_script, NULL};
     struct sbx_result res;
-    struct abort_ctx ac = {p, NULL, NULL};
+    struct abort_ctx ac = {p, NULL, NULL, NULL};
     enum pipe_status st = run_stage(p, box, &pe, argv, NULL, 0, &l, &ac, &res, err);
     program_env_free(&pe);
     struct ev_err cerr;
@@ -511,7 +524,7 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
                                   void *ctx, char **out, char **errout, struct ev_err *err)
 {
     *out = *errout = NULL;
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -550,7 +563,7 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
 enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn abort_fn, void *ctx,
                                  struct ev_err *err)
 {
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -572,7 +585,7 @@ enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, voi
                                  char **errout, struct ev_err *err)
 {
     *out = *errout = NULL;
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -642,7 +655,7 @@ enum pipe_status pipeline_gc(struct pipeline *p, pipe_abort_fn abort_fn, void *c
                              struct gc_outcome *g, struct ev_err *err)
 {
     memset(g, 0, sizeof(*g));
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;

@@ -34,6 +34,12 @@ struct pipeline {
 
 void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *psc,
                    struct store *store);
+/* The request id (common/request_id.h) of what the calling thread asks of the pipeline from
+ * now on, or NULL for none; copied. The HTTP layer sets it in the thread that runs a request,
+ * so that the helper's log lines about its runs carry the id without every entry point of the
+ * pipeline taking one more argument. */
+void pipeline_set_request_id(const char *request_id);
+
 /* Refuses new work and kills what runs (each request returns PIPE_STOPPING). */
 void pipeline_stop(struct pipeline *p);
 void pipeline_destroy(struct pipeline *p);

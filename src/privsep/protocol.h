@@ -26,6 +26,7 @@
 #define PS_MAX_ENV 256
 #define PS_NAME_MAX FILE_NAME_MAX /* a file name in the box */
 #define PS_RUNTIME_MAX 64
+#define PS_REQUEST_ID_SIZE 72 /* REQUEST_ID_MAX + 1, rounded up to keep the struct unpadded */
 
 /* The "box" of a PS_CANCEL that kills the Nix command running now. */
 #define PS_NIX_BOX UINT32_MAX
@@ -94,6 +95,9 @@ struct ps_run {
     uint32_t has_stdin;   /* an fd comes with the message */
     uint32_t flags;       /* PS_RUN_* */
     uint32_t pad;
+    /* The HTTP request this run is for, for the helper's log lines about it: empty, or a valid
+     * request id (common/request_id.h), NUL-terminated. */
+    char request_id[PS_REQUEST_ID_SIZE];
 };
 
 #define PS_RUN_MOUNT_NIX 1u /* mount /nix read-only (Nix runtimes) */
