@@ -24,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "common/cleanup.h"
+#include "common/fileutil.h"
 #include "http/auth.h"
 #include "http/mhd_loader.h"
 #include "http/server.h"
@@ -71,7 +72,12 @@ static const char usage[] =
     "Connections are bounded by the descriptor limit, which the server raises to its hard\n"
     "limit at start (`ulimit -Hn`), less a reserve of 256.\n"
     "\n"
-    "SIGTERM or SIGINT stop it gracefully: running submissions are killed and cleaned.\n";
+    "  SHUTDOWN_TIMEOUT [30]            seconds running work gets to finish on SIGTERM\n"
+    "\n"
+    "SIGTERM or SIGINT stop it gracefully: no new connection is accepted and nothing new\n"
+    "starts (waiting requests are answered 503); running submissions get SHUTDOWN_TIMEOUT\n"
+    "seconds to finish and be answered, then what still runs is killed and cleaned.\n"
+    "Nothing is reloaded while it runs: a change of configuration needs a restart.\n";
 
 static __attribute__((format(printf, 1, 2), noreturn)) void die(const char *fmt, ...)
 {
@@ -247,6 +253,25 @@ static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
     return 0;
 }
 
+/* SIGTERM: no new connection is accepted and nothing new starts (what waits in the queue is
+ * answered 503), what runs gets until the deadline to finish and be answered; what still runs
+ * then is killed by the caller's pipeline_stop, and its answer gets a moment to go out. */
+static void shut_down_gently(struct http_server *http, struct pipeline *pipeline,
+                             uint64_t timeout_s)
+{
+    uint64_t deadline = monotonic_ns() + timeout_s * 1000000000ull;
+    http_quiesce(http);
+    if (!pipeline_drain(pipeline, deadline)) {
+        fprintf(stderr,
+                "envicutor: work still running after SHUTDOWN_TIMEOUT (%llu s); killing it\n",
+                (unsigned long long)timeout_s);
+        pipeline_stop(pipeline);
+        deadline = monotonic_ns() + 2000000000ull;
+    }
+    if (!http_wait_answered(http, deadline))
+        fprintf(stderr, "envicutor: some answers were not sent before the deadline\n");
+}
+
 int cmd_serve(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
@@ -393,6 +418,7 @@ int cmd_serve(int argc, char **argv)
     fprintf(stderr, "envicutor: listening on port %u (server uid %u, helper pid %d)\n", cfg.port,
             (unsigned)uid, (int)helper);
 
+    bool graceful = false;
     for (;;) {
         int sig;
         if (sigwait(&set, &sig) != 0)
@@ -409,8 +435,11 @@ int cmd_serve(int argc, char **argv)
         }
         fprintf(stderr, "envicutor: %s received, stopping\n", strsignal(sig));
         status = 0;
+        graceful = true;
         break;
     }
+    if (graceful)
+        shut_down_gently(&http, &pipeline, cfg.shutdown_timeout);
     pipeline_stop(&pipeline);
     http_stop(&http);
 out:

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/fileutil.h"
@@ -372,6 +373,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         cs->id = atomic_fetch_add(&s->next_id, 1);
         cs->body_fd = -1;
+        atomic_fetch_add(&s->active, 1);
         cs->t0 = monotonic_ns();
         const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
         if (request_id_valid(given))
@@ -507,9 +509,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode code)
 {
-    (void)cls, (void)conn, (void)code;
+    (void)conn, (void)code;
+    struct http_server *s = cls;
     struct conn_state *cs = *con_cls;
     if (cs) {
+        atomic_fetch_sub(&s->active, 1);
         drop_body(cs);
         exec_job_free(cs->job);
         json_decref(cs->reply.json);
@@ -597,6 +601,26 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
         return ev_fail(err, errno, "start the HTTP server");
     fprintf(stderr, "envicutor: up to %u connections\n", s->max_connections);
     return 0;
+}
+
+void http_quiesce(struct http_server *s)
+{
+    if (!s->daemon)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
+    if (fd != MHD_INVALID_SOCKET && close(fd) < 0)
+        fprintf(stderr, "envicutor: http: close the listening socket: %s\n", strerror(errno));
+}
+
+bool http_wait_answered(struct http_server *s, uint64_t deadline_ns)
+{
+    while (atomic_load(&s->active) > 0) {
+        if (monotonic_ns() >= deadline_ns)
+            return false;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* EINTR only shortens a slice */
+    }
+    return true;
 }
 
 void http_stop(struct http_server *s)

@@ -53,6 +53,12 @@ void pipeline_stop(struct pipeline *p)
     sched_stop(&p->sched);
 }
 
+bool pipeline_drain(struct pipeline *p, uint64_t deadline_ns)
+{
+    sched_stop(&p->sched);
+    return sched_wait_idle(&p->sched, deadline_ns);
+}
+
 void pipeline_destroy(struct pipeline *p)
 {
     sched_destroy(&p->sched);

@@ -42,6 +42,10 @@ void pipeline_set_request_id(const char *request_id);
 
 /* Refuses new work and kills what runs (each request returns PIPE_STOPPING). */
 void pipeline_stop(struct pipeline *p);
+/* The gentle first half of a shutdown: refuses new work and what waits (PIPE_STOPPING), lets
+ * what runs go on, and waits for it until the monotonic clock reaches deadline_ns. Returns
+ * whether nothing runs any more; pipeline_stop then kills what still does. */
+bool pipeline_drain(struct pipeline *p, uint64_t deadline_ns);
 void pipeline_destroy(struct pipeline *p);
 
 enum pipe_status {
