@@ -27,11 +27,8 @@ struct http_server {
     const struct ev_config *cfg;
     const struct auth_keys *auth; /* set before http_start; NULL or empty: no API keys */
     atomic_uint_fast64_t next_id;
-    uint32_t rid_prefix;
-    atomic_uint active;
-        /* requests begun and not yet completed (sent, or dropped) */ /* of the request ids the
-                                                                         server makes
-                                                                         (common/request_id.h) */
+    uint32_t rid_prefix; /* of the request ids the server makes (common/request_id.h) */
+    atomic_uint active;  /* requests begun and not yet completed (sent, or dropped) */
     unsigned max_connections;
 
     /* Granted (or refused, when the server stops) jobs, for the workers. */
