@@ -25,7 +25,7 @@ PROG_SRC := $(wildcard tests/sandbox/progs/*.c)
 PROG_BIN := $(PROG_SRC:tests/sandbox/progs/%.c=$(B)/progs/%)
 
 .PHONY: all asan unit progs test test-unit test-sandbox test-cgroup2 bench format format-check \
-        clean deps fuzz
+        clean deps fuzz install uninstall deb
 
 all: $(B)/envicutor
 
@@ -92,6 +92,34 @@ format:
 
 format-check:
 	clang-format --dry-run --Werror $(FORMAT_FILES)
+
+# Installation (man envicutor): PREFIX and DESTDIR as usual. The unit's ExecStart names the
+# installed binary; SYSTEMD_UNIT_DIR is where systemd looks for units of packages.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+DOCDIR ?= $(DATADIR)/doc/envicutor
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+VERSION := $(shell sed -n 's/^\#define ENVICUTOR_VERSION "\(.*\)"/\1/p' src/cli/version.h)
+DOCS := README.md docs/server.md docs/sandbox.md docs/cgroups.md docs/judge.md docs/nix.md \
+        docs/architecture.md docs/threat-model.md docs/openapi.yaml
+
+install: $(B)/envicutor
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DATADIR)/envicutor/catalog \
+	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	install -m 0755 $(B)/envicutor $(DESTDIR)$(BINDIR)/envicutor
+	install -m 0644 man/envicutor.1 $(DESTDIR)$(MANDIR)/man1/envicutor.1
+	install -m 0644 runtimes/catalog/*.json $(DESTDIR)$(DATADIR)/envicutor/catalog/
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	sed 's|@BINDIR@|$(BINDIR)|g' dist/systemd/envicutor.service.in > \
+	    $(DESTDIR)$(SYSTEMD_UNIT_DIR)/envicutor.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/envicutor.service
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/envicutor $(DESTDIR)$(MANDIR)/man1/envicutor.1 \
+	    $(DESTDIR)$(SYSTEMD_UNIT_DIR)/envicutor.service
+	rm -rf $(DESTDIR)$(DATADIR)/envicutor $(DESTDIR)$(DOCDIR)
 
 deps:
 	./scripts/install-deps

@@ -66,8 +66,8 @@ static const char usage[] =
     "  ENVICUTOR_DATA_DIR [/var/lib/envicutor]  database and runtime store\n"
     "  ENVICUTOR_RUN_DIR [/run/envicutor]       sandbox boxes and locks\n"
     "  ENVICUTOR_USER [envicutor]       unprivileged user of the server (created if missing)\n"
-    "  ENVICUTOR_CATALOG [<binary>/../../runtimes/catalog]  runtime catalog installed on first\n"
-    "                                   start\n"
+    "  ENVICUTOR_CATALOG [<binary>/../runtimes/catalog, else <binary>/../share/envicutor/catalog]\n"
+    "                                   runtime catalog installed on first start\n"
     "\n"
     "Connections are bounded by the descriptor limit, which the server raises to its hard\n"
     "limit at start (`ulimit -Hn`), less a reserve of 256.\n"
@@ -235,8 +235,15 @@ static int catalog_dir(char *buf, size_t size, struct ev_err *err)
     char *slash = strrchr(exe, '/');
     if (slash)
         *slash = '\0';
-    /* build/envicutor (or build-asan/envicutor) in the repository */
+    /* build/envicutor (or build-asan/envicutor) in the repository; else an installed binary,
+     * PREFIX/bin/envicutor, whose catalog `make install` put in PREFIX/share */
     if ((size_t)snprintf(buf, size, "%s/../runtimes/catalog", exe) >= size)
+        return ev_fail(err, 0, "the catalog beside %s: the path is longer than %zu bytes", exe,
+                       size - 1);
+    struct stat st;
+    if (stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+        return 0;
+    if ((size_t)snprintf(buf, size, "%s/../share/envicutor/catalog", exe) >= size)
         return ev_fail(err, 0, "the catalog beside %s: the path is longer than %zu bytes", exe,
                        size - 1);
     return 0;
