@@ -121,6 +121,38 @@ uninstall:
 	    $(DESTDIR)$(SYSTEMD_UNIT_DIR)/envicutor.service
 	rm -rf $(DESTDIR)$(DATADIR)/envicutor $(DESTDIR)$(DOCDIR)
 
+# A Debian package from the tree, with dpkg-deb alone (no debhelper): the files of
+# `make install PREFIX=/usr`, the unit where Debian 12's systemd looks for packages' units,
+# maintainer scripts from dist/debian. Shared library dependencies come from dpkg-shlibdeps;
+# libmicrohttpd is loaded with dlopen (src/http/mhd_loader.c), so it is named by hand.
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_ROOT = $(B)/deb/envicutor_$(VERSION)_$(DEB_ARCH)
+DEB = $(B)/envicutor_$(VERSION)_$(DEB_ARCH).deb
+
+deb: $(DEB)
+
+$(DEB): $(B)/envicutor man/envicutor.1 dist/debian/* dist/systemd/envicutor.service.in \
+        $(wildcard runtimes/catalog/*.json) $(DOCS)
+	rm -rf $(DEB_ROOT)
+	$(MAKE) install DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=/usr SYSTEMD_UNIT_DIR=/lib/systemd/system
+	strip --strip-unneeded --remove-section=.comment --remove-section=.note \
+	    $(DEB_ROOT)/usr/bin/envicutor
+	gzip -9n $(DEB_ROOT)/usr/share/man/man1/envicutor.1
+	install -m 0644 dist/debian/copyright $(DEB_ROOT)/usr/share/doc/envicutor/copyright
+	gzip -9n < dist/debian/changelog > $(DEB_ROOT)/usr/share/doc/envicutor/changelog.gz
+	install -d $(DEB_ROOT)/etc/default $(DEB_ROOT)/DEBIAN
+	install -m 0600 dist/debian/default $(DEB_ROOT)/etc/default/envicutor
+	install -m 0755 dist/debian/postinst dist/debian/prerm dist/debian/postrm $(DEB_ROOT)/DEBIAN/
+	echo /etc/default/envicutor > $(DEB_ROOT)/DEBIAN/conffiles
+	cd $(DEB_ROOT) && find usr -type f -exec md5sum {} + | sort -k2 > DEBIAN/md5sums
+	mkdir -p $(B)/deb/shlibs/debian && echo 'Source: envicutor' > $(B)/deb/shlibs/debian/control
+	shlibs=$$(cd $(B)/deb/shlibs && dpkg-shlibdeps -O $(CURDIR)/$(DEB_ROOT)/usr/bin/envicutor \
+	          | sed 's/^shlibs:Depends=//') && \
+	size=$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1) && \
+	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' -e "s/@SIZE@/$$size/" \
+	    -e "s/@SHLIBDEPS@/$$shlibs/" dist/debian/control.in > $(DEB_ROOT)/DEBIAN/control
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_ROOT) $@
+
 deps:
 	./scripts/install-deps
 
