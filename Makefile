@@ -134,7 +134,7 @@ deb: $(DEB)
 $(DEB): $(B)/envicutor man/envicutor.1 dist/debian/* dist/systemd/envicutor.service.in \
         $(wildcard runtimes/catalog/*.json) $(DOCS)
 	rm -rf $(DEB_ROOT)
-	$(MAKE) install DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=/usr SYSTEMD_UNIT_DIR=/lib/systemd/system
+	$(MAKE) install DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr SYSTEMD_UNIT_DIR=/lib/systemd/system
 	strip --strip-unneeded --remove-section=.comment --remove-section=.note \
 	    $(DEB_ROOT)/usr/bin/envicutor
 	gzip -9n $(DEB_ROOT)/usr/share/man/man1/envicutor.1
@@ -144,9 +144,9 @@ $(DEB): $(B)/envicutor man/envicutor.1 dist/debian/* dist/systemd/envicutor.serv
 	install -m 0600 dist/debian/default $(DEB_ROOT)/etc/default/envicutor
 	install -m 0755 dist/debian/postinst dist/debian/prerm dist/debian/postrm $(DEB_ROOT)/DEBIAN/
 	echo /etc/default/envicutor > $(DEB_ROOT)/DEBIAN/conffiles
-	cd $(DEB_ROOT) && find usr -type f -exec md5sum {} + | sort -k2 > DEBIAN/md5sums
+	cd $(DEB_ROOT) && find usr lib -type f -exec md5sum {} + | sort -k2 > DEBIAN/md5sums
 	mkdir -p $(B)/deb/shlibs/debian && echo 'Source: envicutor' > $(B)/deb/shlibs/debian/control
-	shlibs=$$(cd $(B)/deb/shlibs && dpkg-shlibdeps -O $(CURDIR)/$(DEB_ROOT)/usr/bin/envicutor \
+	shlibs=$$(cd $(B)/deb/shlibs && dpkg-shlibdeps -O $(abspath $(DEB_ROOT))/usr/bin/envicutor \
 	          | sed 's/^shlibs:Depends=//') && \
 	size=$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1) && \
 	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' -e "s/@SIZE@/$$size/" \

@@ -103,3 +103,35 @@ def test_the_unit_passes_systemd_analyze_verify(dest, tmp_path):
     path.write_text(unit.replace("Restart=on-failure", "Restart=sometimes"))
     p = run("systemd-analyze", "verify", str(path), env=env)
     assert "sometimes" in p.stdout + p.stderr
+
+
+def test_make_deb_builds_a_package_of_the_installed_files(tmp_path):
+    if not shutil.which("dpkg-deb") or not shutil.which("dpkg-shlibdeps"):
+        pytest.skip("dpkg-dev is not installed")
+    b = tmp_path / "b"
+    # a build directory of its own, so that this test never races the suite's build/
+    p = run("make", "-C", ROOT, f"B={b}", "deb")
+    assert p.returncode == 0, p.stdout + p.stderr
+    debs = list(b.glob("envicutor_*.deb"))
+    assert len(debs) == 1
+    deb = str(debs[0])
+    fields = run("dpkg-deb", "-f", deb).stdout
+    assert "Package: envicutor\n" in fields
+    depends = re.search(r"^Depends: (.*)$", fields, re.M).group(1)
+    for lib in ["libc6", "libjansson4", "libseccomp2", "libsqlite3-0", "libmicrohttpd12"]:
+        assert lib in depends, depends
+    listing = run("dpkg-deb", "-c", deb).stdout
+    for path in ["./usr/bin/envicutor", "./lib/systemd/system/envicutor.service",
+                 "./usr/share/man/man1/envicutor.1.gz", "./usr/share/envicutor/catalog/bash.json",
+                 "./usr/share/doc/envicutor/copyright", "./etc/default/envicutor"]:
+        assert re.search(rf" {re.escape(path)}$", listing, re.M), path
+    assert re.search(r"^-rw------- root/root .* \./etc/default/envicutor$", listing, re.M)
+    ctrl = tmp_path / "ctrl"
+    assert run("dpkg-deb", "-e", deb, str(ctrl)).returncode == 0
+    assert (ctrl / "conffiles").read_text() == "/etc/default/envicutor\n"
+    for script in ["postinst", "prerm", "postrm"]:
+        assert run("sh", "-n", str(ctrl / script)).returncode == 0
+    # the md5sums name every shipped file but the conffile
+    sums = {l.split()[1] for l in (ctrl / "md5sums").read_text().splitlines()}
+    files = {l.split()[-1][2:] for l in listing.splitlines() if l.startswith("-")}
+    assert sums == files - {"etc/default/envicutor"}
