@@ -15,9 +15,13 @@ cp "$deb" /tmp/
 deb=/tmp/$(basename "$deb")
 
 step "remove the build dependencies: the package must bring what it needs"
-apt-get purge -y -qq $build >/dev/null
+# the libraries only Envicutor needs go too (autoremove alone may keep them: apt counts
+# recommendations), so that only the package's Depends can bring them back
+apt-get purge -y -qq $build libjansson4 libmicrohttpd12 >/dev/null
 apt-get autoremove --purge -y -qq >/dev/null
-! dpkg -s libjansson4 >/dev/null 2>&1 || fail "libjansson4 survived the purge; the test would prove nothing"
+for lib in libjansson4 libmicrohttpd12; do
+    ! dpkg -s "$lib" >/dev/null 2>&1 || fail "$lib survived the purge; the test would prove nothing"
+done
 mv build /tmp/build-tree   # nothing of the tree's build is reachable any more
 
 step "install $deb"
