@@ -68,8 +68,17 @@ apt-get purge -y -qq envicutor >/dev/null
 for f in /usr/bin/envicutor "$unit" /usr/share/envicutor /var/lib/envicutor /etc/default/envicutor; do
     [ ! -e "$f" ] || fail "$f is left after purge"
 done
-left=$(ps -eo uid=,args= | awk '$1 >= 60000 && $1 < 61000 || /envicutor/ && !/awk/') || true
-[ -z "$left" ] || fail "processes left: $left"
-mounts=$(grep -c '/run/envicutor/' /proc/self/mountinfo || true)
+# no procps here: the processes from /proc, by uid (the box range) and by command line
+left=""
+for d in /proc/[0-9]*; do
+    uid=$(awk '/^Uid:/ {print $2}' "$d/status" 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) || continue
+    if [ -n "$uid" ] && { [ "$uid" -ge 60000 ] && [ "$uid" -lt 61000 ] || [[ "$cmd" == *envicutor* ]]; }; then
+        left="$left ${d#/proc/}:$cmd"
+    fi
+done
+[ -z "$left" ] || fail "processes left:$left"
+# box mounts (the locks directory itself is bind-mounted by run-fresh.sh)
+mounts=$(grep -cE '/run/envicutor/(boxes|root)' /proc/self/mountinfo || true)
 [ "$mounts" = 0 ] || fail "$mounts box mounts left"
 echo "tests/package: the package built, installed, served a submission and purged cleanly"
