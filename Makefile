@@ -25,7 +25,7 @@ PROG_SRC := $(wildcard tests/sandbox/progs/*.c)
 PROG_BIN := $(PROG_SRC:tests/sandbox/progs/%.c=$(B)/progs/%)
 
 .PHONY: all asan unit progs test test-unit test-sandbox test-cgroup2 bench format format-check \
-        clean deps fuzz
+        clean deps fuzz install uninstall deb
 
 all: $(B)/envicutor
 
@@ -70,7 +70,7 @@ test-cgroup2: all progs unit
 # libFuzzer targets (clang) for request parsing and the helper's message checks, with ASan and
 # UBSan, into build-fuzz/; fuzz/run-short is the bounded run of the test suite, docs/fuzzing.md
 # describes long campaigns.
-FUZZ_SRC := src/http/request.c src/pipeline/config.c src/pipeline/runtime_store.c \
+FUZZ_SRC := src/http/request.c src/pipeline/checker.c src/pipeline/config.c src/pipeline/runtime_store.c \
             src/privsep/protocol.c $(wildcard src/common/*.c)
 FUZZ_BIN := $(patsubst fuzz/%.c,build-fuzz/%,$(wildcard fuzz/fuzz_*.c))
 
@@ -92,6 +92,66 @@ format:
 
 format-check:
 	clang-format --dry-run --Werror $(FORMAT_FILES)
+
+# Installation (man envicutor): PREFIX and DESTDIR as usual. The unit's ExecStart names the
+# installed binary; SYSTEMD_UNIT_DIR is where systemd looks for units of packages.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+DOCDIR ?= $(DATADIR)/doc/envicutor
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+VERSION := $(shell sed -n 's/^\#define ENVICUTOR_VERSION "\(.*\)"/\1/p' src/cli/version.h)
+DOCS := README.md docs/server.md docs/sandbox.md docs/cgroups.md docs/judge.md docs/nix.md \
+        docs/architecture.md docs/threat-model.md docs/openapi.yaml
+
+install: $(B)/envicutor
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DATADIR)/envicutor/catalog \
+	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	install -m 0755 $(B)/envicutor $(DESTDIR)$(BINDIR)/envicutor
+	install -m 0644 man/envicutor.1 $(DESTDIR)$(MANDIR)/man1/envicutor.1
+	install -m 0644 runtimes/catalog/*.json $(DESTDIR)$(DATADIR)/envicutor/catalog/
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	sed 's|@BINDIR@|$(BINDIR)|g' dist/systemd/envicutor.service.in > \
+	    $(DESTDIR)$(SYSTEMD_UNIT_DIR)/envicutor.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/envicutor.service
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/envicutor $(DESTDIR)$(MANDIR)/man1/envicutor.1 \
+	    $(DESTDIR)$(SYSTEMD_UNIT_DIR)/envicutor.service
+	rm -rf $(DESTDIR)$(DATADIR)/envicutor $(DESTDIR)$(DOCDIR)
+
+# A Debian package from the tree, with dpkg-deb alone (no debhelper): the files of
+# `make install PREFIX=/usr`, the unit where Debian 12's systemd looks for packages' units,
+# maintainer scripts from dist/debian. Shared library dependencies come from dpkg-shlibdeps;
+# libmicrohttpd is loaded with dlopen (src/http/mhd_loader.c), so it is named by hand.
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_ROOT = $(B)/deb/envicutor_$(VERSION)_$(DEB_ARCH)
+DEB = $(B)/envicutor_$(VERSION)_$(DEB_ARCH).deb
+
+deb: $(DEB)
+
+$(DEB): $(B)/envicutor man/envicutor.1 dist/debian/* dist/systemd/envicutor.service.in \
+        $(wildcard runtimes/catalog/*.json) $(DOCS)
+	rm -rf $(DEB_ROOT)
+	$(MAKE) install DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr SYSTEMD_UNIT_DIR=/lib/systemd/system
+	strip --strip-unneeded --remove-section=.comment --remove-section=.note \
+	    $(DEB_ROOT)/usr/bin/envicutor
+	gzip -9n $(DEB_ROOT)/usr/share/man/man1/envicutor.1
+	install -m 0644 dist/debian/copyright $(DEB_ROOT)/usr/share/doc/envicutor/copyright
+	gzip -9n < dist/debian/changelog > $(DEB_ROOT)/usr/share/doc/envicutor/changelog.gz
+	install -d $(DEB_ROOT)/etc/default $(DEB_ROOT)/DEBIAN
+	install -m 0600 dist/debian/default $(DEB_ROOT)/etc/default/envicutor
+	install -m 0755 dist/debian/postinst dist/debian/prerm dist/debian/postrm $(DEB_ROOT)/DEBIAN/
+	echo /etc/default/envicutor > $(DEB_ROOT)/DEBIAN/conffiles
+	cd $(DEB_ROOT) && find usr lib -type f -exec md5sum {} + | sort -k2 > DEBIAN/md5sums
+	mkdir -p $(B)/deb/shlibs/debian && echo 'Source: envicutor' > $(B)/deb/shlibs/debian/control
+	shlibs=$$(cd $(B)/deb/shlibs && dpkg-shlibdeps -O $(abspath $(DEB_ROOT))/usr/bin/envicutor \
+	          | sed 's/^shlibs:Depends=//') && \
+	size=$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1) && \
+	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' -e "s/@SIZE@/$$size/" \
+	    -e "s/@SHLIBDEPS@/$$shlibs/" dist/debian/control.in > $(DEB_ROOT)/DEBIAN/control
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_ROOT) $@
 
 deps:
 	./scripts/install-deps

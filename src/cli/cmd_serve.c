@@ -24,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "common/cleanup.h"
+#include "common/fileutil.h"
 #include "http/auth.h"
 #include "http/mhd_loader.h"
 #include "http/server.h"
@@ -50,6 +51,7 @@ static const char usage[] =
     "  RUN_MEMORY [1000000] RUN_MAX_FILE_SIZE [100000]                         kilobytes\n"
     "  RUN_MAX_OPEN_FILES [64] RUN_MAX_NUMBER_OF_PROCESSES [64]\n"
     "  MAX_CONCURRENT_SUBMISSIONS [8]   submissions running at once\n"
+    "  MAX_TESTS [1000]                 tests of one judge-mode request\n"
     "  MAX_QUEUE_MEMORY [268435456]     body bytes that waiting requests may hold in memory\n"
     "                                   before the next one is answered 503\n"
     "  MAX_QUEUE_SPILLED [4294967296]   body bytes they may hold in files (bodies over 1 MiB)\n"
@@ -71,13 +73,18 @@ static const char usage[] =
     "                                   directory (least recently used out; 0: no cache)\n"
     "  ENVICUTOR_RUN_DIR [/run/envicutor]       sandbox boxes and locks\n"
     "  ENVICUTOR_USER [envicutor]       unprivileged user of the server (created if missing)\n"
-    "  ENVICUTOR_CATALOG [<binary>/../../runtimes/catalog]  runtime catalog installed on first\n"
-    "                                   start\n"
+    "  ENVICUTOR_CATALOG [<binary>/../runtimes/catalog, else <binary>/../share/envicutor/catalog]\n"
+    "                                   runtime catalog installed on first start\n"
     "\n"
     "Connections are bounded by the descriptor limit, which the server raises to its hard\n"
     "limit at start (`ulimit -Hn`), less a reserve of 256.\n"
     "\n"
-    "SIGTERM or SIGINT stop it gracefully: running submissions are killed and cleaned.\n";
+    "  SHUTDOWN_TIMEOUT [30]            seconds running work gets to finish on SIGTERM\n"
+    "\n"
+    "SIGTERM or SIGINT stop it gracefully: no new connection is accepted and nothing new\n"
+    "starts (waiting requests are answered 503); running submissions get SHUTDOWN_TIMEOUT\n"
+    "seconds to finish and be answered, then what still runs is killed and cleaned.\n"
+    "Nothing is reloaded while it runs: a change of configuration needs a restart.\n";
 
 static __attribute__((format(printf, 1, 2), noreturn)) void die(const char *fmt, ...)
 {
@@ -237,8 +244,15 @@ static int catalog_dir(char *buf, size_t size, struct ev_err *err)
     char *slash = strrchr(exe, '/');
     if (slash)
         *slash = '\0';
-    /* build/envicutor (or build-asan/envicutor) in the repository */
+    /* build/envicutor (or build-asan/envicutor) in the repository; else an installed binary,
+     * PREFIX/bin/envicutor, whose catalog `make install` put in PREFIX/share */
     if ((size_t)snprintf(buf, size, "%s/../runtimes/catalog", exe) >= size)
+        return ev_fail(err, 0, "the catalog beside %s: the path is longer than %zu bytes", exe,
+                       size - 1);
+    struct stat st;
+    if (stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+        return 0;
+    if ((size_t)snprintf(buf, size, "%s/../share/envicutor/catalog", exe) >= size)
         return ev_fail(err, 0, "the catalog beside %s: the path is longer than %zu bytes", exe,
                        size - 1);
     return 0;
@@ -253,6 +267,25 @@ static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return ev_fail(err, errno, "no_new_privs");
     return 0;
+}
+
+/* SIGTERM: no new connection is accepted and nothing new starts (what waits in the queue is
+ * answered 503), what runs gets until the deadline to finish and be answered; what still runs
+ * then is killed by the caller's pipeline_stop, and its answer gets a moment to go out. */
+static void shut_down_gently(struct http_server *http, struct pipeline *pipeline,
+                             uint64_t timeout_s)
+{
+    uint64_t deadline = monotonic_ns() + timeout_s * 1000000000ull;
+    http_quiesce(http);
+    if (!pipeline_drain(pipeline, deadline)) {
+        fprintf(stderr,
+                "envicutor: work still running after SHUTDOWN_TIMEOUT (%llu s); killing it\n",
+                (unsigned long long)timeout_s);
+        pipeline_stop(pipeline);
+        deadline = monotonic_ns() + 2000000000ull;
+    }
+    if (!http_wait_answered(http, deadline))
+        fprintf(stderr, "envicutor: some answers were not sent before the deadline\n");
 }
 
 int cmd_serve(int argc, char **argv)
@@ -413,6 +446,7 @@ int cmd_serve(int argc, char **argv)
     fprintf(stderr, "envicutor: listening on port %u (server uid %u, helper pid %d)\n", cfg.port,
             (unsigned)uid, (int)helper);
 
+    bool graceful = false;
     for (;;) {
         int sig;
         if (sigwait(&set, &sig) != 0)
@@ -429,8 +463,11 @@ int cmd_serve(int argc, char **argv)
         }
         fprintf(stderr, "envicutor: %s received, stopping\n", strsignal(sig));
         status = 0;
+        graceful = true;
         break;
     }
+    if (graceful)
+        shut_down_gently(&http, &pipeline, cfg.shutdown_timeout);
     pipeline_stop(&pipeline);
     http_stop(&http);
 out:

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "cli/version.h"
 #include "privsep/helper.h"
 
 static const char usage[] = "Usage: envicutor COMMAND [OPTIONS]\n"
@@ -13,7 +14,8 @@ static const char usage[] = "Usage: envicutor COMMAND [OPTIONS]\n"
                             "  serve     the HTTP server (code execution API)\n"
                             "  sandbox   run one command in a fresh box and print its metrics\n"
                             "\n"
-                            "Run 'envicutor COMMAND --help' for a command's options.\n";
+                            "Run 'envicutor COMMAND --help' for a command's options,\n"
+                            "'envicutor --version' for the version; man envicutor.\n";
 
 /* A box's init is a clone of this process and overwrites, in its copy, the memory that the
  * kernel shows as /proc/1/cmdline and /proc/1/environ (sandbox/run.c, hide_command_line), so
@@ -55,6 +57,10 @@ int main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+        printf("envicutor %s\n", ENVICUTOR_VERSION);
+        return 0;
     }
     if (strcmp(argv[1], "serve") == 0)
         return cmd_serve(argc - 1, argv + 1);

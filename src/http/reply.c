@@ -46,7 +46,7 @@ void reply_message(struct reply *r, int status, const char *fmt, ...)
 void reply_internal(struct reply *r, const struct request *rq, const char *cause)
 {
     char buf[1024];
-    fprintf(stderr, "req %llu: internal error: %s\n", (unsigned long long)rq->id,
+    fprintf(stderr, "req %s: internal error: %s\n", rq->rid ? rq->rid : "-",
             log_safe(cause, buf, sizeof(buf)));
     reply_message(r, 500, "Internal server error");
 }

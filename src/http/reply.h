@@ -16,6 +16,7 @@ struct MHD_Connection;
 
 struct request {
     uint64_t id;
+    const char *rid; /* the request id, as logged and returned in X-Request-Id */
     const char *method, *path;
     const char *rest; /* for a prefix route, the path after the prefix; "" otherwise */
     const char *body; /* "" when the body is in body_fd */
@@ -28,10 +29,12 @@ struct request {
 
 struct reply {
     int status;
-    json_t *json;         /* the body, or NULL with text */
-    const char *text;     /* static text body */
-    bool drop;            /* the client is gone: close without answering */
-    unsigned retry_after; /* seconds, for a Retry-After header; 0: none */
+    json_t *json;             /* the body, or NULL with text */
+    const char *text;         /* static text body */
+    char *owned_text;         /* or a malloc'ed one, freed once sent (GET /metrics) */
+    const char *content_type; /* NULL: application/json, or text/plain for text */
+    bool drop;                /* the client is gone: close without answering */
+    unsigned retry_after;     /* seconds, for a Retry-After header; 0: none */
     /* A body sent from a file (application/octet-stream): the server owns file_fd from the
      * moment the handler returns, and closes it. */
     bool has_file;

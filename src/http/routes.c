@@ -26,6 +26,7 @@ static const struct route routes[] = {
     {"POST", "/files", ROUTE_EXACT, AUTH_EXECUTE, BODY_STORE, RUN_THREAD, route_files_post},
     {"GET", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_get},
     {"DELETE", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_delete},
+    {"GET", "/metrics", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_INLINE, route_metrics},
 };
 
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
@@ -57,4 +58,19 @@ enum auth_role route_role(const char *method, const char *path)
     bool known;
     const struct route *rt = route_find(strcmp(method, "HEAD") == 0 ? "GET" : method, path, &known);
     return rt ? rt->role : AUTH_ADMIN;
+}
+
+size_t route_count(void)
+{
+    return N_ROUTES;
+}
+
+const struct route *route_at(size_t i)
+{
+    return i < N_ROUTES ? &routes[i] : NULL;
+}
+
+size_t route_index(const struct route *rt)
+{
+    return rt ? (size_t)(rt - routes) : N_ROUTES;
 }

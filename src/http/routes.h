@@ -55,6 +55,17 @@ const struct route *route_find(const char *method, const char *path, bool *path_
  * without a route, so a route added without a role is never open. */
 enum auth_role route_role(const char *method, const char *path);
 
+/* The table's entries by index (0 .. route_count() - 1), and the index of an entry; NULL's is
+ * route_count(). For counters kept per route. */
+size_t route_count(void);
+const struct route *route_at(size_t i);
+size_t route_index(const struct route *rt);
+
+/* routes_metrics.c: GET /metrics, and the count of answered requests by route and status that
+ * the server keeps (status 0: the client went away before its answer). */
+route_fn route_metrics;
+void metrics_request(const char *method, const char *path, int status);
+
 /* routes_runtimes.c */
 route_fn route_runtimes_list, route_runtimes_add, route_runtimes_get, route_runtimes_delete;
 /* routes_files.c */

@@ -55,8 +55,8 @@ void route_gc(const struct route_ctx *s, struct request *rq, struct reply *r)
     if (o) {
         r->status = g.ok ? 200 : 500;
         r->json = o;
-        fprintf(stderr, "req %llu: gc: %zu runtime directories and %zu store paths removed\n",
-                (unsigned long long)rq->id, g.dirs_removed, g.n_paths);
+        fprintf(stderr, "req %s: gc: %zu runtime directories and %zu store paths removed\n",
+                rq->rid, g.dirs_removed, g.n_paths);
     } else {
         reply_internal(r, rq, "out of memory answering /gc");
     }

@@ -61,8 +61,8 @@ void route_runtimes_add(const struct route_ctx *s, struct request *rq, struct re
         r->json = output_pair(out, errout);
         if (st == PIPE_OK) {
             char name[300];
-            fprintf(stderr, "req %llu: runtime %lld \"%s\" added\n", (unsigned long long)rq->id,
-                    (long long)rt.id, log_safe(rt.name, name, sizeof(name)));
+            fprintf(stderr, "req %s: runtime %lld \"%s\" added\n", rq->rid, (long long)rt.id,
+                    log_safe(rt.name, name, sizeof(name)));
         }
         break;
     case PIPE_NAME_TAKEN:
@@ -140,8 +140,7 @@ void route_runtimes_delete(const struct route_ctx *s, struct request *rq, struct
     if (st == PIPE_OK) {
         r->status = 200;
         r->json = json_pack("{s:s}", "message", "The runtime was deleted");
-        fprintf(stderr, "req %llu: runtime %lld deleted\n", (unsigned long long)rq->id,
-                (long long)id);
+        fprintf(stderr, "req %s: runtime %lld deleted\n", rq->rid, (long long)id);
     } else if (st == PIPE_NO_RUNTIME) {
         reply_message(r, 404, "Could not find the specified runtime");
     } else {

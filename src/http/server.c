@@ -11,17 +11,21 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/fileutil.h"
 #include "common/logsafe.h"
+#include "common/request_id.h"
 #include "http/reply.h"
 #include "http/routes.h"
 
 /* What a connection accumulates between libmicrohttpd's calls. */
 struct conn_state {
     uint64_t id;
+    char rid[REQUEST_ID_MAX + 1]; /* the request id (X-Request-Id) */
     uint64_t t0;
     char *body;
     size_t len, cap;
@@ -166,10 +170,12 @@ static void *worker_main(void *arg)
             return NULL; /* closing, and nothing left to answer */
         watch_del(s, cs);
         struct route_ctx ctx = route_ctx(s);
+        pipeline_set_request_id(cs->rid);
         if (cs->ticket.granted)
             execute_run(&ctx, cs->job, &cs->rq, &cs->reply);
         else
             reply_pipe_status(&cs->reply, &cs->rq, PIPE_STOPPING, NULL);
+        pipeline_set_request_id(NULL);
         finish_suspended(cs);
     }
 }
@@ -226,8 +232,8 @@ static void queue_execute(struct http_server *s, struct conn_state *cs, struct e
         struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.u64 = cs->id};
         if (epoll_ctl(s->watch_fd, EPOLL_CTL_ADD, cs->rq.fd, &ev) < 0 &&
             (errno != EEXIST || epoll_ctl(s->watch_fd, EPOLL_CTL_MOD, cs->rq.fd, &ev) < 0))
-            fprintf(stderr, "req %llu: cannot watch the client for a hang-up: %s\n",
-                    (unsigned long long)cs->id, strerror(errno));
+            fprintf(stderr, "req %s: cannot watch the client for a hang-up: %s\n", cs->rid,
+                    strerror(errno));
     }
     enum pipe_status st = pipeline_enqueue(s->pipeline, &cs->ticket);
     if (st != PIPE_OK) {
@@ -246,6 +252,7 @@ static void *handler_main(void *arg)
     struct conn_state *cs = arg;
     struct http_server *s = cs->s;
     struct route_ctx ctx = route_ctx(s);
+    pipeline_set_request_id(cs->rid);
     cs->route->fn(&ctx, &cs->rq, &cs->reply);
     pthread_mutex_lock(&s->mu);
     finish_suspended(cs);
@@ -290,7 +297,7 @@ static void run_in_thread(struct http_server *s, struct conn_state *cs)
 
 /* Sends r; a file body's descriptor is the response's from here on (libmicrohttpd closes it,
  * sending it with sendfile), or closed here when no response could be made. */
-static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r)
+static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r, const char *rid)
 {
     struct MHD_Response *resp;
     const char *type;
@@ -308,14 +315,21 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r)
         if (!resp)
             free(text);
         type = "application/json";
+    } else if (r->owned_text) {
+        resp = MHD_create_response_from_buffer(strlen(r->owned_text), r->owned_text,
+                                               MHD_RESPMEM_MUST_COPY);
+        type = "text/plain; charset=utf-8";
     } else {
         const char *t = r->text ? r->text : "";
         resp = MHD_create_response_from_buffer(strlen(t), (void *)t, MHD_RESPMEM_PERSISTENT);
         type = "text/plain; charset=utf-8";
     }
+    if (r->content_type)
+        type = r->content_type;
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(resp, "X-Request-Id", rid);
     if (r->retry_after) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%u", r->retry_after);
@@ -328,29 +342,29 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r)
     return ret;
 }
 
-static void log_request(uint64_t id, const char *method, const char *path, const struct reply *r,
-                        uint64_t t0)
+/* The one line per request: its id, method, path, status and duration. Nothing of a body is
+ * ever logged (a submission's source, input and output stay out of the log). */
+static void log_request(const char *rid, const char *method, const char *path,
+                        const struct reply *r, uint64_t t0)
 {
+    metrics_request(method, path, r->drop ? 0 : r->status);
     double ms = (double)(monotonic_ns() - t0) / 1e6;
     /* libmicrohttpd hands over the path URL-decoded: "%0a" is a newline by now. */
     char mbuf[64], pbuf[600];
     method = log_safe(method, mbuf, sizeof(mbuf));
     path = log_safe(path, pbuf, sizeof(pbuf));
     if (r->drop)
-        fprintf(stderr, "req %llu %s %s aborted by the client %.1fms\n", (unsigned long long)id,
-                method, path, ms);
+        fprintf(stderr, "req %s %s %s aborted by the client %.1fms\n", rid, method, path, ms);
     else
-        fprintf(stderr, "req %llu %s %s %d %.1fms\n", (unsigned long long)id, method, path,
-                r->status, ms);
+        fprintf(stderr, "req %s %s %s %d %.1fms\n", rid, method, path, r->status, ms);
 }
 
 /* Sends r (or closes the connection when the client is gone) and logs the request. */
 static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn,
                               const char *method, const char *url, struct reply *r)
 {
-    if (!r->drop && !r->json && !r->text && !r->has_file) {
-        fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",
-                (unsigned long long)cs->id);
+    if (!r->drop && !r->json && !r->text && !r->owned_text && !r->has_file) {
+        fprintf(stderr, "req %s: internal error: out of memory building the answer\n", cs->rid);
         r->status = 500;
         r->text = "Internal server error";
     }
@@ -358,10 +372,12 @@ static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn
         close(r->file_fd);
         r->has_file = false;
     }
-    enum MHD_Result ret = r->drop ? MHD_NO : send_reply(conn, r);
-    log_request(cs->id, method, url, r, cs->t0);
+    enum MHD_Result ret = r->drop ? MHD_NO : send_reply(conn, r, cs->rid);
+    log_request(cs->rid, method, url, r, cs->t0);
     json_decref(r->json);
     r->json = NULL;
+    free(r->owned_text);
+    r->owned_text = NULL;
     /* The body is no longer needed; the state itself goes in on_completed. */
     drop_body(cs);
     cs->answered = true;
@@ -391,7 +407,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         cs->id = atomic_fetch_add(&s->next_id, 1);
         cs->body_fd = -1;
+        atomic_fetch_add(&s->active, 1);
         cs->t0 = monotonic_ns();
+        const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+        if (request_id_valid(given))
+            snprintf(cs->rid, sizeof(cs->rid), "%s", given);
+        else
+            request_id_make(cs->rid, s->rid_prefix, cs->id);
         *con_cls = cs;
         bool known;
         const struct route *rt = route_find(method, url, &known);
@@ -408,8 +430,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (cs->denied && expect && strcasecmp(expect, "100-continue") == 0) {
             struct reply r = {0};
             reply_message(&r, cs->denied, "%s", cs->denied_msg);
-            enum MHD_Result ret = send_reply(conn, &r);
-            log_request(cs->id, method, url, &r, cs->t0);
+            enum MHD_Result ret = send_reply(conn, &r, cs->rid);
+            log_request(cs->rid, method, url, &r, cs->t0);
             json_decref(r.json);
             return ret;
         }
@@ -420,8 +442,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             cs->too_large = cs->answered = true;
             struct reply r = {0};
             reply_too_large(&r, cs);
-            enum MHD_Result ret = send_reply(conn, &r);
-            log_request(cs->id, method, url, &r, cs->t0);
+            enum MHD_Result ret = send_reply(conn, &r, cs->rid);
+            log_request(cs->rid, method, url, &r, cs->t0);
             json_decref(r.json);
             return ret;
         }
@@ -444,8 +466,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (cs->body_fd < 0 && (cs->to_store || cs->len + n > SPILL_BYTES)) {
             cs->body_fd = cs->to_store ? store_spill_file(s) : spill_file(s->cfg);
             if (cs->body_fd < 0 || (cs->len && write_full(cs->body_fd, cs->body, cs->len) < 0)) {
-                fprintf(stderr, "req %llu: internal error: spill the body to a file: %s\n",
-                        (unsigned long long)cs->id, strerror(errno));
+                fprintf(stderr, "req %s: internal error: spill the body to a file: %s\n", cs->rid,
+                        strerror(errno));
                 return MHD_NO;
             }
             free(cs->body);
@@ -454,8 +476,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (cs->body_fd >= 0) {
             if (write_full(cs->body_fd, upload_data, n) < 0) {
-                fprintf(stderr, "req %llu: internal error: write the body to a file: %s\n",
-                        (unsigned long long)cs->id, strerror(errno));
+                fprintf(stderr, "req %s: internal error: write the body to a file: %s\n", cs->rid,
+                        strerror(errno));
                 return MHD_NO;
             }
             cs->len += n;
@@ -492,6 +514,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         cs->s = s;
         cs->conn = conn;
         cs->rq = (struct request){.id = cs->id,
+                                  .rid = cs->rid,
                                   .method = method,
                                   .path = url,
                                   .rest = "",
@@ -522,9 +545,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode code)
 {
-    (void)cls, (void)conn, (void)code;
+    (void)conn, (void)code;
+    struct http_server *s = cls;
     struct conn_state *cs = *con_cls;
     if (cs) {
+        atomic_fetch_sub(&s->active, 1);
         drop_body(cs);
         exec_job_free(cs->job);
         json_decref(cs->reply.json);
@@ -575,6 +600,9 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
     s->pipeline = p;
     s->cfg = cfg;
     atomic_store(&s->next_id, 1);
+    /* not a secret: only keeps ids from repeating across restarts */
+    if (getrandom(&s->rid_prefix, sizeof(s->rid_prefix), GRND_NONBLOCK) != sizeof(s->rid_prefix))
+        s->rid_prefix = (uint32_t)monotonic_ns() ^ (uint32_t)getpid();
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->watch_fd = epoll_create1(EPOLL_CLOEXEC);
@@ -609,6 +637,26 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
         return ev_fail(err, errno, "start the HTTP server");
     fprintf(stderr, "envicutor: up to %u connections\n", s->max_connections);
     return 0;
+}
+
+void http_quiesce(struct http_server *s)
+{
+    if (!s->daemon)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
+    if (fd != MHD_INVALID_SOCKET && close(fd) < 0)
+        fprintf(stderr, "envicutor: http: close the listening socket: %s\n", strerror(errno));
+}
+
+bool http_wait_answered(struct http_server *s, uint64_t deadline_ns)
+{
+    while (atomic_load(&s->active) > 0) {
+        if (monotonic_ns() >= deadline_ns)
+            return false;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* EINTR only shortens a slice */
+    }
+    return true;
 }
 
 void http_stop(struct http_server *s)

@@ -27,6 +27,8 @@ struct http_server {
     const struct ev_config *cfg;
     const struct auth_keys *auth; /* set before http_start; NULL or empty: no API keys */
     atomic_uint_fast64_t next_id;
+    uint32_t rid_prefix; /* of the request ids the server makes (common/request_id.h) */
+    atomic_uint active;  /* requests begun and not yet completed (sent, or dropped) */
     unsigned max_connections;
 
     /* Granted (or refused, when the server stops) jobs, for the workers. */
@@ -45,6 +47,12 @@ struct http_server {
 
 int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
                const struct ev_config *cfg, struct ev_err *err);
+/* Stops accepting connections: the listening socket is closed, so new ones are refused;
+ * connections already open go on (the pipeline refuses their new submissions once drained). */
+void http_quiesce(struct http_server *s);
+/* Waits until every request begun has been answered and sent (or dropped), or until the
+ * monotonic clock reaches deadline_ns; returns whether all were. */
+bool http_wait_answered(struct http_server *s, uint64_t deadline_ns);
 /* Stops (the pipeline is stopped by the caller first, which refuses every waiting job): answers
  * what waits, waits for the workers and the handlers' threads, then stops libmicrohttpd. */
 void http_stop(struct http_server *s);

@@ -146,7 +146,8 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
         env_count(get, "BOX_MAX_FILES", 16384, 64, 1ull << 31, &cfg->box_max_files, err) < 0 ||
         env_count(get, "CONNECTION_TIMEOUT", 60, 1, 3600, &cfg->connection_timeout, err) < 0 ||
         env_count(get, "COMPILE_CACHE_SIZE", 256ull << 20, 0, 1ull << 44, &cfg->compile_cache_bytes,
-                  err) < 0)
+                  err) < 0 ||
+        env_count(get, "SHUTDOWN_TIMEOUT", 30, 0, 3600, &cfg->shutdown_timeout, err) < 0)
         return -1;
     if (env_string(get, "ENVICUTOR_DATA_DIR", "/var/lib/envicutor", cfg->data_dir,
                    sizeof(cfg->data_dir), true, err) < 0 ||

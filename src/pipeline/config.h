@@ -32,6 +32,7 @@ struct ev_config {
     uint64_t box_max_files;        /* BOX_MAX_FILES */
     uint64_t connection_timeout;   /* CONNECTION_TIMEOUT: seconds a connection may stay silent */
     uint64_t compile_cache_bytes;  /* COMPILE_CACHE_SIZE: 0 disables the compile cache */
+    uint64_t shutdown_timeout;     /* SHUTDOWN_TIMEOUT: seconds running work gets on SIGTERM */
     char data_dir[200];            /* ENVICUTOR_DATA_DIR */
     char user[64];                 /* ENVICUTOR_USER: the unprivileged identity */
 };

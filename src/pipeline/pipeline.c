@@ -8,10 +8,13 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "common/fileutil.h"
 #include "common/path.h"
 #include "pipeline/file_store.h"
 #include "common/sha256.h"
 #include "pipeline/compile_cache.h"
+#include "common/request_id.h"
+#include "pipeline/pipeline_metrics.h"
 #include "pipeline/stages.h"
 
 /* The archive of a project is written under this name, extracted and removed by the extract
@@ -64,10 +67,26 @@ int pipeline_open_cache(struct pipeline *p, struct ev_err *err)
     return p->cache ? 0 : -1;
 }
 
+static _Thread_local char thread_request_id[REQUEST_ID_MAX + 1];
+
+void pipeline_set_request_id(const char *request_id)
+{
+    if (request_id && request_id_valid(request_id))
+        snprintf(thread_request_id, sizeof(thread_request_id), "%s", request_id);
+    else
+        thread_request_id[0] = '\0';
+}
+
 void pipeline_stop(struct pipeline *p)
 {
     atomic_store(&p->stopping, true);
     sched_stop(&p->sched);
+}
+
+bool pipeline_drain(struct pipeline *p, uint64_t deadline_ns)
+{
+    sched_stop(&p->sched);
+    return sched_wait_idle(&p->sched, deadline_ns);
 }
 
 void pipeline_destroy(struct pipeline *p)
@@ -232,9 +251,12 @@ static char *with_newline(const char *text, size_t len, size_t *out_len)
     return s;
 }
 
+/* stage: which stage the run is, for its metrics; STAGE_COUNT for the server's own runs around
+ * a stage (the compile cache's archive runs), which are not counted. */
 static enum pipe_status run_in_box(struct pipeline *p, uint32_t box, const struct program_env *pe,
                                    struct psc_run *run, const struct ps_limits *pl,
-                                   struct abort_ctx *ac, struct sbx_result *res, struct ev_err *err)
+                                   enum stage stage, struct abort_ctx *ac, struct sbx_result *res,
+                                   struct ev_err *err)
 {
     run->runtime = pe->rt ? pe->rt->dir : NULL;
     run->mount_nix = pe->nix;
@@ -244,12 +266,17 @@ static enum pipe_status run_in_box(struct pipeline *p, uint32_t box, const struc
     run->input_newline =
         run->input && run->input_len && ((const char *)run->input)[run->input_len - 1] != '\n';
     run->limits = *pl;
+    /* ac's, when the request's runs go on in threads of their own (an interactor's) */
+    run->request_id = ac->request_id ? ac->request_id : thread_request_id;
     bool aborted;
+    uint64_t t0 = monotonic_ns();
     if (psc_run(p->psc, box, run, should_abort, ac, res, &aborted, err) < 0) {
         if (aborted)
             return atomic_load(&p->stopping) ? PIPE_STOPPING : PIPE_ABORTED;
         return PIPE_INTERNAL;
     }
+    if (stage < STAGE_COUNT)
+        metrics_stage(stage, (monotonic_ns() - t0) / 1000, res->status);
     return PIPE_OK;
 }
 
@@ -258,30 +285,32 @@ enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct progra
                            struct sbx_result *res, struct ev_err *err)
 {
     struct ps_limits pl = to_ps(p, l);
-    return run_in_box(p, box, pe, run, &pl, ac, res, err);
+    return run_in_box(p, box, pe, run, &pl, STAGE_RUN, ac, res, err);
 }
 
 /* One of the server's own fixed scripts, in the plain environment without a runtime. */
 static enum pipe_status run_own_script(struct pipeline *p, uint32_t box, const char *script,
-                                       const struct ps_limits *pl, struct abort_ctx *ac,
-                                       struct sbx_result *res, struct ev_err *err)
+                                       const struct ps_limits *pl, enum stage stage,
+                                       struct abort_ctx *ac, struct sbx_result *res,
+                                       struct ev_err *err)
 {
     char *argv[] = {"bash", "-c", (char *)script, NULL};
     struct psc_run run = {.argv = argv};
     struct program_env plain;
     program_env_init(&plain, NULL);
-    enum pipe_status st = run_in_box(p, box, &plain, &run, pl, ac, res, err);
+    enum pipe_status st = run_in_box(p, box, &plain, &run, pl, stage, ac, res, err);
     program_env_free(&plain);
     return st;
 }
 
 static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const struct program_env *pe,
                                   char *const *argv, const char *input, size_t input_len,
-                                  const struct ev_limits *l, struct abort_ctx *ac,
+                                  const struct ev_limits *l, enum stage stage, struct abort_ctx *ac,
                                   struct sbx_result *res, struct ev_err *err)
 {
     struct psc_run run = {.argv = argv, .input = input, .input_len = input_len};
-    return stage_run(p, box, pe, &run, l, ac, res, err);
+    struct ps_limits pl = to_ps(p, l);
+    return run_in_box(p, box, pe, &run, &pl, stage, ac, res, err);
 }
 
 static bool plain_char(char c)
@@ -378,8 +407,8 @@ static enum pipe_status build_fresh(struct pipeline *p, uint32_t box, const stru
         char *argv[] = {"bash", "-c", (char *)extract_script, NULL};
         struct program_env plain;
         program_env_init(&plain, NULL);
-        st =
-            run_stage(p, box, &plain, argv, NULL, 0, b->compile, ac, &out->res[STAGE_EXTRACT], err);
+        st = run_stage(p, box, &plain, argv, NULL, 0, b->compile, STAGE_EXTRACT, ac,
+                       &out->res[STAGE_EXTRACT], err);
         program_env_free(&plain);
         if (st != PIPE_OK)
             return st;
@@ -397,7 +426,8 @@ static enum pipe_status build_fresh(struct pipeline *p, uint32_t box, const stru
     if (rt->compile_script[0]) {
         struct script_argv sa;
         script_argv_init(&sa, pe->bash, rt->compile_script, "/runtime/compile.sh");
-        st = run_stage(p, box, pe, sa.argv, NULL, 0, b->compile, ac, &out->res[STAGE_COMPILE], err);
+        st = run_stage(p, box, pe, sa.argv, NULL, 0, b->compile, STAGE_COMPILE, ac,
+                       &out->res[STAGE_COMPILE], err);
         script_argv_free(&sa);
         if (st != PIPE_OK)
             return st;
@@ -479,7 +509,8 @@ static enum pipe_status build_from_cache(struct pipeline *p, uint32_t box, const
         }
         struct ps_limits pl = to_ps(p, &p->cfg->compile);
         struct sbx_result res;
-        enum pipe_status st = run_own_script(p, box, cache_restore_script, &pl, ac, &res, err);
+        enum pipe_status st =
+            run_own_script(p, box, cache_restore_script, &pl, STAGE_COUNT, ac, &res, err);
         if (st != PIPE_OK) {
             ccache_entry_free(&e);
             return st;
@@ -531,7 +562,8 @@ static enum pipe_status save_to_cache(struct pipeline *p, uint32_t box, const st
             pl.max_output_bytes = p->cfg->compile_cache_bytes;
         if (pl.max_output_bytes > CACHE_MAX_ARCHIVE)
             pl.max_output_bytes = CACHE_MAX_ARCHIVE;
-        enum pipe_status st = run_own_script(p, box, cache_save_script, &pl, ac, &tar, err);
+        enum pipe_status st =
+            run_own_script(p, box, cache_save_script, &pl, STAGE_COUNT, ac, &tar, err);
         if (st != PIPE_OK)
             return st;
         have_tar = true;
@@ -563,7 +595,10 @@ enum pipe_status stage_build(struct pipeline *p, uint32_t box, const struct prog
         cache_key(p, pe->rt, b, key);
         bool hit;
         st = build_from_cache(p, box, pe->rt, key, ac, out, &hit, built, err);
-        if (st != PIPE_OK || hit)
+        if (st != PIPE_OK)
+            return st;
+        metrics_compile_cache(hit);
+        if (hit)
             return st;
     }
     st = build_fresh(p, box, pe, b, ac, out, built, err);
@@ -621,7 +656,7 @@ enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request 
                                   struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_SUBMISSION, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -656,7 +691,7 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
                                           struct exec_outcome *out, struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, thread_request_id};
     enum pipe_status st;
     /* Deletion is exclusive work: while we hold our turn the runtime cannot go away, but it
      * may have gone while we waited, and a runtime installed since may carry the same id. Its
@@ -675,7 +710,10 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
         return r < 0 ? PIPE_INTERNAL : PIPE_NO_RUNTIME;
     }
     uint32_t box;
-    if (psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err) < 0) {
+    uint64_t t0 = monotonic_ns();
+    int opened = psc_open_box(p->psc, p->cfg->box_disk_kb, p->cfg->box_max_files, &box, err);
+    metrics_box_open((monotonic_ns() - t0) / 1000, opened == 0);
+    if (opened < 0) {
         st = PIPE_INTERNAL;
     } else {
         st = req->judge ? judge_in_box(p, box, req, &ac, out, err)
@@ -687,6 +725,9 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
     sched_done(&p->sched, SCHED_SUBMISSION);
     if (st != PIPE_OK)
         exec_outcome_free(out);
+    else if (out->judge)
+        for (size_t i = 0; i < out->judge->n_tests; i++)
+            metrics_verdict(out->judge->tests[i].verdict);
     return st;
 }
 
@@ -716,8 +757,8 @@ static enum pipe_status setup_runtime(struct pipeline *p, const struct runtime *
     program_env_init(&pe, rt);
     char *argv[] = {"bash", "-c", (char *)setup_script, NULL};
     struct sbx_result res;
-    struct abort_ctx ac = {p, NULL, NULL};
-    enum pipe_status st = run_stage(p, box, &pe, argv, NULL, 0, &l, &ac, &res, err);
+    struct abort_ctx ac = {p, NULL, NULL, NULL};
+    enum pipe_status st = run_stage(p, box, &pe, argv, NULL, 0, &l, STAGE_COUNT, &ac, &res, err);
     program_env_free(&pe);
     struct ev_err cerr;
     if (psc_close_box(p->psc, box, &cerr) < 0)
@@ -782,7 +823,7 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
                                   void *ctx, char **out, char **errout, struct ev_err *err)
 {
     *out = *errout = NULL;
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -821,7 +862,7 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
 enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn abort_fn, void *ctx,
                                  struct ev_err *err)
 {
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -856,7 +897,7 @@ enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, voi
                                  char **errout, struct ev_err *err)
 {
     *out = *errout = NULL;
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -926,7 +967,7 @@ enum pipe_status pipeline_gc(struct pipeline *p, pipe_abort_fn abort_fn, void *c
                              struct gc_outcome *g, struct ev_err *err)
 {
     memset(g, 0, sizeof(*g));
-    struct abort_ctx ac = {p, abort_fn, ctx};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;

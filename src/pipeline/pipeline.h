@@ -40,8 +40,19 @@ void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *
 /* Opens the compile cache under the data directory (nothing when COMPILE_CACHE_SIZE is 0); after
  * store_sweep, whose removals it follows by dropping the groups of runtimes that are gone. */
 int pipeline_open_cache(struct pipeline *p, struct ev_err *err);
+
+/* The request id (common/request_id.h) of what the calling thread asks of the pipeline from
+ * now on, or NULL for none; copied. The HTTP layer sets it in the thread that runs a request,
+ * so that the helper's log lines about its runs carry the id without every entry point of the
+ * pipeline taking one more argument. */
+void pipeline_set_request_id(const char *request_id);
+
 /* Refuses new work and kills what runs (each request returns PIPE_STOPPING). */
 void pipeline_stop(struct pipeline *p);
+/* The gentle first half of a shutdown: refuses new work and what waits (PIPE_STOPPING), lets
+ * what runs go on, and waits for it until the monotonic clock reaches deadline_ns. Returns
+ * whether nothing runs any more; pipeline_stop then kills what still does. */
+bool pipeline_drain(struct pipeline *p, uint64_t deadline_ns);
 void pipeline_destroy(struct pipeline *p);
 
 enum pipe_status {

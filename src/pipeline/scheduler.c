@@ -157,6 +157,19 @@ void sched_done(struct sched *s, enum sched_kind kind)
     pthread_mutex_unlock(&s->mu);
 }
 
+bool sched_wait_idle(struct sched *s, uint64_t deadline_ns)
+{
+    pthread_mutex_lock(&s->mu);
+    bool idle;
+    /* In slices, like sched_acquire: a release does not always signal the condition. */
+    while (!(idle = s->running == 0 && !s->exclusive) && monotonic_ns() < deadline_ns) {
+        struct timespec ts = monotonic_after_ms(10);
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return idle;
+}
+
 void sched_stop(struct sched *s)
 {
     pthread_mutex_lock(&s->mu);

@@ -67,6 +67,9 @@ void sched_release(struct sched *s, enum sched_kind kind); /* a granted one is d
 enum sched_outcome sched_acquire(struct sched *s, enum sched_kind kind, bool (*abort_fn)(void *),
                                  void *ctx);
 void sched_done(struct sched *s, enum sched_kind kind);
+/* Waits until no submission and no exclusive work runs, or until the monotonic clock reaches
+ * deadline_ns; returns whether nothing runs. */
+bool sched_wait_idle(struct sched *s, uint64_t deadline_ns);
 /* Refuses everything from now on and wakes every waiter (which gets SCHED_STOPPING); the
  * waiting job tickets leave the queue, notified with granted false. */
 void sched_stop(struct sched *s);

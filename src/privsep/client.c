@@ -13,6 +13,7 @@
 #include "common/cleanup.h"
 #include "common/fileutil.h"
 #include "common/filename.h"
+#include "common/request_id.h"
 
 struct pending {
     uint64_t id;
@@ -384,6 +385,8 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
         close_fds(fds, n_fds);
         return -1;
     }
+    if (run->request_id && request_id_valid(run->request_id))
+        snprintf(r->request_id, sizeof(r->request_id), "%s", run->request_id);
     size_t head = offsetof(struct ps_request, u) + sizeof(*r), off = head;
     char *base = (char *)req;
     char *const *lists[2] = {run->argv, run->envp};

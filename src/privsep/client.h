@@ -63,7 +63,8 @@ struct psc_run {
     const struct psc_file *files; /* fresh_box only: extra read-only files in this run's /box */
     size_t n_files;
     struct ps_limits limits;
-    bool mount_nix; /* a Nix runtime: /nix read-only */
+    bool mount_nix;         /* a Nix runtime: /nix read-only */
+    const char *request_id; /* NULL or a valid request id, for the helper's log */
 };
 
 /* Runs one stage. Returns 0 with res filled (res may be SBX_XX when the sandbox failed); -1 when

@@ -65,6 +65,24 @@ static void send_reply(struct ps_reply *rep, int fd)
         fprintf(stderr, "envicutor helper: send reply: %s\n", strerror(errno));
 }
 
+/* The request id of the run this thread works on (checked by ps_check_request: empty or
+ * [A-Za-z0-9._-]), for every line logged about it, the sandbox's included (helper_log). */
+static _Thread_local const char *run_request_id;
+
+static const char *run_id(void)
+{
+    return run_request_id && run_request_id[0] ? run_request_id : "-";
+}
+
+static void helper_log(void *ctx, const char *msg)
+{
+    (void)ctx;
+    if (run_request_id)
+        fprintf(stderr, "envicutor helper: req %s: %s\n", run_id(), msg);
+    else
+        fprintf(stderr, "envicutor: %s\n", msg);
+}
+
 static void reply_error(struct ps_reply *rep, const char *msg)
 {
     rep->rc = -1;
@@ -362,9 +380,13 @@ static void do_run(struct ps_request *req, int *fds, int n_fds, struct ps_reply 
         reply_error(rep, err.msg);
         return;
     }
+    run_request_id = req->u.run.request_id;
     struct slot *s = take_slot(req->h.box, rep);
-    if (!s)
+    if (!s) {
+        fprintf(stderr, "envicutor helper: req %s: run refused: %s\n", run_id(), rep->msg);
+        run_request_id = NULL;
         return;
+    }
     const struct ps_run *r = &req->u.run;
     char rt_path[512];
     cleanup_close int in_fd = -1;
@@ -446,6 +468,13 @@ static void do_run(struct ps_request *req, int *fds, int n_fds, struct ps_reply 
         close(in_fd);
         in_fd = -1;
     }
+    /* One line per run, to follow a request through the helper; the program's arguments,
+     * input and output stay out of it. */
+    const char *sname = sbx_status_name(res.status);
+    fprintf(stderr, "envicutor helper: req %s: run in box %u: %s, %.3fs wall, %.3fs cpu%s%s\n",
+            run_id(), req->h.box, sname ? sname : "OK", (double)res.wall_time_us / 1e6,
+            (double)res.cpu_time_us / 1e6, res.status == SBX_XX ? ": " : "",
+            res.status == SBX_XX ? res.message : "");
     int ofd = output_memfd(&res, &err);
     if (ofd < 0) {
         reply_error(rep, err.msg);
@@ -471,9 +500,13 @@ static void do_run(struct ps_request *req, int *fds, int n_fds, struct ps_reply 
         send_reply(rep, ofd);
         close(ofd);
         rep->type = 0; /* sent */
+        run_request_id = NULL;
         return;
     }
 out:
+    fprintf(stderr, "envicutor helper: req %s: run in box %u failed: %s\n", run_id(), req->h.box,
+            rep->msg);
+    run_request_id = NULL;
     sbx_result_free(&res);
     give_slot(s);
 }
@@ -739,7 +772,7 @@ int helper_process_main(int argc, char **argv)
         .run_dir = getenv("ENVICUTOR_RUN_DIR"),
         .netns_ahead = 4,
         .prepared_root_points = points,
-        .log = ev_log_stderr,
+        .log = helper_log,
     };
     struct ev_err err;
     if (sbx_host_init(&host, &hcfg, &err) < 0) {

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include "common/filename.h"
+#include "common/request_id.h"
 
 static int runtime_name_ok(const char *s)
 {
@@ -116,6 +117,9 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
         return ev_fail(err, 0, "run: %u arguments and %u variables", r->argc, r->envc);
     if (memchr(r->runtime, 0, sizeof(r->runtime)) == NULL || !runtime_name_ok(r->runtime))
         return ev_fail(err, 0, "run: bad runtime directory name");
+    if (memchr(r->request_id, 0, sizeof(r->request_id)) == NULL ||
+        (r->request_id[0] && !request_id_valid(r->request_id)))
+        return ev_fail(err, 0, "run: bad request id");
     if (check_limits(&r->limits, err) < 0)
         return -1;
     const char *p = (const char *)req + head, *end = p + r->strings_len;

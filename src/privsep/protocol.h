@@ -20,7 +20,7 @@
 #include "common/error.h"
 #include "common/filename.h"
 
-#define PS_MAGIC 0x45564333u /* "EVC3": bumped with any change of layout */
+#define PS_MAGIC 0x45564334u /* "EVC4": bumped with any change of layout */
 #define PS_MAX_MSG 65536
 #define PS_MAX_ARGS 64
 #define PS_MAX_ENV 256
@@ -29,6 +29,7 @@
 #define PS_MAX_FILES 8 /* extra files of a fresh-box run */
 /* The most descriptors one message carries: a run's stdin and stdout, then its files. */
 #define PS_MAX_FDS (2 + PS_MAX_FILES)
+#define PS_REQUEST_ID_SIZE 72 /* REQUEST_ID_MAX + 1, rounded up to keep the struct unpadded */
 
 /* The "box" of a PS_CANCEL that kills the Nix command running now. */
 #define PS_NIX_BOX UINT32_MAX
@@ -99,6 +100,9 @@ struct ps_run {
     uint32_t flags;       /* PS_RUN_* */
     uint32_t n_files;     /* PS_RUN_FRESH_BOX only: files[0..n_files), one fd each */
     char files[PS_MAX_FILES][PS_NAME_MAX + 1]; /* plain names of the files in /box */
+    /* The HTTP request this run is for, for the helper's log lines about it: empty, or a valid
+     * request id (common/request_id.h), NUL-terminated. */
+    char request_id[PS_REQUEST_ID_SIZE];
 };
 
 #define PS_RUN_MOUNT_NIX 1u /* mount /nix read-only (Nix runtimes) */

@@ -144,7 +144,8 @@ def test_abort_while_waiting_in_queue(small):
 
 
 def test_sigterm_stops_gracefully_with_runs_in_flight():
-    s = Server().start()
+    # no time to finish: what runs is killed at once (test_shutdown.py covers the deadline)
+    s = Server(SHUTDOWN_TIMEOUT=0).start()
     bash = s.runtimes()["Bash"]
     threads, res = in_threads([lambda: s.execute(bash, "trap '' TERM; sleep 100")] * 2)
     time.sleep(0.5)
