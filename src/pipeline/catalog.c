@@ -1,5 +1,6 @@
 #include "pipeline/catalog.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
@@ -322,6 +323,36 @@ void catalog_free(struct catalog_entry *entries, size_t n)
     free(entries);
 }
 
+/* An entry whose own limit is above what this server allows would be installed and then fail
+ * every run (R refuses to start with fewer than about 200 descriptors): it is not installed,
+ * and the log says which setting it needs. */
+static bool fits_server(const struct catalog_entry *e, const struct ev_config *cfg)
+{
+    const struct limit_override *ov[2] = {&e->rt.compile_limits, &e->rt.run_limits};
+    const struct ev_limits *max[2] = {&cfg->compile, &cfg->run};
+    static const char *const stage[2] = {"COMPILE", "RUN"};
+    for (int s = 0; s < 2; s++) {
+        uint64_t v[LIM_COUNT];
+        limits_to_array(max[s], v);
+        for (int i = 0; i < LIM_COUNT; i++) {
+            if (ov[s]->present[i] && ov[s]->value[i] > v[i]) {
+                char upper[40];
+                size_t k = 0;
+                for (; limit_names[i][k] && k < sizeof(upper) - 1; k++)
+                    upper[k] = (char)toupper((unsigned char)limit_names[i][k]);
+                upper[k] = '\0';
+                fprintf(stderr,
+                        "envicutor: catalog: %s skipped (it needs %s_%s of at least %llu; this "
+                        "server allows %llu)\n",
+                        e->rt.name, stage[s], upper, (unsigned long long)ov[s]->value[i],
+                        (unsigned long long)v[i]);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
 int catalog_install(struct pipeline *p, struct catalog_entry *entries, size_t n, struct ev_err *err)
 {
     bool done;
@@ -337,6 +368,8 @@ int catalog_install(struct pipeline *p, struct catalog_entry *entries, size_t n,
                     e->missing);
             continue;
         }
+        if (!fits_server(e, p->cfg))
+            continue;
         char *out = NULL, *errout = NULL;
         enum pipe_status st = pipeline_install(p, &e->rt, NULL, NULL, &out, &errout, err);
         if (st == PIPE_OK) {
