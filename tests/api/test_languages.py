@@ -51,7 +51,8 @@ int main(void)
     puts("survived");
     return 0;
 }"""
-CPP_THREADS = r"""#include <iostream>
+CPP_THREADS = r"""#include <cstdlib>
+#include <iostream>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -64,7 +65,7 @@ int main()
     m.lock();
     for (int i = 0; i < n; i++) {
         try { ts.emplace_back([&m] { std::lock_guard<std::mutex> g(m); }); }
-        catch (const std::system_error &e) { std::cerr << "thread " << i << " failed: " << e.what() << "\n"; return 1; }
+        catch (const std::system_error &e) { std::cerr << "thread " << i << " failed: " << e.what() << std::endl; std::_Exit(1); }
     }
     std::cout << "started " << n << std::endl;
     m.unlock();
@@ -78,7 +79,7 @@ int main()
     for (int i = 0; i < 64; i++) v.emplace_back(64 << 20, 1);
     std::cout << "survived\n";
 }"""
-PY_THREADS = """import sys, threading
+PY_THREADS = """import os, sys, threading
 n = int(sys.stdin.read())
 lock = threading.Lock()
 lock.acquire()
@@ -88,7 +89,11 @@ def wait_for_main():
 ts = []
 for i in range(n):
     t = threading.Thread(target=wait_for_main)
-    t.start()
+    try:
+        t.start()
+    except RuntimeError as e:
+        print("thread", i, "failed:", e, file=sys.stderr, flush=True)
+        os._exit(1)
     ts.append(t)
 print("started", n, flush=True)
 lock.release()
@@ -107,7 +112,7 @@ public class Main {
         List<Thread> ts = new ArrayList<>();
         for (int i = 0; i < n; i++) {
             Thread t = new Thread(() -> { try { go.await(); } catch (InterruptedException e) {} });
-            t.start();
+            try { t.start(); } catch (OutOfMemoryError e) { System.err.println("thread " + i + " failed: " + e); System.exit(1); }
             ts.add(t);
         }
         System.out.println("started " + n);
@@ -127,7 +132,11 @@ KOTLIN_THREADS = """import java.util.concurrent.CountDownLatch
 fun main() {
     val n = readLine()!!.trim().toInt()
     val go = CountDownLatch(1)
-    val ts = (1..n).map { Thread { go.await() }.also { it.start() } }
+    val ts = (1..n).map { i ->
+        Thread { go.await() }.also {
+            try { it.start() } catch (e: OutOfMemoryError) { System.err.println("thread $i failed: $e"); System.exit(1) }
+        }
+    }
     println("started $n")
     go.countDown()
     ts.forEach { it.join() }
@@ -142,7 +151,9 @@ object Main {
   def main(args: Array[String]): Unit = {
     val n = scala.io.StdIn.readLine().trim.toInt
     val go = new CountDownLatch(1)
-    val ts = (1 to n).map { _ => val t = new Thread(new Runnable { def run(): Unit = go.await() }); t.start(); t }
+    val ts = (1 to n).map { _ => val t = new Thread(new Runnable { def run(): Unit = go.await() })
+      try t.start() catch { case e: OutOfMemoryError => System.err.println("failed: " + e); System.exit(1) }
+      t }
     println("started " + n)
     go.countDown()
     ts.foreach(_.join())
@@ -159,30 +170,30 @@ GO_THREADS = """package main
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
-	"syscall"
 )
 
-// A goroutine blocked in read(2) holds an OS thread of its own.
+// A goroutine that locked its OS thread keeps that thread to itself while it waits.
 func main() {
 	var n int
 	fmt.Scan(&n)
-	var p [2]int
-	if err := syscall.Pipe(p[:]); err != nil {
-		panic(err)
-	}
-	var wg sync.WaitGroup
+	var started, done sync.WaitGroup
+	release := make(chan struct{})
 	for i := 0; i < n; i++ {
-		wg.Add(1)
+		started.Add(1)
+		done.Add(1)
 		go func() {
-			defer wg.Done()
-			b := make([]byte, 1)
-			syscall.Read(p[0], b)
+			runtime.LockOSThread()
+			started.Done()
+			<-release
+			done.Done()
 		}()
 	}
+	started.Wait()
 	fmt.Println("started", n)
-	syscall.Write(p[1], make([]byte, n))
-	wg.Wait()
+	close(release)
+	done.Wait()
 }"""
 GO_MEMORY = """package main
 
@@ -226,10 +237,10 @@ RUST_MEMORY = """fn main() {
 }"""
 NODE_PROCESSES = """const { spawn } = require('child_process');
 const n = Number(require('fs').readFileSync(0, 'utf8'));
-const kids = [];
+const kids: any[] = [];
 for (let i = 0; i < n; i++) {
   const k = spawn('cat', [], { stdio: ['pipe', 'ignore', 'ignore'] });
-  k.on('error', (e) => { console.error('process ' + i + ' failed: ' + e.message); process.exit(1); });
+  k.on('error', (e: any) => { console.error('process ' + i + ' failed: ' + e.message); process.exit(1); });
   kids.push(k);
 }
 setImmediate(() => {
@@ -371,7 +382,7 @@ FORTRAN_PROCESSES = """program main
   integer :: n, i, stat
   read (*, *) n
   do i = 1, n
-    call execute_command_line("exec cat >/dev/null", wait=.false., cmdstat=stat)
+    call execute_command_line("exec sleep 600", wait=.false., cmdstat=stat)
     if (stat /= 0) then
       write (0, *) "process", i, "failed"
       error stop 1
@@ -392,7 +403,8 @@ FORTRAN_MEMORY = """program main
   end do
   print '(A)', "survived"
 end program main"""
-D_THREADS = """import core.sync.mutex;
+D_THREADS = """import core.stdc.stdlib : exit;
+import core.sync.mutex;
 import core.thread;
 import std.conv;
 import std.stdio;
@@ -405,7 +417,15 @@ void main()
     m.lock();
     Thread[] ts;
     foreach (i; 0 .. n)
-        ts ~= new Thread({ m.lock(); m.unlock(); }).start();
+    {
+        try
+            ts ~= new Thread({ m.lock(); m.unlock(); }).start();
+        catch (ThreadError e)
+        {
+            stderr.writeln("thread ", i, " failed: ", e.msg);
+            exit(1);
+        }
+    }
     writeln("started ", n);
     stdout.flush();
     m.unlock();
@@ -435,7 +455,7 @@ R_MEMORY = """l <- lapply(1:64, function(i) rep(1, 8 * 1024 * 1024))
 cat("survived", length(l), "\\n")"""
 BASH_PROCESSES = """read -r n
 for ((i = 0; i < n; i++)); do
-    exec {fd}< <(exec cat) || exit 1
+    exec {fd}< <(exec sleep 600) || exit 1
 done
 echo "started $n\""""
 BASH_MEMORY = """s=x
@@ -552,10 +572,13 @@ def test_process_limit(lang_server):
     bad = {}
     for i, e in enumerate(es):
         few, many = rs[2 * i].json(), rs[2 * i + 1].json()
+        if few["run"] is None or many["run"] is None:
+            bad[e["name"]] = few if few["run"] is None else many
+            continue
         # two threads: the program works; three times the limit: it fails, by itself and
         # before its wall time is up
         if few["run"]["exit_status"] is not None or few["run"]["stdout"].split() != ["started", "2"]:
             bad[e["name"] + " (2)"] = few
         if many["run"]["exit_status"] != "RE" or "started" in many["run"]["stdout"]:
             bad[e["name"] + f" ({3 * PROCESS_LIMIT})"] = many["run"]
-    assert not bad, bad
+    assert not bad, "\n".join(f"{k}: {str(v)[:300]}" for k, v in bad.items())
