@@ -237,10 +237,10 @@ RUST_MEMORY = """fn main() {
 }"""
 NODE_PROCESSES = """const { spawn } = require('child_process');
 const n = Number(require('fs').readFileSync(0, 'utf8'));
-const kids: any[] = [];
+const kids = [];
 for (let i = 0; i < n; i++) {
   const k = spawn('cat', [], { stdio: ['pipe', 'ignore', 'ignore'] });
-  k.on('error', (e: any) => { console.error('process ' + i + ' failed: ' + e.message); process.exit(1); });
+  k.on('error', (e) => { console.error('process ' + i + ' failed: ' + e.message); process.exit(1); });
   kids.push(k);
 }
 setImmediate(() => {
@@ -250,7 +250,8 @@ setImmediate(() => {
 NODE_MEMORY = """const l = [];
 for (let i = 0; i < 64; i++) l.push(Buffer.alloc(64 << 20, 1));
 console.log('survived ' + l.length);"""
-TS_DECLARE = "declare function require(name: string): any;\ndeclare const process: any;\ndeclare const Buffer: any;\n"
+TS_DECLARE = ("declare function require(name: string): any;\ndeclare const process: any;\n"
+              "declare const Buffer: any;\ndeclare function setImmediate(f: () => void): void;\n")
 RUBY_THREADS = """n = STDIN.read.to_i
 m = Mutex.new
 m.lock
@@ -403,7 +404,7 @@ FORTRAN_MEMORY = """program main
   end do
   print '(A)', "survived"
 end program main"""
-D_THREADS = """import core.stdc.stdlib : exit;
+D_THREADS = """import core.sys.posix.unistd : _exit;
 import core.sync.mutex;
 import core.thread;
 import std.conv;
@@ -423,7 +424,7 @@ void main()
         catch (ThreadError e)
         {
             stderr.writeln("thread ", i, " failed: ", e.msg);
-            exit(1);
+            _exit(1);
         }
     }
     writeln("started ", n);
@@ -475,7 +476,9 @@ PROGRAMS = {
     "Go": (GO_MEMORY, GO_THREADS),
     "Rust": (RUST_MEMORY, RUST_THREADS),
     "Node.js": (NODE_MEMORY, NODE_PROCESSES),
-    "TypeScript": (TS_DECLARE + NODE_MEMORY, TS_DECLARE + NODE_PROCESSES),
+    "TypeScript": (TS_DECLARE + NODE_MEMORY,
+                   TS_DECLARE + NODE_PROCESSES.replace("const kids = []", "const kids: any[] = []")
+                   .replace("(e) =>", "(e: any) =>")),
     "Ruby": (RUBY_MEMORY, RUBY_THREADS),
     "PHP": (PHP_MEMORY, PHP_PROCESSES),
     "Perl": (PERL_MEMORY, PERL_PROCESSES),

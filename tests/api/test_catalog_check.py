@@ -1,0 +1,56 @@
+"""`envicutor catalog check DIR`: validation names the file and the field; a scratch server
+runs every sample and the exit status tells a mismatch."""
+import json
+import os
+import shutil
+import subprocess
+
+from conftest import BIN, CATALOG
+
+
+def make_dir(tmp_path, changes=None):
+    d = tmp_path / "catalog"
+    d.mkdir()
+    for f in ("bash.json", "python3.json"):
+        shutil.copy(os.path.join(CATALOG, f), d / f)
+    for f, change in (changes or {}).items():
+        e = json.loads((d / f).read_text())
+        change(e)
+        (d / f).write_text(json.dumps(e))
+    return d
+
+
+def check(d):
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    return subprocess.run([BIN, "catalog", "check", str(d)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_good_catalog_passes(tmp_path):
+    r = check(make_dir(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [l.split() for l in r.stdout.splitlines()]
+    assert ["Bash", "bash.json", "ok"] == rows[1][:3]
+    assert ["Python", "3", "python3.json", "ok"] == rows[2][:4]
+
+
+def test_a_wrong_expected_output_fails_naming_the_entry(tmp_path):
+    def wrong(e):
+        e["sample"]["expected_output"] = "not what it prints\n"
+    r = check(make_dir(tmp_path, {"python3.json": wrong}))
+    assert r.returncode == 1
+    assert "wrong output" in r.stdout and "python3.json: expected not what it prints" in r.stdout
+    assert "bash.json              ok" in r.stdout
+
+
+def test_a_malformed_entry_names_file_and_field(tmp_path):
+    def bad_limit(e):
+        e["run_limits"] = {"memory": "a lot"}
+
+    def no_sample_input(e):
+        del e["sample"]["input"]
+    r = check(make_dir(tmp_path, {"bash.json": bad_limit, "python3.json": no_sample_input}))
+    assert r.returncode == 1
+    assert "bash.json: field 'run_limits.memory'" in r.stderr
+    assert "python3.json: field 'sample.input': missing" in r.stderr
+    assert r.stdout == ""  # nothing installed, no server started
