@@ -29,7 +29,7 @@ static int cmp_names(const void *a, const void *b)
 
 /* Every failure below names the file and the field: the one message a catalog's author needs. */
 #define FIELD_FAIL(err, file, field, ...)                                                          \
-    (ev_fail(err, 0, __VA_ARGS__), ev_wrap(err, "%s: field '%s'", file, field))
+    (ev_fail(err, 0, __VA_ARGS__), ev_wrap(err, "%s: field '%s': ", file, field))
 
 /* A string field: required ones must be present (and, with nonempty, not ""); an absent optional
  * one reads as "". */
@@ -127,7 +127,7 @@ static int parse_limits_field(json_t *o, const char *key, const char *file,
         double d = json_is_number(val) ? json_number_value(val) : NAN;
         const char *stage = strcmp(key, "run_limits") == 0 ? "run" : "compile";
         if (limit_check(i, d, 1ull << 40, stage, &ov->value[i], err) < 0)
-            return ev_wrap(err, "%s: field '%s'", file, field);
+            return ev_wrap(err, "%s: field '%s': ", file, field);
         ov->present[i] = true;
     }
     return 0;
