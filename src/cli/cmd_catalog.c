@@ -340,7 +340,7 @@ static int check(const char *dir, const char *server_url)
         catalog_free(entries, n);
         return 1;
     }
-    struct http_target t;
+    struct http_target t = {0};
     struct scratch s = {0};
     struct ev_err err;
     int rc = server_url ? http_parse_url(server_url, &t, &err) : scratch_start(&s, &t, &err);
