@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/filename.h"
 #include "privsep/protocol.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -20,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(req, data + 1, size - 1);
     char *argv[PS_MAX_ARGS + 1], *envp[PS_MAX_ENV + 1];
     struct ev_err err = {0};
-    int rc = ps_check_request(req, size - 1, data[0] % 4, argv, envp, &err);
+    int rc = ps_check_request(req, size - 1, data[0] % (PS_MAX_FDS + 2), argv, envp, &err);
     if (rc < 0 && err.msg[0] == '\0')
         abort(); /* a refusal always says why */
     if (rc == 0 && req->h.type == PS_RUN) {
@@ -34,6 +35,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (total > size)
             abort();
+        /* the descriptors that came are those announced; the files' names are plain */
+        if (ps_run_fd_count(&req->u.run) != data[0] % (PS_MAX_FDS + 2) ||
+            req->u.run.n_files > PS_MAX_FILES)
+            abort();
+        for (uint32_t i = 0; i < req->u.run.n_files; i++)
+            if (!plain_file_name(req->u.run.files[i]))
+                abort();
     }
     free(req);
     return 0;

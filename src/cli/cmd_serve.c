@@ -59,10 +59,16 @@ static const char usage[] =
     "  INSTALLATION_TIMEOUT [120] UPDATE_TIMEOUT [240]                         seconds\n"
     "  MAX_REQUEST_SIZE [67108864]      request body bytes before answering 413\n"
     "  MAX_OUTPUT_SIZE [4194304]        stdout and stderr bytes kept per stage\n"
+    "  MAX_FILE_SIZE_UPLOAD [268435456] bytes of one file uploaded to POST /files (413 above)\n"
+    "  FILE_STORE_SIZE [4294967296]     bytes of all stored files (507 when an upload would\n"
+    "                                   go over; files are kept until deleted)\n"
     "  ADMIN_API_KEYS, EXECUTE_API_KEYS [none]  comma-separated API keys; when set, every\n"
     "                                   route but /health needs one (see the README)\n"
     "  BOX_DISK_SIZE [262144] BOX_MAX_FILES [16384]   size (KB) and files of a submission\n"
-    "  ENVICUTOR_DATA_DIR [/var/lib/envicutor]  database and runtime store\n"
+    "  ENVICUTOR_DATA_DIR [/var/lib/envicutor]  database, runtime store, file store,\n"
+    "                                   compile cache\n"
+    "  COMPILE_CACHE_SIZE [268435456]   bytes of compile results kept under the data\n"
+    "                                   directory (least recently used out; 0: no cache)\n"
     "  ENVICUTOR_RUN_DIR [/run/envicutor]       sandbox boxes and locks\n"
     "  ENVICUTOR_USER [envicutor]       unprivileged user of the server (created if missing)\n"
     "  ENVICUTOR_CATALOG [<binary>/../../runtimes/catalog]  runtime catalog installed on first\n"
@@ -179,7 +185,9 @@ static int prepare_data_dir(const char *dir, uid_t uid, gid_t gid, struct ev_err
     if (fchown(dfd, uid, gid) < 0 || fchmod(dfd, 0700) < 0)
         return ev_fail(err, errno, "ENVICUTOR_DATA_DIR: chown and chmod %s", dir);
     const char *files[] = {"envicutor.db", "envicutor.db-wal", "envicutor.db-shm"};
-    if (hand_over(dfd, dir, "runtimes", true, uid, gid, err) < 0)
+    if (hand_over(dfd, dir, "runtimes", true, uid, gid, err) < 0 ||
+        hand_over(dfd, dir, "files", true, uid, gid, err) < 0 ||
+        hand_over(dfd, dir, "compile-cache", true, uid, gid, err) < 0)
         return -1;
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
         if (hand_over(dfd, dir, files[i], false, uid, gid, err) < 0)
@@ -351,7 +359,7 @@ int cmd_serve(int argc, char **argv)
     struct psc *psc = NULL;
     static struct pipeline pipeline;
     static struct http_server http;
-    bool pipeline_ready = false;
+    bool pipeline_ready = false, files_ready = false;
     if (drop_privileges(uid, gid, &err) < 0) {
         fprintf(stderr, "envicutor serve: %s\n", err.msg);
         goto out;
@@ -371,6 +379,13 @@ int cmd_serve(int argc, char **argv)
     }
     if (swept)
         fprintf(stderr, "envicutor: removed %d unfinished runtime directories\n", swept);
+    static struct file_store files;
+    if (file_store_init(&files, cfg.data_dir, cfg.max_file_upload, cfg.file_store_bytes, &err) <
+        0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
+    files_ready = true;
     psc = psc_start(sv[0], &err);
     if (!psc) {
         fprintf(stderr, "envicutor serve: %s\n", err.msg);
@@ -378,7 +393,12 @@ int cmd_serve(int argc, char **argv)
     }
     sv[0] = -1;
     pipeline_init(&pipeline, &cfg, psc, store);
+    pipeline.files = &files;
     pipeline_ready = true;
+    if (pipeline_open_cache(&pipeline, &err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
     if (catalog_install(&pipeline, catalog, n_catalog, &err) < 0)
         fprintf(stderr, "envicutor: the runtime catalog was not installed: %s\n", err.msg);
     catalog_free(catalog, n_catalog);
@@ -431,6 +451,8 @@ out:
     if (pipeline_ready)
         pipeline_destroy(&pipeline);
     store_close(store);
+    if (files_ready)
+        file_store_close(&files);
     fprintf(stderr, "envicutor: stopped\n");
     return status;
 }

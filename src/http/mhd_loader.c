@@ -28,6 +28,7 @@ static struct {
     enum MHD_Result (*queue_response)(struct MHD_Connection *, unsigned int, struct MHD_Response *);
     struct MHD_Response *(*create_response_from_buffer)(size_t, void *,
                                                         enum MHD_ResponseMemoryMode);
+    struct MHD_Response *(*create_response_from_fd64)(uint64_t, int);
     void (*destroy_response)(struct MHD_Response *);
     enum MHD_Result (*add_response_header)(struct MHD_Response *, const char *, const char *);
     const union MHD_ConnectionInfo *(*get_connection_info)(struct MHD_Connection *,
@@ -59,6 +60,7 @@ static void load(void)
     mhd.lookup_connection_value = symbol("MHD_lookup_connection_value");
     mhd.queue_response = symbol("MHD_queue_response");
     mhd.create_response_from_buffer = symbol("MHD_create_response_from_buffer");
+    mhd.create_response_from_fd64 = symbol("MHD_create_response_from_fd64");
     mhd.destroy_response = symbol("MHD_destroy_response");
     mhd.add_response_header = symbol("MHD_add_response_header");
     mhd.get_connection_info = symbol("MHD_get_connection_info");
@@ -121,6 +123,12 @@ struct MHD_Response *MHD_create_response_from_buffer(size_t size, void *buffer,
 {
     need();
     return mhd.create_response_from_buffer(size, buffer, mode);
+}
+
+struct MHD_Response *MHD_create_response_from_fd64(uint64_t size, int fd)
+{
+    need();
+    return mhd.create_response_from_fd64(size, fd);
 }
 
 void MHD_destroy_response(struct MHD_Response *response)

@@ -20,7 +20,8 @@ struct request {
     const char *rest; /* for a prefix route, the path after the prefix; "" otherwise */
     const char *body; /* "" when the body is in body_fd */
     size_t body_len;
-    int body_fd; /* /execute: a large body, in an unlinked file; -1 otherwise */
+    int body_fd; /* /execute: a large body, in an unlinked file; POST /files: the upload (an
+                  * unnamed file in the file store's directory); -1 otherwise */
     struct MHD_Connection *conn;
     int fd; /* the client's socket, watched for a disconnect */
 };
@@ -31,6 +32,11 @@ struct reply {
     const char *text;     /* static text body */
     bool drop;            /* the client is gone: close without answering */
     unsigned retry_after; /* seconds, for a Retry-After header; 0: none */
+    /* A body sent from a file (application/octet-stream): the server owns file_fd from the
+     * moment the handler returns, and closes it. */
+    bool has_file;
+    int file_fd;
+    uint64_t file_size;
 };
 
 /* Whether the client of rq has gone away (the pipeline's abort hook). */

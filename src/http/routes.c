@@ -10,7 +10,7 @@ static void route_health(const struct route_ctx *ctx, struct request *rq, struct
 }
 
 /* Reading runtimes and executing need an execute key (an admin key may do everything); what
- * changes the server's state needs an admin key. */
+ * changes the server's state needs an admin key. Test files belong to those who execute. */
 static const struct route routes[] = {
     {"GET", "/health", ROUTE_EXACT, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_health},
     {"GET", "/runtimes", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_runtimes_list},
@@ -23,6 +23,9 @@ static const struct route routes[] = {
     {"POST", "/update", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_update},
     {"POST", "/gc", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_gc},
     {"POST", "/execute", ROUTE_EXACT, AUTH_EXECUTE, BODY_FILE, RUN_QUEUED, NULL},
+    {"POST", "/files", ROUTE_EXACT, AUTH_EXECUTE, BODY_STORE, RUN_THREAD, route_files_post},
+    {"GET", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_get},
+    {"DELETE", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_delete},
 };
 
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))

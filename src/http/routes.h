@@ -23,8 +23,11 @@ typedef void route_fn(const struct route_ctx *ctx, struct request *rq, struct re
 enum route_match { ROUTE_EXACT, ROUTE_PREFIX };
 
 /* BODY_FILE: the handler parses a large body from rq->body_fd (see SPILL_BYTES in server.c).
- * BODY_MEMORY: a body that was spilled to a file is read back into rq->body first. */
-enum route_body { BODY_MEMORY, BODY_FILE };
+ * BODY_MEMORY: a body that was spilled to a file is read back into rq->body first.
+ * BODY_STORE: an upload to the file store: bounded by MAX_FILE_SIZE_UPLOAD instead of
+ * MAX_REQUEST_SIZE, and written from its first byte to an unnamed file in the store's
+ * directory (rq->body_fd; -1 only for an empty body), which the store links in. */
+enum route_body { BODY_MEMORY, BODY_FILE, BODY_STORE };
 
 /* Where a handler runs. RUN_INLINE: in libmicrohttpd's thread (quick: a health check, a read
  * of the database). RUN_THREAD: in a thread of its own while the connection is suspended
@@ -54,6 +57,8 @@ enum auth_role route_role(const char *method, const char *path);
 
 /* routes_runtimes.c */
 route_fn route_runtimes_list, route_runtimes_add, route_runtimes_get, route_runtimes_delete;
+/* routes_files.c */
+route_fn route_files_post, route_files_get, route_files_delete;
 /* routes_packages.c */
 route_fn route_update, route_gc;
 /* routes_execute.c: POST /execute in two steps, so that a request waits for its turn without

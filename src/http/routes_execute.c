@@ -42,10 +42,15 @@ static int judge_json(json_t *j, const struct judge_outcome *jo, const struct ex
     if (set_new(j, who, h) < 0)
         return -1;
     static const char *const names[STAGE_COUNT] = {"extract", "compile", "run"};
-    return set_new(h, names[STAGE_COMPILE],
-                   jo->helper_ran[STAGE_COMPILE]
-                       ? stage_result_json(&jo->helper_res[STAGE_COMPILE], base64_output)
-                       : json_null());
+    json_t *c = jo->helper_ran[STAGE_COMPILE]
+                    ? stage_result_json(&jo->helper_res[STAGE_COMPILE], base64_output)
+                    : json_null();
+    if (c && jo->helper_ran[STAGE_COMPILE] &&
+        json_object_set_new(c, "cached", json_boolean(jo->helper_cached)) < 0) {
+        json_decref(c);
+        c = NULL;
+    }
+    return set_new(h, names[STAGE_COMPILE], c);
 }
 
 static json_t *outcome_json(const struct exec_outcome *o, const struct exec_request *req,
@@ -55,6 +60,11 @@ static json_t *outcome_json(const struct exec_outcome *o, const struct exec_requ
     json_t *j = json_object();
     for (int i = 0; j && i < STAGE_COUNT; i++) {
         json_t *v = o->ran[i] ? stage_result_json(&o->res[i], base64_output) : json_null();
+        if (v && i == STAGE_COMPILE && o->ran[i] &&
+            json_object_set_new(v, "cached", json_boolean(o->cached)) < 0) {
+            json_decref(v);
+            v = NULL;
+        }
         if (!v || json_object_set_new(j, names[i], v) < 0) {
             json_decref(j);
             j = NULL;

@@ -25,7 +25,9 @@ struct conn_state {
     uint64_t t0;
     char *body;
     size_t len, cap;
-    int body_fd; /* a body beyond SPILL_BYTES goes to this unlinked file as it arrives */
+    int body_fd;    /* a body beyond SPILL_BYTES goes to this unlinked file as it arrives */
+    uint64_t limit; /* the route's bound on the body: MAX_REQUEST_SIZE, or MAX_FILE_SIZE_UPLOAD */
+    bool to_store; /* BODY_STORE: the body goes to the file store's directory from its first byte */
     bool too_large;
     bool answered; /* a response was queued before the body ended (413) */
     int denied;    /* 401 or 403: answered without routing, the body is dropped */
@@ -58,6 +60,17 @@ static int spill_file(const struct ev_config *cfg)
     return fd;
 }
 
+/* An upload's unnamed file in the file store's directory, which the store then links in under
+ * the file's id, so its bytes are written once. */
+static int store_spill_file(struct http_server *s)
+{
+    struct ev_err err;
+    int fd = file_store_tmpfile(s->pipeline->files, &err);
+    if (fd < 0)
+        fprintf(stderr, "envicutor: http: %s\n", err.msg);
+    return fd;
+}
+
 static void drop_body(struct conn_state *cs)
 {
     free(cs->body);
@@ -82,7 +95,7 @@ static const struct route *route_of(struct conn_state *cs, struct request *rq, s
     }
     if (rt->match == ROUTE_PREFIX)
         rq->rest = rq->path + strlen(rt->path);
-    if (cs->body_fd >= 0 && rt->body != BODY_FILE) {
+    if (cs->body_fd >= 0 && rt->body == BODY_MEMORY) {
         /* Only /execute parses a spilled body from its file; the other routes' bodies are
          * small, and one that was not is read back. */
         cs->body = malloc(cs->len + 1);
@@ -275,11 +288,19 @@ static void run_in_thread(struct http_server *s, struct conn_state *cs)
     }
 }
 
-static enum MHD_Result send_reply(struct MHD_Connection *conn, const struct reply *r)
+/* Sends r; a file body's descriptor is the response's from here on (libmicrohttpd closes it,
+ * sending it with sendfile), or closed here when no response could be made. */
+static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r)
 {
     struct MHD_Response *resp;
     const char *type;
-    if (r->json) {
+    if (r->has_file) {
+        r->has_file = false;
+        resp = MHD_create_response_from_fd64(r->file_size, r->file_fd);
+        if (!resp)
+            close(r->file_fd);
+        type = "application/octet-stream";
+    } else if (r->json) {
         char *text = json_dumps(r->json, JSON_COMPACT | JSON_REAL_PRECISION(15));
         if (!text)
             return MHD_NO;
@@ -327,11 +348,15 @@ static void log_request(uint64_t id, const char *method, const char *path, const
 static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn,
                               const char *method, const char *url, struct reply *r)
 {
-    if (!r->drop && !r->json && !r->text) {
+    if (!r->drop && !r->json && !r->text && !r->has_file) {
         fprintf(stderr, "req %llu: internal error: out of memory building the answer\n",
                 (unsigned long long)cs->id);
         r->status = 500;
         r->text = "Internal server error";
+    }
+    if (r->drop && r->has_file) {
+        close(r->file_fd);
+        r->has_file = false;
     }
     enum MHD_Result ret = r->drop ? MHD_NO : send_reply(conn, r);
     log_request(cs->id, method, url, r, cs->t0);
@@ -341,6 +366,16 @@ static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn
     drop_body(cs);
     cs->answered = true;
     return ret;
+}
+
+static void reply_too_large(struct reply *r, const struct conn_state *cs)
+{
+    if (cs->to_store)
+        reply_message(r, 413, "The file is larger than %llu bytes (MAX_FILE_SIZE_UPLOAD)",
+                      (unsigned long long)cs->limit);
+    else
+        reply_message(r, 413, "The request body is larger than %llu bytes",
+                      (unsigned long long)cs->limit);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -358,6 +393,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         cs->body_fd = -1;
         cs->t0 = monotonic_ns();
         *con_cls = cs;
+        bool known;
+        const struct route *rt = route_find(method, url, &known);
+        cs->to_store = rt && rt->body == BODY_STORE;
+        cs->limit = cs->to_store ? s->cfg->max_file_upload : s->cfg->max_request_bytes;
         /* API keys first, from the headers alone: a refused request's body is never kept. */
         cs->denied = auth_check(s->auth, route_role(method, url),
                                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
@@ -375,13 +414,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return ret;
         }
         (void)expect;
-        if (cl && parse_u64(cl, &n) == 0 && n > s->cfg->max_request_bytes) {
+        if (cl && parse_u64(cl, &n) == 0 && n > cs->limit) {
             /* Answered at once, before a byte of the body is read; libmicrohttpd then closes
              * the connection instead of reading the rest. */
             cs->too_large = cs->answered = true;
             struct reply r = {0};
-            reply_message(&r, 413, "The request body is larger than %llu bytes",
-                          (unsigned long long)s->cfg->max_request_bytes);
+            reply_too_large(&r, cs);
             enum MHD_Result ret = send_reply(conn, &r);
             log_request(cs->id, method, url, &r, cs->t0);
             json_decref(r.json);
@@ -394,7 +432,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_size = 0;
         if (cs->denied || cs->answered)
             return MHD_YES;
-        if (cs->too_large || cs->len + n > s->cfg->max_request_bytes) {
+        if (cs->too_large || cs->len + n > cs->limit) {
             /* A body without a Content-Length (chunked) is cut off at the limit: nothing
              * beyond it is kept, what was kept is freed. libmicrohttpd cannot queue an answer
              * in the middle of a body, so the 413 goes out once the client has sent it all
@@ -403,8 +441,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             drop_body(cs);
             return MHD_YES;
         }
-        if (cs->body_fd < 0 && cs->len + n > SPILL_BYTES) {
-            cs->body_fd = spill_file(s->cfg);
+        if (cs->body_fd < 0 && (cs->to_store || cs->len + n > SPILL_BYTES)) {
+            cs->body_fd = cs->to_store ? store_spill_file(s) : spill_file(s->cfg);
             if (cs->body_fd < 0 || (cs->len && write_full(cs->body_fd, cs->body, cs->len) < 0)) {
                 fprintf(stderr, "req %llu: internal error: spill the body to a file: %s\n",
                         (unsigned long long)cs->id, strerror(errno));
@@ -447,8 +485,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (cs->denied) {
         reply_message(&r, cs->denied, "%s", cs->denied_msg);
     } else if (cs->too_large) {
-        reply_message(&r, 413, "The request body is larger than %llu bytes",
-                      (unsigned long long)s->cfg->max_request_bytes);
+        reply_too_large(&r, cs);
     } else {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);

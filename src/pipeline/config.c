@@ -138,9 +138,15 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
                   err) < 0 ||
         env_count(get, "MAX_OUTPUT_SIZE", 4ull << 20, 0, 1ull << 30, &cfg->max_output_bytes, err) <
             0 ||
+        env_count(get, "MAX_FILE_SIZE_UPLOAD", 256ull << 20, 1, 1ull << 40, &cfg->max_file_upload,
+                  err) < 0 ||
+        env_count(get, "FILE_STORE_SIZE", 4ull << 30, 0, 1ull << 50, &cfg->file_store_bytes, err) <
+            0 ||
         env_count(get, "BOX_DISK_SIZE", 262144, 1024, MAX_KB, &cfg->box_disk_kb, err) < 0 ||
         env_count(get, "BOX_MAX_FILES", 16384, 64, 1ull << 31, &cfg->box_max_files, err) < 0 ||
-        env_count(get, "CONNECTION_TIMEOUT", 60, 1, 3600, &cfg->connection_timeout, err) < 0)
+        env_count(get, "CONNECTION_TIMEOUT", 60, 1, 3600, &cfg->connection_timeout, err) < 0 ||
+        env_count(get, "COMPILE_CACHE_SIZE", 256ull << 20, 0, 1ull << 44, &cfg->compile_cache_bytes,
+                  err) < 0)
         return -1;
     if (env_string(get, "ENVICUTOR_DATA_DIR", "/var/lib/envicutor", cfg->data_dir,
                    sizeof(cfg->data_dir), true, err) < 0 ||

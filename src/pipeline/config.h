@@ -26,9 +26,12 @@ struct ev_config {
     uint64_t update_timeout;       /* seconds */
     uint64_t max_request_bytes;    /* MAX_REQUEST_SIZE: larger bodies get 413 */
     uint64_t max_output_bytes;     /* MAX_OUTPUT_SIZE: per stream and stage */
+    uint64_t max_file_upload;      /* MAX_FILE_SIZE_UPLOAD: bytes of one POST /files */
+    uint64_t file_store_bytes;     /* FILE_STORE_SIZE: bytes of all stored files */
     uint64_t box_disk_kb;          /* BOX_DISK_SIZE: whole submission directory */
     uint64_t box_max_files;        /* BOX_MAX_FILES */
     uint64_t connection_timeout;   /* CONNECTION_TIMEOUT: seconds a connection may stay silent */
+    uint64_t compile_cache_bytes;  /* COMPILE_CACHE_SIZE: 0 disables the compile cache */
     char data_dir[200];            /* ENVICUTOR_DATA_DIR */
     char user[64];                 /* ENVICUTOR_USER: the unprivileged identity */
 };

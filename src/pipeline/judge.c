@@ -4,6 +4,7 @@
  * interactor through two pipes. Checkers and interactors are built once per request in a box
  * of their own and run, like the tests, in fresh runs of it. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +128,7 @@ static enum pipe_status helper_build(struct pipeline *p, const struct judge_prog
         jo->helper_ran[i] = built.ran[i];
         jo->helper_res[i] = built.res[i];
     }
+    jo->helper_cached = built.cached;
     h->argv[0] = h->pe.bash;
     h->argv[1] = "-c";
     h->argv[2] = prog->rt->run_script;
@@ -159,12 +161,31 @@ struct judge_ctx {
     struct helper_box helper;
 };
 
-static void file_of(struct psc_file *f, const char *name, const struct judge_text *t, int fd)
+/* psc_run takes the descriptors it is given and closes them: a run gets a duplicate of a
+ * stored file's descriptor, which serves the test's other runs and the checker too. */
+static int lend(int fd, struct ev_err *err)
+{
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (d < 0)
+        ev_fail(err, errno, "duplicate a stored file's descriptor");
+    return d;
+}
+
+static int file_of(struct psc_file *f, const char *name, const struct judge_text *t, int fd,
+                   struct ev_err *err)
 {
     f->name = name;
-    f->fd = fd > 0 ? fd : 0;
+    f->fd = fd > 0 ? lend(fd, err) : 0;
     f->data = fd > 0 || !t || !t->present ? "" : t->data;
     f->len = fd > 0 || !t || !t->present ? 0 : t->len;
+    return f->fd < 0 ? -1 : 0;
+}
+
+static void close_files(struct psc_file *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (f[i].fd > 0)
+            close(f[i].fd);
 }
 
 static enum pipe_status run_custom_checker(struct judge_ctx *c, const struct judge_test *t,
@@ -172,9 +193,12 @@ static enum pipe_status run_custom_checker(struct judge_ctx *c, const struct jud
                                            struct ev_err *err)
 {
     const struct judge_program *prog = c->jr->custom;
-    struct psc_file files[3];
-    file_of(&files[0], "input", &t->input, in_fd);
-    file_of(&files[1], "expected_output", &t->expected, exp_fd);
+    struct psc_file files[3] = {{0}};
+    if (file_of(&files[0], "input", &t->input, in_fd, err) < 0 ||
+        file_of(&files[1], "expected_output", &t->expected, exp_fd, err) < 0) {
+        close_files(files, 2);
+        return PIPE_INTERNAL;
+    }
     files[2] = (struct psc_file){
         .name = "output", .data = tr->run.out.data ? tr->run.out.data : "", .len = tr->run.out.len};
     struct psc_run run = {.argv = c->helper.argv, .fresh_box = true, .files = files, .n_files = 3};
@@ -240,8 +264,11 @@ static enum pipe_status run_test(struct judge_ctx *c, const struct judge_test *t
     struct psc_run run = {.argv = c->argv,
                           .fresh_box = true,
                           .input = t->input.present && !t->input.file_id ? t->input.data : "",
-                          .input_len = t->input.present && !t->input.file_id ? t->input.len : 0,
-                          .input_fd = in_fd};
+                          .input_len = t->input.present && !t->input.file_id ? t->input.len : 0};
+    if (in_fd >= 0 && (run.input_fd = lend(in_fd, err)) < 0) {
+        st = PIPE_INTERNAL;
+        goto out;
+    }
     st = stage_run(c->p, c->box, &c->pe, &run, &c->req->run, c->ac, &tr->run, err);
     if (st != PIPE_OK)
         goto out;
@@ -260,9 +287,9 @@ out:
 /* ---- one test against an interactor --------------------------------------------------------- */
 
 /* The interactor runs in a thread of its own while this one runs the program: each psc_run
- * waits for its run to end. Each thread closes the pipe ends it handed over as soon as its run
- * is over, so that the other side sees the end of its input, or EPIPE, and is never left
- * waiting on a peer that is gone. */
+ * waits for its run to end. Neither the server nor the helper keeps a copy of a pipe end once
+ * it is in its box, so when one side is gone the other sees the end of its input, or EPIPE,
+ * and is never left waiting on a peer that is gone. */
 struct peer_run {
     struct judge_ctx *c;
     struct psc_run run;
@@ -277,8 +304,6 @@ static void *interactor_thread(void *arg)
     struct judge_ctx *c = pr->c;
     pr->st = stage_run(c->p, c->helper.box, &c->helper.pe, &pr->run, &c->jr->interactor->run, c->ac,
                        &pr->res, &pr->err);
-    close(pr->run.input_fd);
-    close(pr->run.output_fd);
     return NULL;
 }
 
@@ -311,9 +336,14 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
         close(to_peer[1]);
         goto fail;
     }
-    struct psc_file files[2];
-    file_of(&files[0], "input", &t->input, in_fd);
-    file_of(&files[1], "expected_output", &t->expected, exp_fd);
+    struct psc_file files[2] = {{0}};
+    if (file_of(&files[0], "input", &t->input, in_fd, err) < 0 ||
+        file_of(&files[1], "expected_output", &t->expected, exp_fd, err) < 0) {
+        close_files(files, 2);
+        for (int i = 0; i < 2; i++)
+            close(to_peer[i]), close(to_prog[i]);
+        goto fail;
+    }
     struct peer_run peer = {.c = c,
                             .run = {.argv = c->helper.argv,
                                     .fresh_box = true,
@@ -326,14 +356,16 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
     if (e) {
         for (int i = 0; i < 2; i++)
             close(to_peer[i]), close(to_prog[i]);
+        close_files(files, 2);
         ev_fail(err, e, "start the interactor's thread");
         goto fail;
     }
     struct psc_run run = {
         .argv = c->argv, .fresh_box = true, .input_fd = to_prog[0], .output_fd = to_peer[1]};
+    /* each psc_run closes the ends it hands over once they are sent: when one side's run is
+     * over, the helper holds no copy of its ends either, and the other side sees the end of
+     * its input or EPIPE */
     enum pipe_status st = stage_run(c->p, c->box, &c->pe, &run, &c->req->run, c->ac, &tr->run, err);
-    close(to_prog[0]);
-    close(to_peer[1]);
     pthread_join(th, NULL);
     if (in_fd >= 0)
         close(in_fd);
@@ -350,18 +382,20 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
         return st;
     }
     tr->ran = true;
-    /* The interactor decides, except where the program's own run says more: a program that
-     * broke the protocol is judged by the interactor's answer, whatever happened to it after
-     * (killed by SIGPIPE, an end of input it did not expect). */
+    /* The program's own limits first (the interactor's answer to a program that ran out of
+     * time or memory is only a consequence); then the interactor's WA or PE: a program that
+     * broke the protocol is judged by the interactor, whatever happened to it after (killed by
+     * SIGPIPE, an end of input it did not expect); then an interactor that failed (the test
+     * cannot be judged, whatever the program did after); then the program's crash. */
     enum verdict iv = verdict_of_checker(&peer.res), pv = verdict_of_run(&tr->run);
     if (pv == VERDICT_XX || peer.res.status == SBX_XX)
         tr->verdict = VERDICT_XX;
-    else if (iv == VERDICT_WA || iv == VERDICT_PE)
-        tr->verdict = iv;
-    else if (pv != VERDICT_AC)
+    else if (pv == VERDICT_TLE || pv == VERDICT_MLE)
         tr->verdict = pv;
-    else
+    else if (iv != VERDICT_AC)
         tr->verdict = iv;
+    else
+        tr->verdict = pv;
     tr->message = first_line(&peer.res.err);
     if (tr->verdict == VERDICT_CF && !tr->message)
         tr->message = checker_failure("interactor", &peer.res);
@@ -378,6 +412,28 @@ fail:
 }
 
 /* ---- the request ---------------------------------------------------------------------------- */
+
+#define JUDGE_OUTPUT_FACTOR 8
+
+static void drop_output(struct sbx_output *o)
+{
+    if (!o->len)
+        return;
+    o->len = 0;
+    o->data[0] = '\0';
+    o->truncated = true;
+}
+
+static void keep_within(struct sbx_result *r, uint64_t *kept, uint64_t budget)
+{
+    uint64_t n = r->out.len + r->err.len;
+    if (*kept + n <= budget) {
+        *kept += n;
+        return;
+    }
+    drop_output(&r->out);
+    drop_output(&r->err);
+}
 
 enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exec_request *req,
                               struct abort_ctx *ac, struct exec_outcome *out, struct ev_err *err)
@@ -412,6 +468,10 @@ enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exe
         goto done;
     bool failed = false;
     jo->verdict = VERDICT_AC;
+    /* Each test's output is kept for the answer, up to MAX_OUTPUT_SIZE per stream as in any
+     * run; past JUDGE_OUTPUT_FACTOR times that in all, a test's output is dropped once it is
+     * judged (and marked truncated), so that a thousand tests cannot hold gigabytes. */
+    uint64_t kept = 0, budget = (uint64_t)JUDGE_OUTPUT_FACTOR * p->cfg->max_output_bytes;
     for (size_t i = 0; i < jr->n_tests && st == PIPE_OK; i++) {
         struct judge_test_result *tr = &jo->tests[i];
         if (failed && jr->stop_on_first_failure)
@@ -423,6 +483,8 @@ enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exe
             failed = true;
             jo->verdict = tr->verdict;
         }
+        if (tr->ran)
+            keep_within(&tr->run, &kept, budget);
     }
 done:
     helper_close(p, &c.helper);

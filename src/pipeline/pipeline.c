@@ -1,6 +1,7 @@
 #include "pipeline/pipeline.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,9 @@
 
 #include "common/cleanup.h"
 #include "common/path.h"
+#include "pipeline/file_store.h"
+#include "common/sha256.h"
+#include "pipeline/compile_cache.h"
 #include "pipeline/stages.h"
 
 /* The archive of a project is written under this name, extracted and removed by the extract
@@ -19,6 +23,21 @@ static const char extract_script[] =
     "unzip -qq -o /box/" ARCHIVE_NAME " -d /box; s=$?; rm -f /box/" ARCHIVE_NAME "; "
     "if [ $s -eq 1 ]; then s=0; fi; exit $s";
 
+/* The compile cache keeps the box's files after a compile as a tar archive. Both ends run in
+ * the box, as its user, under the sandbox's limits: the server never reads the archive's
+ * structure, and the helper never parses an archive as root. The save writes the archive to
+ * stdout (in name order, so that identical boxes give identical archives); the restore leaves
+ * the existing /box's owner and mode alone (--no-overwrite-dir), the box user not owning it. */
+#define CACHE_ARCHIVE ".envicutor-cache.tar"
+/* The archive passes through the helper's memory and the server's, as a stage's output does:
+ * a box whose archive is larger than this is not kept, so that a submission never holds much
+ * more memory than its outputs may take. */
+#define CACHE_MAX_ARCHIVE (64ull << 20)
+static const char cache_save_script[] = "tar --sort=name --numeric-owner -C /box -cf - .";
+static const char cache_restore_script[] =
+    "tar -xpf /box/" CACHE_ARCHIVE " -C /box --no-overwrite-dir; s=$?; rm -f /box/" CACHE_ARCHIVE
+    "; exit $s";
+
 /* The set-up of a host runtime: its scripts must at least be valid bash. */
 static const char setup_script[] = "bash -n /runtime/compile.sh && bash -n /runtime/run.sh && "
                                    "echo 'scripts checked: bash syntax ok'";
@@ -29,9 +48,20 @@ void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *
     p->cfg = cfg;
     p->psc = psc;
     p->store = store;
+    p->files = NULL;
+    p->cache = NULL;
     struct sched_bounds b = {cfg->max_queue, cfg->max_queue_memory, cfg->max_queue_spilled};
     sched_init(&p->sched, cfg->max_concurrent, &b);
     atomic_store(&p->stopping, false);
+}
+
+int pipeline_open_cache(struct pipeline *p, struct ev_err *err)
+{
+    if (!p->cfg->compile_cache_bytes)
+        return 0;
+    p->cache = ccache_open(p->cfg->data_dir, store_runtimes_dir(p->store),
+                           p->cfg->compile_cache_bytes, err);
+    return p->cache ? 0 : -1;
 }
 
 void pipeline_stop(struct pipeline *p)
@@ -43,6 +73,8 @@ void pipeline_stop(struct pipeline *p)
 void pipeline_destroy(struct pipeline *p)
 {
     sched_destroy(&p->sched);
+    ccache_close(p->cache);
+    p->cache = NULL;
 }
 
 void exec_outcome_free(struct exec_outcome *o)
@@ -56,16 +88,26 @@ void exec_outcome_free(struct exec_outcome *o)
 
 int pipeline_file_exists(struct pipeline *p, const char *id, bool *found, struct ev_err *err)
 {
-    (void)p, (void)id, (void)err;
+    int fd = -1;
     *found = false;
+    if (!p->files)
+        return 0;
+    if (file_store_open(p->files, id, &fd, NULL, found, err) < 0)
+        return -1;
+    if (fd >= 0)
+        close(fd);
     return 0;
 }
 
 int stage_open_file(struct pipeline *p, const char *id, int *fd, struct ev_err *err)
 {
-    (void)p;
+    bool found = false;
     *fd = -1;
-    return ev_fail(err, ENOENT, "File with id: %s does not exist", id);
+    if (p->files && file_store_open(p->files, id, fd, NULL, &found, err) < 0)
+        return -1;
+    if (!found)
+        return ev_fail(err, ENOENT, "File with id: %.80s does not exist", id);
+    return 0;
 }
 
 /* A Nix command is given up when the server stops (its helper then kills it at once). */
@@ -190,9 +232,9 @@ static char *with_newline(const char *text, size_t len, size_t *out_len)
     return s;
 }
 
-enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct program_env *pe,
-                           struct psc_run *run, const struct ev_limits *l, struct abort_ctx *ac,
-                           struct sbx_result *res, struct ev_err *err)
+static enum pipe_status run_in_box(struct pipeline *p, uint32_t box, const struct program_env *pe,
+                                   struct psc_run *run, const struct ps_limits *pl,
+                                   struct abort_ctx *ac, struct sbx_result *res, struct ev_err *err)
 {
     run->runtime = pe->rt ? pe->rt->dir : NULL;
     run->mount_nix = pe->nix;
@@ -201,7 +243,7 @@ enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct progra
      * fills the memfd, so a large input is not copied */
     run->input_newline =
         run->input && run->input_len && ((const char *)run->input)[run->input_len - 1] != '\n';
-    run->limits = to_ps(p, l);
+    run->limits = *pl;
     bool aborted;
     if (psc_run(p->psc, box, run, should_abort, ac, res, &aborted, err) < 0) {
         if (aborted)
@@ -209,6 +251,28 @@ enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct progra
         return PIPE_INTERNAL;
     }
     return PIPE_OK;
+}
+
+enum pipe_status stage_run(struct pipeline *p, uint32_t box, const struct program_env *pe,
+                           struct psc_run *run, const struct ev_limits *l, struct abort_ctx *ac,
+                           struct sbx_result *res, struct ev_err *err)
+{
+    struct ps_limits pl = to_ps(p, l);
+    return run_in_box(p, box, pe, run, &pl, ac, res, err);
+}
+
+/* One of the server's own fixed scripts, in the plain environment without a runtime. */
+static enum pipe_status run_own_script(struct pipeline *p, uint32_t box, const char *script,
+                                       const struct ps_limits *pl, struct abort_ctx *ac,
+                                       struct sbx_result *res, struct ev_err *err)
+{
+    char *argv[] = {"bash", "-c", (char *)script, NULL};
+    struct psc_run run = {.argv = argv};
+    struct program_env plain;
+    program_env_init(&plain, NULL);
+    enum pipe_status st = run_in_box(p, box, &plain, &run, pl, ac, res, err);
+    program_env_free(&plain);
+    return st;
 }
 
 static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const struct program_env *pe,
@@ -238,9 +302,9 @@ void program_env_free(struct program_env *pe)
     pe->nix_path = NULL;
 }
 
-enum pipe_status stage_build(struct pipeline *p, uint32_t box, const struct program_env *pe,
-                             const struct build_request *b, struct abort_ctx *ac,
-                             struct exec_outcome *out, bool *built, struct ev_err *err)
+static enum pipe_status build_fresh(struct pipeline *p, uint32_t box, const struct program_env *pe,
+                                    const struct build_request *b, struct abort_ctx *ac,
+                                    struct exec_outcome *out, bool *built, struct ev_err *err)
 {
     const struct runtime *rt = pe->rt;
     enum pipe_status st;
@@ -280,6 +344,169 @@ enum pipe_status stage_build(struct pipeline *p, uint32_t box, const struct prog
     return PIPE_OK;
 }
 
+/* ---- the compile cache (see compile_cache.h for the storage) */
+
+static void key_field(struct sha256 *c, const void *data, size_t len)
+{
+    uint64_t n = len;
+    sha256_update(c, &n, sizeof(n));
+    if (len)
+        sha256_update(c, data, len);
+}
+
+static void key_string(struct sha256 *c, const char *s)
+{
+    key_field(c, s ? s : "", s ? strlen(s) : 0);
+}
+
+/* Everything that can change what a compile leaves: the runtime's installation (its directory
+ * name is drawn afresh for every one, and its definition is hashed as well), the program, the
+ * request's compile limits, and the server settings that bound a stage's output and box. */
+static void cache_key(const struct pipeline *p, const struct runtime *rt,
+                      const struct build_request *b, char key[CCACHE_KEY_LEN + 1])
+{
+    struct sha256 c;
+    sha256_init(&c);
+    key_string(&c, "envicutor compile cache 1");
+    key_string(&c, rt->dir);
+    key_string(&c, rt->provider);
+    key_string(&c, rt->source_file_name);
+    key_string(&c, rt->compile_script);
+    key_string(&c, rt->nix_shell);
+    key_field(&c, rt->env, rt->env ? rt->env_len : 0);
+    unsigned char project = b->is_project;
+    key_field(&c, &project, 1);
+    key_field(&c, b->source, b->source_len);
+    uint64_t v[LIM_COUNT + 3];
+    limits_to_array(b->compile, v);
+    v[LIM_COUNT] = p->cfg->max_output_bytes;
+    v[LIM_COUNT + 1] = p->cfg->box_disk_kb;
+    v[LIM_COUNT + 2] = p->cfg->box_max_files;
+    key_field(&c, v, sizeof(v));
+    unsigned char d[SHA256_LEN];
+    sha256_final(&c, d);
+    sha256_hex(d, key);
+}
+
+/* A hit: the box gets the files, out the results of the compile that made the entry. *hit false
+ * when there is no usable entry; then the caller compiles. An archive the box failed to unpack
+ * (it was checked against its digest, so it is what an identical compile left) only means a
+ * miss: the compile that follows writes the same files over whatever was unpacked. */
+static enum pipe_status build_from_cache(struct pipeline *p, uint32_t box, const struct runtime *rt,
+                                         const char *key, struct abort_ctx *ac,
+                                         struct exec_outcome *out, bool *hit, bool *built,
+                                         struct ev_err *err)
+{
+    *hit = false;
+    struct ccache_entry e;
+    bool found;
+    struct ev_err cerr;
+    if (ccache_get(p->cache, rt->dir, key, &e, &found, &cerr) < 0) {
+        fprintf(stderr, "envicutor: %s\n", cerr.msg);
+        return PIPE_OK;
+    }
+    if (!found)
+        return PIPE_OK;
+    if (e.compile.status == SBX_OK) {
+        if (psc_write_file(p->psc, box, CACHE_ARCHIVE, 0644, e.archive, e.archive_len, err) < 0) {
+            ccache_entry_free(&e);
+            return PIPE_INTERNAL;
+        }
+        struct ps_limits pl = to_ps(p, &p->cfg->compile);
+        struct sbx_result res;
+        enum pipe_status st = run_own_script(p, box, cache_restore_script, &pl, ac, &res, err);
+        if (st != PIPE_OK) {
+            ccache_entry_free(&e);
+            return st;
+        }
+        bool restored = res.status == SBX_OK;
+        if (!restored)
+            fprintf(stderr, "envicutor: compile cache: unpacking %s/%s failed (%s): compiling\n",
+                    rt->dir, key, res.err.len ? res.err.data : res.message);
+        sbx_result_free(&res);
+        if (!restored) {
+            ccache_entry_free(&e);
+            return PIPE_OK;
+        }
+    }
+    if (e.has_extract) {
+        out->res[STAGE_EXTRACT] = e.extract;
+        out->ran[STAGE_EXTRACT] = true;
+    }
+    out->res[STAGE_COMPILE] = e.compile;
+    out->ran[STAGE_COMPILE] = true;
+    out->cached = true;
+    *built = e.compile.status == SBX_OK;
+    *hit = true;
+    free(e.archive);
+    return PIPE_OK;
+}
+
+/* After a compile that ran to an exit (OK, or RE: a compile error is an answer worth keeping;
+ * not a time limit, a signal, a memory limit or a failure of the sandbox), stores its results
+ * and, when it succeeded, the box's files. A box whose archive does not fit the output bound
+ * is not stored. */
+static enum pipe_status save_to_cache(struct pipeline *p, uint32_t box, const struct runtime *rt,
+                                      const char *key, struct abort_ctx *ac,
+                                      const struct exec_outcome *out, struct ev_err *err)
+{
+    const struct sbx_result *c = &out->res[STAGE_COMPILE];
+    if ((c->status != SBX_OK && c->status != SBX_RE) || c->memory_limit_exceeded)
+        return PIPE_OK;
+    struct ccache_entry e = {.has_extract = out->ran[STAGE_EXTRACT], .compile = *c};
+    if (e.has_extract)
+        e.extract = out->res[STAGE_EXTRACT];
+    struct sbx_result tar;
+    bool have_tar = false;
+    if (c->status == SBX_OK) {
+        struct ps_limits pl = to_ps(p, &p->cfg->compile);
+        /* the whole box and tar's headers, but never more than the cache could keep */
+        pl.max_output_bytes = p->cfg->box_disk_kb * 1024 + (4u << 20);
+        if (pl.max_output_bytes > p->cfg->compile_cache_bytes)
+            pl.max_output_bytes = p->cfg->compile_cache_bytes;
+        if (pl.max_output_bytes > CACHE_MAX_ARCHIVE)
+            pl.max_output_bytes = CACHE_MAX_ARCHIVE;
+        enum pipe_status st = run_own_script(p, box, cache_save_script, &pl, ac, &tar, err);
+        if (st != PIPE_OK)
+            return st;
+        have_tar = true;
+        if (tar.status != SBX_OK || tar.out.truncated) {
+            sbx_result_free(&tar);
+            return PIPE_OK;
+        }
+        e.archive = tar.out.data;
+        e.archive_len = tar.out.len;
+    }
+    struct ev_err cerr;
+    if (ccache_put(p->cache, rt->dir, key, &e, &cerr) < 0)
+        fprintf(stderr, "envicutor: %s\n", cerr.msg);
+    if (have_tar)
+        sbx_result_free(&tar);
+    return PIPE_OK;
+}
+
+enum pipe_status stage_build(struct pipeline *p, uint32_t box, const struct program_env *pe,
+                             const struct build_request *b, struct abort_ctx *ac,
+                             struct exec_outcome *out, bool *built, struct ev_err *err)
+{
+    *built = false;
+    /* a runtime without a compile script has nothing worth keeping */
+    bool cacheable = p->cache && pe->rt && pe->rt->compile_script[0];
+    char key[CCACHE_KEY_LEN + 1];
+    enum pipe_status st;
+    if (cacheable) {
+        cache_key(p, pe->rt, b, key);
+        bool hit;
+        st = build_from_cache(p, box, pe->rt, key, ac, out, &hit, built, err);
+        if (st != PIPE_OK || hit)
+            return st;
+    }
+    st = build_fresh(p, box, pe, b, ac, out, built, err);
+    if (st == PIPE_OK && cacheable && out->ran[STAGE_COMPILE])
+        st = save_to_cache(p, box, pe->rt, key, ac, out, err);
+    return st;
+}
+
 static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const struct runtime *rt,
                                        const struct exec_request *req, struct abort_ctx *ac,
                                        struct exec_outcome *out, struct ev_err *err)
@@ -294,14 +521,13 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
         struct psc_run run = {.argv = argv,
                               .input = req->input ? req->input : "",
                               .input_len = req->input ? req->input_len : 0};
+        /* psc_run takes the descriptor it is given (and closes it) */
         int fd = -1;
         if (req->input_file && stage_open_file(p, req->input_file, &fd, err) < 0)
             st = PIPE_INTERNAL;
         run.input_fd = fd;
         if (st == PIPE_OK)
             st = stage_run(p, box, &pe, &run, &req->run, ac, &out->res[STAGE_RUN], err);
-        if (fd >= 0)
-            close(fd);
         if (st == PIPE_OK)
             out->ran[STAGE_RUN] = true;
     }
@@ -532,8 +758,21 @@ enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn a
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
+    /* the directory name of the installation being deleted names its compile cache group;
+     * read under the exclusive turn, so it is the one store_delete removes */
+    struct runtime rt;
     bool found;
-    int r = store_delete(p->store, id, &found, err);
+    int r = store_get(p->store, id, &rt, &found, err);
+    if (r == 0 && found) {
+        char dir[sizeof(rt.dir)];
+        memcpy(dir, rt.dir, sizeof(dir));
+        runtime_free(&rt);
+        r = store_delete(p->store, id, &found, err);
+        /* after the row: a crash in between leaves a group that the next start drops */
+        struct ev_err cerr;
+        if (r == 0 && found && p->cache && ccache_drop_runtime(p->cache, dir, &cerr) < 0)
+            fprintf(stderr, "envicutor: %s\n", cerr.msg);
+    }
     sched_done(&p->sched, SCHED_EXCLUSIVE);
     return r < 0 ? PIPE_INTERNAL : found ? PIPE_OK : PIPE_NO_RUNTIME;
 }

@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 #include "pipeline/config.h"
+#include "pipeline/file_store.h"
 #include "pipeline/runtime_store.h"
 #include "pipeline/scheduler.h"
 #include "privsep/client.h"
@@ -28,12 +29,17 @@ struct pipeline {
     const struct ev_config *cfg;
     struct psc *psc;
     struct store *store;
+    struct file_store *files; /* uploaded test files (set by its owner after pipeline_init) */
     struct sched sched;
     atomic_bool stopping;
+    struct ccache *cache; /* the compile cache; NULL when COMPILE_CACHE_SIZE is 0 */
 };
 
 void pipeline_init(struct pipeline *p, const struct ev_config *cfg, struct psc *psc,
                    struct store *store);
+/* Opens the compile cache under the data directory (nothing when COMPILE_CACHE_SIZE is 0); after
+ * store_sweep, whose removals it follows by dropping the groups of runtimes that are gone. */
+int pipeline_open_cache(struct pipeline *p, struct ev_err *err);
 /* Refuses new work and kills what runs (each request returns PIPE_STOPPING). */
 void pipeline_stop(struct pipeline *p);
 void pipeline_destroy(struct pipeline *p);
@@ -113,6 +119,7 @@ struct judge_outcome {
     /* the build of the checker or interactor, when there is one */
     bool helper_ran[STAGE_COUNT];
     struct sbx_result helper_res[STAGE_COUNT];
+    bool helper_cached; /* its compile came from the compile cache */
 };
 
 struct exec_request {
@@ -133,6 +140,9 @@ struct exec_outcome {
     bool ran[STAGE_COUNT];
     struct sbx_result res[STAGE_COUNT];
     struct judge_outcome *judge; /* judge mode: the tests (res[STAGE_RUN] is not used) */
+    /* The extract and compile results (and the box's files after them) came from the compile
+     * cache: no compile ran for this request. */
+    bool cached;
 };
 void exec_outcome_free(struct exec_outcome *o);
 

@@ -12,6 +12,7 @@
 
 #include "common/cleanup.h"
 #include "common/fileutil.h"
+#include "common/filename.h"
 
 struct pending {
     uint64_t id;
@@ -126,27 +127,39 @@ void psc_stop(struct psc *c)
     free(c);
 }
 
-static int send_request(struct psc *c, const void *msg, size_t len, int fd, struct ev_err *err)
+static int send_request(struct psc *c, const void *msg, size_t len, const int *fds, int n_fds,
+                        struct ev_err *err)
 {
     pthread_mutex_lock(&c->send_mu);
-    ssize_t r = ps_send(c->sock, msg, len, fd);
+    ssize_t r = ps_send(c->sock, msg, len, fds, n_fds);
     pthread_mutex_unlock(&c->send_mu);
     if (r < 0)
         return ev_fail(err, errno, "send a request to the helper");
     return 0;
 }
 
-/* Sends a request and waits for its reply. While waiting, abort_fn is polled every 10 ms;
- * when it says so, the box is cancelled once, and the reply (which then comes soon) is
- * still awaited so the box is never left busy. */
-static int call(struct psc *c, struct ps_request *req, size_t len, int fd, psc_abort_fn abort_fn,
-                void *abort_ctx, struct ps_reply *rep, int *rep_fd, bool *aborted,
-                struct ev_err *err)
+static void close_fds(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+}
+
+/* Sends a request with the n_fds descriptors of fds, closes them once sent (or when it could
+ * not be sent), and waits for its reply. While waiting, abort_fn is polled every 10 ms; when it
+ * says so, the box is cancelled once, and the reply (which then comes soon) is still awaited so
+ * the box is never left busy. */
+static int call(struct psc *c, struct ps_request *req, size_t len, int *fds, int n_fds,
+                psc_abort_fn abort_fn, void *abort_ctx, struct ps_reply *rep, int *rep_fd,
+                bool *aborted, struct ev_err *err)
 {
     struct pending p = {.fd = -1};
     pthread_mutex_lock(&c->mu);
     if (c->dead) {
         pthread_mutex_unlock(&c->mu);
+        close_fds(fds, n_fds);
         return ev_fail(err, 0, "the privileged helper is gone");
     }
     p.id = c->next_id++;
@@ -156,7 +169,8 @@ static int call(struct psc *c, struct ps_request *req, size_t len, int fd, psc_a
 
     req->h.magic = PS_MAGIC;
     req->h.req_id = p.id;
-    int rc = send_request(c, req, len, fd, err);
+    int rc = send_request(c, req, len, fds, n_fds, err);
+    close_fds(fds, n_fds);
     bool cancelled = false;
     pthread_mutex_lock(&c->mu);
     while (rc == 0 && !p.done && !c->dead) {
@@ -212,8 +226,8 @@ int psc_open_box(struct psc *c, uint64_t disk_kb, uint64_t max_inodes, uint32_t 
     struct ps_request req = {.h = {.type = PS_OPEN_BOX}};
     req.u.open = (struct ps_open_box){disk_kb, max_inodes};
     struct ps_reply rep;
-    if (call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.open), -1, NULL, NULL, &rep,
-             NULL, NULL, err) < 0)
+    if (call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.open), NULL, 0, NULL, NULL,
+             &rep, NULL, NULL, err) < 0)
         return -1;
     *box = rep.box;
     return 0;
@@ -237,26 +251,26 @@ int psc_write_file(struct psc *c, uint32_t box, const char *name, unsigned mode,
         return ev_fail(err, 0, "file name too long");
     snprintf(req.u.write.name, sizeof(req.u.write.name), "%s", name);
     req.u.write.mode = mode;
-    cleanup_close int fd = memfd_with(data, len, err);
+    int fd = memfd_with(data, len, err);
     if (fd < 0)
         return -1;
     struct ps_reply rep;
-    return call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.write), fd, NULL, NULL, &rep,
-                NULL, NULL, err);
+    return call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.write), &fd, 1, NULL, NULL,
+                &rep, NULL, NULL, err);
 }
 
 int psc_close_box(struct psc *c, uint32_t box, struct ev_err *err)
 {
     struct ps_request req = {.h = {.type = PS_CLOSE_BOX, .box = box}};
     struct ps_reply rep;
-    return call(c, &req, sizeof(req.h), -1, NULL, NULL, &rep, NULL, NULL, err);
+    return call(c, &req, sizeof(req.h), NULL, 0, NULL, NULL, &rep, NULL, NULL, err);
 }
 
 void psc_cancel(struct psc *c, uint32_t box)
 {
     struct ps_header h = {.magic = PS_MAGIC, .type = PS_CANCEL, .box = box};
     struct ev_err err;
-    if (send_request(c, &h, sizeof(h), -1, &err) < 0)
+    if (send_request(c, &h, sizeof(h), NULL, 0, &err) < 0)
         fprintf(stderr, "envicutor: cancel box: %s\n", err.msg);
 }
 
@@ -273,6 +287,70 @@ static int read_output(int fd, uint64_t off, uint64_t len, struct sbx_output *o,
     return 0;
 }
 
+/* A sealed memfd with data, so that the helper may give the box this very memfd instead of a
+ * copy (privsep/helper.c, stdin_for_box). */
+static int sealed_memfd(const void *data, size_t len, bool newline, struct ev_err *err)
+{
+    cleanup_close int fd = memfd_with(data, len, err);
+    if (fd < 0)
+        return -1;
+    if (newline && write_full(fd, "\n", 1) < 0)
+        return ev_fail(err, errno, "write to a memfd");
+    if (fcntl(fd, F_ADD_SEALS, PS_STDIN_SEALS) < 0)
+        return ev_fail(err, errno, "seal a memfd");
+    return steal_fd(&fd);
+}
+
+/* The descriptors of a run's request, in the order of protocol.h: stdin, stdout, the files.
+ * All of the caller's are placed first, so that on failure closing fds[0..*n_fds) closes each
+ * of them once (psc_run owns them from the call on); what comes from memory then goes into
+ * sealed memfds. */
+static int run_fds(const struct psc_run *run, struct ps_run *r, int *fds, int *n_fds,
+                   struct ev_err *err)
+{
+    int n = 0, in_slot = -1, file_slot = -1;
+    if (run->input_fd > 0 || run->input) {
+        in_slot = n;
+        fds[n++] = run->input_fd > 0 ? run->input_fd : -1;
+        r->has_stdin = 1;
+    }
+    if (run->output_fd > 0) {
+        fds[n++] = run->output_fd;
+        r->flags |= PS_RUN_STDOUT_FD;
+    }
+    file_slot = n;
+    for (size_t i = 0; i < run->n_files; i++) {
+        fds[n++] = run->files[i].fd > 0 ? run->files[i].fd : -1;
+        snprintf(r->files[i], sizeof(r->files[i]), "%s", run->files[i].name);
+    }
+    r->n_files = (uint32_t)run->n_files;
+    *n_fds = n;
+    if (in_slot >= 0 && fds[in_slot] < 0) {
+        fds[in_slot] = sealed_memfd(run->input, run->input_len, run->input_newline, err);
+        if (fds[in_slot] < 0)
+            return -1;
+    }
+    for (size_t i = 0; i < run->n_files; i++) {
+        const struct psc_file *f = &run->files[i];
+        int *slot = &fds[file_slot + (int)i];
+        if (*slot < 0 && (*slot = sealed_memfd(f->data, f->len, false, err)) < 0)
+            return ev_fail(err, err->errnum, "file %s", f->name);
+    }
+    return 0;
+}
+
+/* Closes the caller's descriptors of a run that is refused before they were taken. */
+static void close_callers_fds(const struct psc_run *run)
+{
+    if (run->input_fd > 0)
+        close(run->input_fd);
+    if (run->output_fd > 0)
+        close(run->output_fd);
+    for (size_t i = 0; i < run->n_files; i++)
+        if (run->files[i].fd > 0)
+            close(run->files[i].fd);
+}
+
 int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn abort_fn,
             void *abort_ctx, struct sbx_result *res, bool *aborted, struct ev_err *err)
 {
@@ -280,16 +358,32 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
     res->status = SBX_XX;
     res->exit_code = res->exit_signal = -1;
     *aborted = false;
+    if (run->n_files > PS_MAX_FILES || (run->n_files && !run->fresh_box)) {
+        close_callers_fds(run);
+        return ev_fail(err, EINVAL, "at most %d files, in a fresh box only", PS_MAX_FILES);
+    }
+    for (size_t i = 0; i < run->n_files; i++)
+        if (!run->files[i].name || !plain_file_name(run->files[i].name)) {
+            close_callers_fds(run);
+            return ev_fail(err, EINVAL, "file %zu: not a plain file name", i);
+        }
     cleanup_free struct ps_request *req = calloc(1, PS_MAX_MSG);
-    if (!req)
+    if (!req) {
+        close_callers_fds(run);
         return ev_fail(err, ENOMEM, "run request");
+    }
     req->h.type = PS_RUN;
     req->h.box = box;
     struct ps_run *r = &req->u.run;
     r->limits = run->limits;
     if (run->runtime)
         snprintf(r->runtime, sizeof(r->runtime), "%s", run->runtime);
-    r->flags = run->mount_nix ? PS_RUN_MOUNT_NIX : 0;
+    r->flags = (run->mount_nix ? PS_RUN_MOUNT_NIX : 0) | (run->fresh_box ? PS_RUN_FRESH_BOX : 0);
+    int fds[PS_MAX_FDS], n_fds = 0;
+    if (run_fds(run, r, fds, &n_fds, err) < 0) {
+        close_fds(fds, n_fds);
+        return -1;
+    }
     size_t head = offsetof(struct ps_request, u) + sizeof(*r), off = head;
     char *base = (char *)req;
     char *const *lists[2] = {run->argv, run->envp};
@@ -297,8 +391,10 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
     for (int k = 0; k < 2; k++) {
         for (size_t i = 0; lists[k] && lists[k][i]; i++) {
             size_t n = strlen(lists[k][i]) + 1;
-            if (n > PS_MAX_MSG - off || counts[k] >= (k ? PS_MAX_ENV : PS_MAX_ARGS))
+            if (n > PS_MAX_MSG - off || counts[k] >= (k ? PS_MAX_ENV : PS_MAX_ARGS)) {
+                close_fds(fds, n_fds);
                 return ev_fail(err, E2BIG, "the command and its environment are too large");
+            }
             memcpy(base + off, lists[k][i], n);
             off += n;
             counts[k]++;
@@ -307,29 +403,9 @@ int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn
     r->argc = counts[0];
     r->envc = counts[1];
     r->strings_len = (uint32_t)(off - head);
-    cleanup_close int in_fd = -1;
-    if (run->output_fd > 0 || run->fresh_box || run->n_files)
-        return ev_fail(err, ENOTSUP, "output_fd, fresh_box and files are not implemented yet");
-    if (run->input_fd > 0) {
-        in_fd = fcntl(run->input_fd, F_DUPFD_CLOEXEC, 3);
-        if (in_fd < 0)
-            return ev_fail(err, errno, "duplicate the input's descriptor");
-        r->has_stdin = 1;
-    } else if (run->input) {
-        in_fd = memfd_with(run->input, run->input_len, err);
-        if (in_fd < 0)
-            return -1;
-        if (run->input_newline && write_full(in_fd, "\n", 1) < 0)
-            return ev_fail(err, errno, "write to a memfd");
-        /* Sealed, the input cannot change any more, so the helper can give the box this very
-         * memfd instead of a copy (privsep/helper.c, stdin_for_box). */
-        if (fcntl(in_fd, F_ADD_SEALS, PS_STDIN_SEALS) < 0)
-            return ev_fail(err, errno, "seal the input's memfd");
-        r->has_stdin = 1;
-    }
     struct ps_reply rep;
     cleanup_close int out_fd = -1;
-    if (call(c, req, off, in_fd, abort_fn, abort_ctx, &rep, &out_fd, aborted, err) < 0)
+    if (call(c, req, off, fds, n_fds, abort_fn, abort_ctx, &rep, &out_fd, aborted, err) < 0)
         return -1;
     const struct ps_result *pr = &rep.res;
     if (out_fd < 0)
@@ -375,8 +451,8 @@ int psc_nix(struct psc *c, enum ps_type type, const char *runtime, unsigned time
     req.u.nix.timeout_s = timeout_s;
     struct ps_reply rep;
     cleanup_close int fd = -1;
-    if (call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.nix), -1, abort_fn, abort_ctx,
-             &rep, &fd, NULL, err) < 0)
+    if (call(c, &req, offsetof(struct ps_request, u) + sizeof(req.u.nix), NULL, 0, abort_fn,
+             abort_ctx, &rep, &fd, NULL, err) < 0)
         return -1;
     if (fd < 0)
         return ev_fail(err, 0, "the helper sent no output");

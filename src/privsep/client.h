@@ -29,7 +29,10 @@ int psc_close_box(struct psc *c, uint32_t box, struct ev_err *err);
 void psc_cancel(struct psc *c, uint32_t box);
 
 /* A file that appears, read-only, in the /box of one run (fresh_box runs only): its bytes from
- * data/len, or from a descriptor (fd > 0) read from its start. */
+ * data/len, or from a descriptor (fd > 0: a regular file open for reading, read from its
+ * start). It is a copy in the run's throw-away layer, owned by root, mode 0444: the program
+ * reads it and can never change the caller's bytes. An earlier run's file of that name is
+ * hidden by it. At most PS_MAX_FILES, together no larger than the box. */
 struct psc_file {
     const char *name; /* a plain file name (no '/') */
     const void *data;
@@ -44,11 +47,15 @@ struct psc_run {
     const void *input; /* NULL: empty stdin */
     size_t input_len;
     bool input_newline; /* append a newline to the input (written to the memfd, not copied) */
-    /* > 0: the program's stdin is this descriptor instead of `input`: a regular file opened
-     * read-only (a stored file, handed to the box without a copy) or a pipe (an interactor). */
+    /* > 0: the program's stdin is this descriptor instead of `input`. The read end of a pipe
+     * (an interactor's output) is given to the box as it is. A regular file opened O_RDONLY
+     * that no box can write (no write bit for group or others, not owned by a box's user: a
+     * stored file) is reopened by the helper and given without a copy, read from its start;
+     * any other readable regular file is copied. */
     int input_fd;
-    /* > 0: the program's stdout goes to this descriptor (a pipe to an interactor) instead of
-     * being captured; res->out then stays empty. stderr is captured as always. */
+    /* > 0: the program's stdout IS this descriptor, the write end of a pipe (to an
+     * interactor), instead of being captured; res->out then stays empty. stderr is captured
+     * as always, and every limit applies. */
     int output_fd;
     /* /box shows the box's contents through a throw-away layer: the run reads what earlier
      * runs left there, and nothing it writes outlives it (a test of a judged submission). */
@@ -60,7 +67,19 @@ struct psc_run {
 };
 
 /* Runs one stage. Returns 0 with res filled (res may be SBX_XX when the sandbox failed); -1 when
- * the request itself failed or was aborted (*aborted then says so). */
+ * the request itself failed or was aborted (*aborted then says so).
+ *
+ * Descriptors: psc_run takes ownership of every descriptor in *run (input_fd, output_fd and
+ * each files[i].fd > 0) from the call on, whatever it returns: it closes them as soon as the
+ * request is sent to the helper (or is refused before), long before the run ends. The caller
+ * must not close or use them after the call; it keeps a dup if it needs one. This is what an
+ * interactive pair needs: two concurrent psc_run calls (two threads, two boxes), the
+ * program's (input_fd = pipe B's read end, output_fd = pipe A's write end) and the
+ * interactor's (input_fd = pipe A's read end, output_fd = pipe B's write end). Once both are
+ * sent, the only holders of each end are its run's box and helper, which close theirs when that
+ * run ends: when either side exits, the other reads end of file or gets EPIPE at once instead
+ * of waiting for its wall-time limit. A caller that creates the pipes must create them
+ * O_CLOEXEC and must close nothing itself: passing all four ends to the two calls is enough. */
 int psc_run(struct psc *c, uint32_t box, const struct psc_run *run, psc_abort_fn abort_fn,
             void *abort_ctx, struct sbx_result *res, bool *aborted, struct ev_err *err);
 

@@ -42,14 +42,24 @@ static struct {
 
 struct job {
     size_t n;
-    int fd;
+    int fds[PS_MAX_FDS]; /* received with the request, in its order; -1 once closed */
+    int n_fds;
     struct ps_request *req; /* PS_MAX_MSG bytes */
 };
+
+static void close_fds(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+}
 
 static void send_reply(struct ps_reply *rep, int fd)
 {
     pthread_mutex_lock(&helper.send_mu);
-    ssize_t r = ps_send(helper.sock, rep, sizeof(*rep), fd);
+    ssize_t r = ps_send(helper.sock, rep, sizeof(*rep), &fd, fd >= 0 ? 1 : 0);
     pthread_mutex_unlock(&helper.send_mu);
     if (r < 0 && errno != EPIPE && errno != ECONNRESET)
         fprintf(stderr, "envicutor helper: send reply: %s\n", strerror(errno));
@@ -234,8 +244,32 @@ static void do_write(const struct ps_request *req, int src, struct ps_reply *rep
  * file, and no contents a compromised server could change during the run. Either way it is a
  * regular, seekable file, as programs expect of a redirected stdin. PS_MAX_INPUT bounds what a
  * compromised server could make the helper copy. */
+/* Two more kinds are given without a copy. The read end of a pipe (an interactor's output):
+ * the box reads it as it is fed, which is the point. A regular file opened read-only that no
+ * box can write (no write bit for group or others, not owned by a box's user: a stored file):
+ * reopened through /proc/self/fd, so the box gets a description of its own (offset 0, not
+ * shared with the server) that is read-only, of a file it has no right to change. It is the
+ * file itself, not a copy, so large inputs cost nothing (docs/threat-model.md says what the box
+ * can learn of it: its path, through /proc/self/fd/0). */
+static bool no_box_can_write(const struct stat *st)
+{
+    const struct sbx_host *h = helper.host;
+    bool box_owned = st->st_uid >= h->first_uid && st->st_uid - h->first_uid < h->n_boxes;
+    return (st->st_mode & 022) == 0 && !box_owned;
+}
+
 static int stdin_for_box(int src, struct ev_err *err)
 {
+    struct stat st;
+    int fl = fcntl(src, F_GETFL);
+    if (fl < 0 || fstat(src, &st) < 0)
+        return ev_fail(err, errno, "run: stdin: the descriptor");
+    if (S_ISFIFO(st.st_mode) && !(fl & O_PATH)) {
+        if ((fl & O_ACCMODE) != O_RDONLY)
+            return ev_fail(err, 0, "run: stdin: a pipe's write end");
+        int fd = fcntl(src, F_DUPFD_CLOEXEC, 0);
+        return fd < 0 ? ev_fail(err, errno, "run: duplicate stdin") : fd;
+    }
     if (check_received(src, "run: stdin", err) < 0)
         return -1;
     int seals = fcntl(src, F_GET_SEALS);
@@ -244,6 +278,17 @@ static int stdin_for_box(int src, struct ev_err *err)
             return ev_fail(err, errno, "run: rewind stdin");
         int fd = fcntl(src, F_DUPFD_CLOEXEC, 0);
         return fd < 0 ? ev_fail(err, errno, "run: duplicate stdin") : fd;
+    }
+    if ((fl & O_ACCMODE) == O_RDONLY && no_box_can_write(&st)) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", src);
+        cleanup_close int fd = open(path, O_RDONLY | O_NOCTTY | O_CLOEXEC);
+        struct stat again;
+        if (fd < 0 || fstat(fd, &again) < 0)
+            return ev_fail(err, errno, "run: reopen stdin");
+        if (again.st_dev != st.st_dev || again.st_ino != st.st_ino)
+            return ev_fail(err, 0, "run: stdin: reopened another file");
+        return steal_fd(&fd);
     }
     cleanup_close int fd = memfd_create("envicutor-stdin", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
@@ -257,6 +302,42 @@ static int stdin_for_box(int src, struct ev_err *err)
     return steal_fd(&fd);
 }
 
+/* The program's stdout when it is not captured: the write end of a pipe (to an interactor),
+ * given to the box as it is. */
+static int check_stdout(int fd, struct ev_err *err)
+{
+    struct stat st;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fstat(fd, &st) < 0)
+        return ev_fail(err, errno, "run: stdout: the descriptor");
+    if (!S_ISFIFO(st.st_mode) || (fl & O_PATH) || (fl & O_ACCMODE) != O_WRONLY)
+        return ev_fail(err, 0, "run: stdout: not the write end of a pipe");
+    return 0;
+}
+
+/* The files of a fresh-box run: regular files open for reading (the box's init copies them
+ * into the run's layer), together no larger than the box. */
+static int check_files(const struct slot *s, const struct ps_run *r, const int *fds,
+                       struct sbx_file *files, struct ev_err *err)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < r->n_files; i++) {
+        struct stat st;
+        char what[PS_NAME_MAX + 16];
+        snprintf(what, sizeof(what), "run: file %s", r->files[i]);
+        if (check_received(fds[i], what, err) < 0)
+            return -1;
+        if (fstat(fds[i], &st) < 0)
+            return ev_fail(err, errno, "%s: fstat", what);
+        total += (uint64_t)st.st_size;
+        files[i] = (struct sbx_file){.name = r->files[i], .fd = fds[i]};
+    }
+    if (total > s->box.disk_kb * 1024)
+        return ev_fail(err, EFBIG, "run: the files (%llu bytes) are larger than the box",
+                       (unsigned long long)total);
+    return 0;
+}
+
 static int output_memfd(const struct sbx_result *res, struct ev_err *err)
 {
     cleanup_close int fd = memfd_create("envicutor-output", MFD_CLOEXEC);
@@ -268,14 +349,16 @@ static int output_memfd(const struct sbx_result *res, struct ev_err *err)
     return steal_fd(&fd);
 }
 
-static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
+/* fds: what came with the request (stdin, stdout, files; protocol.h), closed here as soon as
+ * the run has ended, so that a pipe's other side sees its end at once. */
+static void do_run(struct ps_request *req, int *fds, int n_fds, struct ps_reply *rep)
 {
     char *argv[PS_MAX_ARGS + 1], *envp[PS_MAX_ENV + 1];
     struct ev_err err = {0};
     /* checked once already; this only splits the strings again */
     if (ps_check_request(
             req, offsetof(struct ps_request, u) + sizeof(req->u.run) + req->u.run.strings_len,
-            stdin_fd >= 0, argv, envp, &err) < 0) {
+            n_fds, argv, envp, &err) < 0) {
         reply_error(rep, err.msg);
         return;
     }
@@ -286,17 +369,35 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
     char rt_path[512];
     cleanup_close int in_fd = -1;
     struct sbx_mount mounts[2];
-    struct sbx_run_config cfg = {.argv = argv, .envp = envp, .cancel_fd = s->cancel_fd};
+    struct sbx_file files[PS_MAX_FILES];
+    struct sbx_run_config cfg = {.argv = argv,
+                                 .envp = envp,
+                                 .cancel_fd = s->cancel_fd,
+                                 .fresh_box = r->flags & PS_RUN_FRESH_BOX,
+                                 .files = files,
+                                 .n_files = r->n_files};
     struct sbx_result res;
     memset(&res, 0, sizeof(res));
     struct stat st;
-    if (stdin_fd >= 0) {
-        in_fd = stdin_for_box(stdin_fd, &err);
+    int next = 0;
+    if (r->has_stdin) {
+        in_fd = stdin_for_box(fds[next++], &err);
         if (in_fd < 0) {
             reply_error(rep, err.msg);
             goto out;
         }
         cfg.stdin_fd = in_fd;
+    }
+    if (r->flags & PS_RUN_STDOUT_FD) {
+        if (check_stdout(fds[next], &err) < 0) {
+            reply_error(rep, err.msg);
+            goto out;
+        }
+        cfg.stdout_fd = fds[next++];
+    }
+    if (check_files(s, r, fds + next, files, &err) < 0) {
+        reply_error(rep, err.msg);
+        goto out;
     }
     if (r->runtime[0]) {
         /* The runtime store belongs to the unprivileged server, so nothing below the data
@@ -340,6 +441,11 @@ static void do_run(struct ps_request *req, int stdin_fd, struct ps_reply *rep)
     }
     /* A sandbox failure is an answer too (status XX), not a failed request. */
     sbx_run(helper.host, &s->box, &cfg, &res, &err);
+    close_fds(fds, n_fds);
+    if (in_fd >= 0) {
+        close(in_fd);
+        in_fd = -1;
+    }
     int ofd = output_memfd(&res, &err);
     if (ofd < 0) {
         reply_error(rep, err.msg);
@@ -427,10 +533,10 @@ static void *job_main(void *arg)
         do_open(j->req, &rep);
         break;
     case PS_WRITE_FILE:
-        do_write(j->req, j->fd, &rep);
+        do_write(j->req, j->fds[0], &rep);
         break;
     case PS_RUN:
-        do_run(j->req, j->fd, &rep);
+        do_run(j->req, j->fds, j->n_fds, &rep);
         break;
     case PS_CLOSE_BOX:
         do_close(j->req, &rep);
@@ -445,8 +551,7 @@ static void *job_main(void *arg)
     }
     if (rep.type)
         send_reply(&rep, -1);
-    if (j->fd >= 0)
-        close(j->fd);
+    close_fds(j->fds, j->n_fds);
     free(j->req);
     free(j);
     pthread_mutex_lock(&helper.mu);
@@ -468,12 +573,14 @@ static void cancel_slot_locked(struct slot *s)
     }
 }
 
-/* Receives one message and at most one descriptor; extra descriptors are closed and the
- * message is refused. Returns the message size, 0 at end of file, -1 on error. */
-static ssize_t receive(struct ps_request *req, int *fd, int *fd_count)
+/* Receives one message and at most PS_MAX_FDS descriptors into fds (*n_fds of them); the
+ * count of all that came is *fd_count, which ps_check_request compares with what the message
+ * declares. Descriptors beyond PS_MAX_FDS are closed and the message is then refused. Returns
+ * the message size, 0 at end of file, -1 on error. */
+static ssize_t receive(struct ps_request *req, int *fds, int *n_fds, int *fd_count)
 {
     union {
-        char buf[CMSG_SPACE(4 * sizeof(int))];
+        char buf[CMSG_SPACE((PS_MAX_FDS + 4) * sizeof(int))];
         struct cmsghdr align;
     } u;
     struct iovec iov = {req, PS_MAX_MSG};
@@ -482,7 +589,7 @@ static ssize_t receive(struct ps_request *req, int *fd, int *fd_count)
     ssize_t n;
     while ((n = recvmsg(helper.sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
         ;
-    *fd = -1;
+    *n_fds = 0;
     *fd_count = 0;
     if (n < 0)
         return -1;
@@ -493,8 +600,8 @@ static ssize_t receive(struct ps_request *req, int *fd, int *fd_count)
         for (size_t i = 0; i < k; i++) {
             int f;
             memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-            if (*fd < 0)
-                *fd = f;
+            if (*n_fds < PS_MAX_FDS)
+                fds[(*n_fds)++] = f;
             else
                 close(f);
             (*fd_count)++;
@@ -526,8 +633,8 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
             status = 1;
             break;
         }
-        int fd, fd_count;
-        ssize_t n = receive(req, &fd, &fd_count);
+        int fds[PS_MAX_FDS], n_fds, fd_count;
+        ssize_t n = receive(req, fds, &n_fds, &fd_count);
         if (n <= 0) {
             if (n < 0) {
                 fprintf(stderr, "envicutor helper: receive: %s\n", strerror(errno));
@@ -546,8 +653,7 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
             }
             snprintf(rep.msg, sizeof(rep.msg), "refused: %s", err.msg);
             send_reply(&rep, -1);
-            if (fd >= 0)
-                close(fd);
+            close_fds(fds, n_fds);
             free(req);
             continue;
         }
@@ -567,12 +673,12 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
         if (!j || pthread_attr_init(&attr) != 0) {
             free(j);
             free(req);
-            if (fd >= 0)
-                close(fd);
+            close_fds(fds, n_fds);
             fprintf(stderr, "envicutor helper: out of memory\n");
             continue;
         }
-        *j = (struct job){.n = (size_t)n, .fd = fd, .req = req};
+        *j = (struct job){.n = (size_t)n, .n_fds = n_fds, .req = req};
+        memcpy(j->fds, fds, sizeof(fds));
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         pthread_mutex_lock(&helper.mu);
         helper.threads++;
@@ -588,8 +694,7 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
             pthread_mutex_lock(&helper.mu);
             helper.threads--;
             pthread_mutex_unlock(&helper.mu);
-            if (fd >= 0)
-                close(fd);
+            close_fds(fds, n_fds);
             free(req);
             free(j);
         }

@@ -97,14 +97,25 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
     size_t head = fixed + sizeof(*r);
     if (n < head || r->strings_len != n - head)
         return ev_fail(err, 0, "malformed run message");
-    if ((r->has_stdin != 0) != (fd_count == 1) || fd_count > 1)
+    if (r->has_stdin > 1 || r->n_files > PS_MAX_FILES)
+        return ev_fail(err, 0, "malformed run message");
+    if (r->flags & ~PS_RUN_FLAGS)
+        return ev_fail(err, 0, "run: unknown flags %#x", r->flags);
+    if (fd_count != ps_run_fd_count(r))
         return ev_fail(err, 0, "run: descriptor count does not match");
+    if (r->n_files && !(r->flags & PS_RUN_FRESH_BOX))
+        return ev_fail(err, 0, "run: files are for a fresh box only");
+    for (uint32_t i = 0; i < r->n_files; i++) {
+        if (memchr(r->files[i], 0, sizeof(r->files[i])) == NULL || !plain_file_name(r->files[i]))
+            return ev_fail(err, 0, "run: file %u: not a plain file name", i);
+        for (uint32_t j = 0; j < i; j++)
+            if (strcmp(r->files[i], r->files[j]) == 0)
+                return ev_fail(err, 0, "run: file %s given twice", r->files[i]);
+    }
     if (r->argc < 1 || r->argc > PS_MAX_ARGS || r->envc > PS_MAX_ENV)
         return ev_fail(err, 0, "run: %u arguments and %u variables", r->argc, r->envc);
     if (memchr(r->runtime, 0, sizeof(r->runtime)) == NULL || !runtime_name_ok(r->runtime))
         return ev_fail(err, 0, "run: bad runtime directory name");
-    if (r->flags & ~PS_RUN_MOUNT_NIX)
-        return ev_fail(err, 0, "run: unknown flags %#x", r->flags);
     if (check_limits(&r->limits, err) < 0)
         return -1;
     const char *p = (const char *)req + head, *end = p + r->strings_len;
@@ -131,23 +142,32 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
     return 0;
 }
 
-ssize_t ps_send(int sock, const void *msg, size_t len, int fd)
+int ps_run_fd_count(const struct ps_run *r)
+{
+    return (r->has_stdin ? 1 : 0) + (r->flags & PS_RUN_STDOUT_FD ? 1 : 0) + (int)r->n_files;
+}
+
+ssize_t ps_send(int sock, const void *msg, size_t len, const int *fds, int n_fds)
 {
     struct iovec iov = {(void *)msg, len};
     union {
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(PS_MAX_FDS * sizeof(int))];
         struct cmsghdr align;
     } u;
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (fd >= 0) {
+    if (n_fds < 0 || n_fds > PS_MAX_FDS) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (n_fds > 0) {
         memset(&u, 0, sizeof(u));
         mh.msg_control = u.buf;
-        mh.msg_controllen = sizeof(u.buf);
+        mh.msg_controllen = CMSG_SPACE((size_t)n_fds * sizeof(int));
         struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
         h->cmsg_level = SOL_SOCKET;
         h->cmsg_type = SCM_RIGHTS;
-        h->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(h), &fd, sizeof(int));
+        h->cmsg_len = CMSG_LEN((size_t)n_fds * sizeof(int));
+        memcpy(CMSG_DATA(h), fds, (size_t)n_fds * sizeof(int));
     }
     ssize_t r;
     while ((r = sendmsg(sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)

@@ -20,12 +20,15 @@
 #include "common/error.h"
 #include "common/filename.h"
 
-#define PS_MAGIC 0x45564332u /* "EVC2": bumped with any change of layout */
+#define PS_MAGIC 0x45564333u /* "EVC3": bumped with any change of layout */
 #define PS_MAX_MSG 65536
 #define PS_MAX_ARGS 64
 #define PS_MAX_ENV 256
 #define PS_NAME_MAX FILE_NAME_MAX /* a file name in the box */
 #define PS_RUNTIME_MAX 64
+#define PS_MAX_FILES 8 /* extra files of a fresh-box run */
+/* The most descriptors one message carries: a run's stdin and stdout, then its files. */
+#define PS_MAX_FDS (2 + PS_MAX_FILES)
 
 /* The "box" of a PS_CANCEL that kills the Nix command running now. */
 #define PS_NIX_BOX UINT32_MAX
@@ -50,7 +53,8 @@
 enum ps_type {
     PS_OPEN_BOX = 1, /* -> box handle */
     PS_WRITE_FILE,   /* fd: contents; creates box/name (never follows or replaces) */
-    PS_RUN,          /* optional fd: stdin; reply fd: stdout then stderr */
+    PS_RUN,          /* fds, in this order: stdin (has_stdin), stdout (PS_RUN_STDOUT_FD), one
+                      * per file; reply fd: stdout (unless it went to a descriptor), stderr */
     PS_CANCEL,       /* kills the box's current and future runs (PS_NIX_BOX: the Nix
                       * command running now); no reply */
     PS_CLOSE_BOX,
@@ -93,10 +97,14 @@ struct ps_run {
     uint32_t strings_len; /* bytes of strings following this struct */
     uint32_t has_stdin;   /* an fd comes with the message */
     uint32_t flags;       /* PS_RUN_* */
-    uint32_t pad;
+    uint32_t n_files;     /* PS_RUN_FRESH_BOX only: files[0..n_files), one fd each */
+    char files[PS_MAX_FILES][PS_NAME_MAX + 1]; /* plain names of the files in /box */
 };
 
 #define PS_RUN_MOUNT_NIX 1u /* mount /nix read-only (Nix runtimes) */
+#define PS_RUN_STDOUT_FD 2u /* stdout is the descriptor that comes after stdin's: a pipe */
+#define PS_RUN_FRESH_BOX 4u /* /box through a throw-away layer (sandbox.h, fresh_box) */
+#define PS_RUN_FLAGS (PS_RUN_MOUNT_NIX | PS_RUN_STDOUT_FD | PS_RUN_FRESH_BOX)
 
 /* The Nix operations run as root on the host, bounded by timeout_s. */
 struct ps_nix {
@@ -157,8 +165,12 @@ struct ps_reply {
 int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char **argv, char **envp,
                      struct ev_err *err);
 
-/* Sends one datagram of len bytes with fd (when >= 0) attached (SCM_RIGHTS), retrying on
- * EINTR; returns what sendmsg returned. Callers that share the socket serialise calls. */
-ssize_t ps_send(int sock, const void *msg, size_t len, int fd);
+/* The number of descriptors a valid PS_RUN request comes with. */
+int ps_run_fd_count(const struct ps_run *r);
+
+/* Sends one datagram of len bytes with the n_fds descriptors of fds (at most PS_MAX_FDS)
+ * attached (SCM_RIGHTS), retrying on EINTR; returns what sendmsg returned. Callers that share
+ * the socket serialise calls. */
+ssize_t ps_send(int sock, const void *msg, size_t len, const int *fds, int n_fds);
 
 #endif

@@ -58,6 +58,10 @@ static int try_lock(struct sbx_host *host, int id)
 static int setup_dir(struct sbx_host *host, const struct sbx_box_options *opt, struct sbx_box *box,
                      struct ev_err *err)
 {
+    /* an external directory's own size is the caller's business; these bound a fresh run's
+     * layer over it */
+    box->disk_kb = opt && opt->disk_kb ? opt->disk_kb : 262144;
+    box->max_inodes = opt && opt->max_inodes ? opt->max_inodes : 16384;
     if (opt && opt->external_dir) {
         cleanup_close int fd =
             open(opt->external_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -83,8 +87,7 @@ static int setup_dir(struct sbx_host *host, const struct sbx_box_options *opt, s
      * is one unmount that cannot be misled by anything the program left inside. */
     char opts[160];
     snprintf(opts, sizeof(opts), "size=%lluk,nr_inodes=%llu,mode=0755,uid=%u,gid=%u",
-             (unsigned long long)(opt && opt->disk_kb ? opt->disk_kb : 262144),
-             (unsigned long long)(opt && opt->max_inodes ? opt->max_inodes : 16384),
+             (unsigned long long)box->disk_kb, (unsigned long long)box->max_inodes,
              (unsigned)box->uid, (unsigned)box->gid);
     if (mount("tmpfs", box->dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0) {
         int e = errno;

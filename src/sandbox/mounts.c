@@ -449,6 +449,80 @@ static int overlay_extra(const struct root_plan *p, const struct sbx_mount *m, c
     return rc < 0 ? ev_fail(err, e, "overlay of %s on %s", m->source, dst) : 0;
 }
 
+/* ---- /box ---------------------------------------------------------------------------------- */
+
+/* The throw-away layer of a fresh-box run, over dst where the box directory is mounted: a
+ * tmpfs of the box's size on dst, an upper and a work directory in it, then on the same point,
+ * covering both, the overlay of the box's mount (the lower layer, named through a descriptor
+ * taken before it was covered) and the upper directory. overlayfs takes only layers that are
+ * mounts of the caller's own namespace (it clones them privately), so the box is first mounted
+ * in the run's tree as for any run, and the tmpfs is mounted there too. All three live in the
+ * run's mount namespace only and vanish with it: a killed run leaves nothing on the host to
+ * clean. The root of the overlay is the upper directory: owned by the box's user, mode 0755,
+ * as a box directory is. */
+static int mount_fresh_box(const struct root_plan *p, const char *dst, struct ev_err *err)
+{
+    cleanup_close int lower_fd = open(dst, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (lower_fd < 0)
+        return ev_fail(err, errno, "open %s", dst);
+    char opts[1700], upper[520], work[520];
+    snprintf(opts, sizeof(opts), "size=%lluk,nr_inodes=%llu,mode=0700",
+             (unsigned long long)p->box_kb, (unsigned long long)p->box_inodes + 2);
+    if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+        return ev_fail(err, errno, "mount tmpfs on %s (%s)", dst, opts);
+    snprintf(upper, sizeof(upper), "%s/upper", dst);
+    snprintf(work, sizeof(work), "%s/work", dst);
+    if (mkdir(upper, 0755) < 0 || chown(upper, p->uid, p->gid) < 0 || chmod(upper, 0755) < 0 ||
+        mkdir(work, 0700) < 0)
+        return ev_fail(err, errno, "the upper layer of /box in %s", dst);
+    int n = snprintf(opts, sizeof(opts), "lowerdir=/proc/self/fd/%d,upperdir=%s,workdir=%s",
+                     lower_fd, upper, work);
+    if (n < 0 || (size_t)n >= sizeof(opts))
+        return ev_fail(err, ENAMETOOLONG, "overlay on %s", dst);
+    if (mount("overlay", dst, "overlay", MS_NOSUID | MS_NODEV, opts) < 0)
+        return ev_fail(err, errno, "overlay of %s on %s", p->box_dir, dst);
+    return 0;
+}
+
+/* Copies each of the run's files into the fresh /box at dir (into its upper layer), owned by
+ * root and read-only: the program reads them, cannot write them, and the caller's bytes are
+ * never within its reach. A name an earlier run left in the box is replaced. The box's tmpfs
+ * bounds what is copied; pread leaves the caller's offset alone. */
+static int add_files(const struct root_plan *p, const char *dir, struct ev_err *err)
+{
+    if (!p->n_files)
+        return 0;
+    cleanup_close int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return ev_fail(err, errno, "open %s", dir);
+    for (size_t i = 0; i < p->n_files; i++) {
+        const char *name = p->files[i].name;
+        if (unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
+            return ev_fail(err, errno, "file %s: what the box has of that name", name);
+        cleanup_close int fd =
+            openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+        if (fd < 0)
+            return ev_fail(err, errno, "create %s in /box", name);
+        char buf[16384];
+        off_t off = 0;
+        for (;;) {
+            ssize_t r = pread(p->files[i].fd, buf, sizeof(buf), off);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                return ev_fail(err, errno, "read the contents of %s", name);
+            if (r == 0)
+                break;
+            if (write_full(fd, buf, (size_t)r) < 0)
+                return ev_fail(err, errno, "write %s in /box", name);
+            off += r;
+        }
+        if (fchmod(fd, 0444) < 0) /* whatever the umask */
+            return ev_fail(err, errno, "chmod %s", name);
+    }
+    return 0;
+}
+
 int mounts_build_root(const struct root_plan *p, struct ev_err *err)
 {
     const char *root = p->host->root_dir;
@@ -465,6 +539,8 @@ int mounts_build_root(const struct root_plan *p, struct ev_err *err)
         return -1;
     snprintf(path, sizeof(path), "%s/box", root);
     if (bind_with_flags(p->box_dir, path, MS_NOSUID | MS_NODEV, err) < 0)
+        return -1;
+    if (p->fresh_box && (mount_fresh_box(p, path, err) < 0 || add_files(p, path, err) < 0))
         return -1;
     return switch_root(p, root, err);
 }
@@ -555,6 +631,12 @@ int mounts_enter_template(const struct root_plan *p, int template_fd, struct ev_
         goto out;
     rc = attach(box_fd, "/box", err);
     box_fd = -1;
+    if (rc == 0 && p->fresh_box) {
+        /* /proc is the box's own by now: /proc/self/fd names this process's descriptors */
+        rc = mount_fresh_box(p, "/box", err);
+        if (rc == 0)
+            rc = add_files(p, "/box", err);
+    }
     for (size_t i = 0; i < n; i++) {
         if (rc == 0)
             rc = attach(fds[i], p->mounts[i].target, err);

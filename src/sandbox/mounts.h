@@ -2,6 +2,7 @@
 #ifndef ENVICUTOR_MOUNTS_H
 #define ENVICUTOR_MOUNTS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -15,6 +16,12 @@ struct root_plan {
     uint64_t tmp_kb;
     const struct sbx_mount *mounts;
     size_t n_mounts;
+    /* A fresh-box run (sandbox.h): box_dir is the lower layer of an overlay at /box whose
+     * upper layer is a tmpfs of box_kb and box_inodes, and the files are copied into it. */
+    bool fresh_box;
+    uint64_t box_kb, box_inodes;
+    const struct sbx_file *files;
+    size_t n_files;
 };
 
 /* Finds, once, which /etc entries and top-level links the box gets. */

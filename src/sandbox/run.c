@@ -42,6 +42,7 @@
 
 #include "common/cleanup.h"
 #include "common/fileutil.h"
+#include "common/filename.h"
 #include "common/path.h"
 #include "common/pump.h"
 #include "sandbox/mounts.h"
@@ -336,11 +337,14 @@ static void hide_command_line(void)
 static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 {
     struct ev_err e = {0};
-    int keep[9 + 4] = {c->stdin_fd,  c->out_w,  c->err_w,   c->report_w,       c->status_w,
-                       c->cpu_dirfd, c->net_fd, c->root_fd, c->cg->v2_procs_fd};
+    int keep[9 + 4 + SBX_MAX_FILES] = {c->stdin_fd, c->out_w,    c->err_w,
+                                       c->report_w, c->status_w, c->cpu_dirfd,
+                                       c->net_fd,   c->root_fd,  c->cg->v2_procs_fd};
     int n_keep = 9;
     for (int i = 0; i < c->cg->n_join && i < 4; i++)
         keep[n_keep++] = c->cg->join_fds[i];
+    for (size_t i = 0; i < c->plan.n_files && i < SBX_MAX_FILES; i++)
+        keep[n_keep++] = c->plan.files[i].fd;
     close_all_except(keep, n_keep);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) {
         ev_fail(&e, errno, "set the parent-death signal");
@@ -455,8 +459,9 @@ struct run {
     struct sbx_box *box;
     const struct sbx_run_config *cfg;
     int stdin_fd;
+    int stdout_fd;   /* cfg->stdout_fd's copy, until init has it; -1: stdout is pipes[0] */
     int root_fd;     /* the box's prepared root (the cache's); -1: init builds the tree */
-    int pipes[4][2]; /* stdout, stderr, report, status */
+    int pipes[4][2]; /* stdout (unless stdout_fd), stderr, report, status */
     struct cg_run cg;
     pid_t init; /* -1: the clone failed */
     /* stdout and stderr, each pumped into its buffer or handed to cfg->on_output */
@@ -501,6 +506,13 @@ static int run_validate(const struct sbx_run_config *cfg, struct ev_err *err)
     for (size_t i = 0; i < cfg->n_mounts; i++)
         if (mounts_check_target(cfg->mounts[i].target, err) < 0)
             return -1;
+    if (cfg->n_files > SBX_MAX_FILES)
+        return ev_fail(err, 0, "at most %d files", SBX_MAX_FILES);
+    if (cfg->n_files && !cfg->fresh_box)
+        return ev_fail(err, 0, "files are added to a fresh box only");
+    for (size_t i = 0; i < cfg->n_files; i++)
+        if (!cfg->files[i].name || !plain_file_name(cfg->files[i].name) || cfg->files[i].fd < 0)
+            return ev_fail(err, 0, "file %zu: a plain name and a descriptor are needed", i);
     if (!l->wall_time_us || !l->cpu_time_us || !l->memory_kb || !l->max_processes ||
         !l->max_open_files || !l->tmp_kb)
         return ev_fail(err, 0,
@@ -520,7 +532,7 @@ static void close_pipes(int p[4][2])
 }
 
 /* What the box needs before it is cloned: its prepared root, stdin, the pipes and the cgroup.
- * On failure nothing is left to undo but r->stdin_fd. */
+ * On failure nothing is left to undo but r->stdin_fd and r->stdout_fd. */
 static int run_prepare(struct run *r, struct ev_err *err)
 {
     const struct sbx_run_config *cfg = r->cfg;
@@ -546,7 +558,12 @@ static int run_prepare(struct run *r, struct ev_err *err)
             return ev_fail(err, errno, "stdin descriptor %d", cfg->stdin_fd);
         return ev_fail(err, errno, "stdin file %s", stdin_path);
     }
-    for (int i = 0; i < 4; i++)
+    if (cfg->stdout_fd > 0) {
+        r->stdout_fd = fcntl(cfg->stdout_fd, F_DUPFD_CLOEXEC, 0);
+        if (r->stdout_fd < 0)
+            return ev_fail(err, errno, "stdout descriptor %d", cfg->stdout_fd);
+    }
+    for (int i = cfg->stdout_fd > 0 ? 1 : 0; i < 4; i++)
         if (pipe2(r->pipes[i], O_CLOEXEC) < 0) {
             ev_fail(err, errno, "pipe");
             close_pipes(r->pipes);
@@ -587,10 +604,15 @@ static int run_start(struct run *r, struct ev_err *err)
                  .gid = r->box->gid,
                  .tmp_kb = r->cfg->limits.tmp_kb,
                  .mounts = r->cfg->mounts,
-                 .n_mounts = r->cfg->n_mounts},
+                 .n_mounts = r->cfg->n_mounts,
+                 .fresh_box = r->cfg->fresh_box,
+                 .box_kb = r->box->disk_kb,
+                 .box_inodes = r->box->max_inodes,
+                 .files = r->cfg->files,
+                 .n_files = r->cfg->n_files},
         .cg = &r->cg,
         .stdin_fd = r->stdin_fd,
-        .out_w = r->pipes[0][1],
+        .out_w = r->stdout_fd >= 0 ? r->stdout_fd : r->pipes[0][1],
         .err_w = r->pipes[1][1],
         .report_w = r->pipes[2][1],
         .status_w = r->pipes[3][1],
@@ -608,8 +630,18 @@ static int run_start(struct run *r, struct ev_err *err)
     }
     int clone_errno = errno;
     for (int i = 0; i < 4; i++) {
-        close(r->pipes[i][1]);
+        if (r->pipes[i][1] >= 0)
+            close(r->pipes[i][1]);
         r->pipes[i][1] = -1;
+    }
+    /* Once init has them, the program's stdin and stdout are theirs alone: a copy kept here
+     * of a pipe's end would keep the other side of that pipe (another run) from seeing end of
+     * file, or EPIPE, when this program ends. */
+    close(r->stdin_fd);
+    r->stdin_fd = -1;
+    if (r->stdout_fd >= 0) {
+        close(r->stdout_fd);
+        r->stdout_fd = -1;
     }
     if (c.net_fd >= 0)
         close(c.net_fd);
@@ -620,6 +652,8 @@ static int run_start(struct run *r, struct ev_err *err)
     for (int i = 0; i < 2; i++) {
         r->taps[i] = (struct output_tap){r->cfg, i + 1};
         r->bufs[i].cap = r->cfg->limits.max_output_bytes;
+        if (r->pipes[i][0] < 0)
+            continue; /* stdout went to a descriptor of the caller's */
         if (pump_reader(&r->streams[i], r->pipes[i][0],
                         r->cfg->on_output ? output_tap : pump_buffer_consume,
                         r->cfg->on_output ? (void *)&r->taps[i] : (void *)&r->bufs[i], err) < 0)
@@ -896,12 +930,15 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
                     .box = box,
                     .cfg = cfg,
                     .stdin_fd = -1,
+                    .stdout_fd = -1,
                     .root_fd = -1,
                     .pipes = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}},
                     .streams = {{.fd = -1}, {.fd = -1}}};
     if (run_validate(cfg, err) < 0 || run_prepare(&r, err) < 0) {
         if (r.stdin_fd >= 0)
             close(r.stdin_fd);
+        if (r.stdout_fd >= 0)
+            close(r.stdout_fd);
         snprintf(res->message, sizeof(res->message), "%s", err->msg);
         return -1;
     }
@@ -909,7 +946,6 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
     if (rc == 0)
         rc = run_watch(&r, err);
     rc = run_teardown(&r, rc, err);
-    close(r.stdin_fd);
     res->out = (struct sbx_output){r.bufs[0].data, r.bufs[0].len, r.bufs[0].truncated};
     res->err = (struct sbx_output){r.bufs[1].data, r.bufs[1].len, r.bufs[1].truncated};
     return run_verdict(&r, rc, res, err);

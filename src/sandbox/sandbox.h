@@ -26,6 +26,7 @@
 
 #define SBX_MAX_ETC 96
 #define SBX_MAX_MOUNTS 16
+#define SBX_MAX_FILES 8
 
 struct sbx_host_config {
     const char *run_dir; /* box directories, the root staging point */
@@ -106,7 +107,8 @@ struct sbx_box {
     gid_t gid;
     int lock_fd;
     bool own_tmpfs;
-    char dir[320]; /* host path of the directory that becomes /box */
+    uint64_t disk_kb, max_inodes; /* of its tmpfs, or of a fresh run's layer (external dir) */
+    char dir[320];                /* host path of the directory that becomes /box */
 };
 
 struct sbx_limits {
@@ -132,14 +134,33 @@ struct sbx_mount {
     ino_t ino;
 };
 
+/* A file that appears in the /box of a fresh-box run: a copy, made by the box's init, of the
+ * regular file open for reading at fd (read from its start with pread, whatever its offset),
+ * owned by root and read-only, so the program reads it and cannot change it. */
+struct sbx_file {
+    const char *name; /* a plain file name */
+    int fd;
+};
+
 /* No string of a run may lie in the memory where the process's own command line and
  * environment were given to it: the box's init, a clone of the caller, overwrites its copy of
  * that memory so that the box cannot read it (/proc/1/cmdline). Copy them first. */
 struct sbx_run_config {
-    char *const *argv;              /* argv[0] is searched in the PATH of envp when it has no '/' */
-    char *const *envp;              /* exactly the environment of the program */
-    const char *stdin_path;         /* host path read as the program's stdin; NULL = /dev/null */
-    int stdin_fd;                   /* or a readable descriptor, used as it is; 0 = none */
+    char *const *argv;      /* argv[0] is searched in the PATH of envp when it has no '/' */
+    char *const *envp;      /* exactly the environment of the program */
+    const char *stdin_path; /* host path read as the program's stdin; NULL = /dev/null */
+    int stdin_fd;           /* or a readable descriptor, used as it is; 0 = none */
+    /* > 0: the program's stdout is this descriptor (e.g. a pipe to another run) and is not
+     * read: res->out stays empty and on_output sees stream 2 only. The sandbox keeps its copy
+     * of it only until the box's init is started. */
+    int stdout_fd;
+    /* /box shows the box directory through a throw-away layer: an overlay whose lower layer
+     * is the box directory and whose upper layer is a tmpfs of the box's size made in the
+     * run's own mount namespace. The run reads and runs what earlier runs left and may write
+     * anywhere in /box, but nothing it writes, changes or deletes outlives it. */
+    bool fresh_box;
+    const struct sbx_file *files; /* fresh_box only: files added to this run's /box */
+    size_t n_files;
     const char *workdir;            /* inside the box; NULL = /box */
     const struct sbx_mount *mounts; /* extra read-only bind mounts */
     size_t n_mounts;

@@ -74,6 +74,15 @@ def test_output_limit_verdict():
                                                    {"input": ""}])
         assert verdicts(a) == ["OLE", "OLE"]
         assert a["tests"][0]["run"]["stdout_truncated"] is True
+        # The answer keeps at most 8 x MAX_OUTPUT_SIZE of outputs in all: 20 tests of 900
+        # bytes are each judged on their whole output, the first 8 keep it in the answer.
+        line = "y" * 899
+        a = judge(s, PY, "print('y' * 899)\n", [{"input": "", "expected_output": line}] * 20)
+        assert verdicts(a) == ["AC"] * 20
+        kept = [t["run"]["stdout"] == line + "\n" for t in a["tests"]]
+        assert kept == [True] * 8 + [False] * 12
+        assert all(t["run"]["stdout"] == "" and t["run"]["stdout_truncated"]
+                   for t in a["tests"][8:])
     finally:
         assert s.stop() == 0, s.log_text()
 
@@ -137,8 +146,8 @@ def test_project_with_tests(server):
 # ---- checkers --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("output,expected,accepted_by", [
-    ("1 2\n", "1\n2\n", {"tokens"}),
-    ("a  \nb\n\n\n", "a\nb\n", {"lines", "tokens"}),
+    ("1 2\n", "1\n2\n", {"tokens", "float"}),
+    ("a  \nb\n\n\n", "a\nb\n", {"lines", "tokens", "float"}),
     ("a b\n", "a b\n", {"lines", "tokens", "exact", "float"}),
     ("1.0000001\n", "1\n", {"float"}),
     ("a  b\n", "a b\n", {"tokens", "float"}),
@@ -226,6 +235,22 @@ int main(void) {
     assert verdicts(a) == ["AC", "WA"]
     assert a["tests"][1]["checker_message"] == "15 is not a multiple of 4"
     assert a["checker"]["compile"]["exit_status"] is None
+    # the same checker again: its compile comes from the compile cache
+    b = judge(server, PY, "print(int(input()) * 6)\n", [{"input": "4", "expected_output": "6"}],
+              checker={"runtime_id": server.runtimes()["C"], "source_code": checker})
+    assert verdicts(b) == ["AC"]
+    assert b["checker"]["compile"]["cached"] is True
+    assert a["checker"]["compile"]["cached"] in (True, False)
+
+
+def test_judged_program_compile_is_cached(server):
+    src = "#include <stdio.h>\nint main(void){int x;scanf(\"%d\",&x);printf(\"%d\\n\",x+1);}\n"
+    src += "/* %s */\n" % os.urandom(8).hex()
+    tests = [{"input": "1", "expected_output": "2"}, {"input": "41", "expected_output": "42"}]
+    a = judge(server, "C", src, tests)
+    b = judge(server, "C", src, tests)
+    assert a["compile"]["cached"] is False and b["compile"]["cached"] is True
+    assert verdicts(a) == verdicts(b) == ["AC", "AC"]
 
 
 # ---- interactor ------------------------------------------------------------------------------
@@ -294,10 +319,17 @@ def test_interactor_program_that_breaks_the_protocol(server):
     a = judge(server, PY, "import time\ntime.sleep(100)\n", [{"input": "5"}],
               interactor=interactor(server), run_limits={"wall_time": 1})
     assert verdicts(a) == ["TLE"]
-    # writes garbage: the interactor fails to parse it (a crash of the interactor is CF)
+    # writes garbage: the interactor's parse fails, Python exits 1, which is WA
     a = judge(server, PY, "print('hello', flush=True)\nimport sys\nsys.stdin.readline()\n",
               [{"input": "5"}], interactor=interactor(server))
+    assert verdicts(a) == ["WA"]
+    # an interactor that exits with another code is a checker failure, whatever the program did
+    broken = {"runtime_id": server.runtimes()[PY],
+              "source_code": "import sys\nprint('broken', file=sys.stderr)\nsys.exit(3)\n"}
+    a = judge(server, PY, BINARY_SEARCH, [{"input": "5"}], interactor=broken)
     assert verdicts(a) == ["CF"]
+    assert a["tests"][0]["checker_message"] == "broken"
+    assert a["interactor"]["compile"] is None
 
 
 # ---- file store ------------------------------------------------------------------------------

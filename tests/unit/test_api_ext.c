@@ -243,6 +243,15 @@ static void test_auth(void **state)
     assert_int_equal(route_role("DELETE", "/runtimes/3"), AUTH_ADMIN);
     assert_int_equal(route_role("POST", "/update"), AUTH_ADMIN);
     assert_int_equal(route_role("POST", "/gc"), AUTH_ADMIN);
+    /* test files belong to those who execute; only the upload is bounded as a file */
+    assert_int_equal(route_role("POST", "/files"), AUTH_EXECUTE);
+    assert_int_equal(route_role("GET", "/files/00"), AUTH_EXECUTE);
+    assert_int_equal(route_role("DELETE", "/files/00"), AUTH_EXECUTE);
+    assert_int_equal(route_role("PUT", "/files/00"), AUTH_ADMIN);
+    bool known;
+    assert_int_equal(route_find("POST", "/files", &known)->body, BODY_STORE);
+    assert_int_equal(route_find("GET", "/files/00", &known)->body, BODY_MEMORY);
+    assert_int_equal(route_find("POST", "/execute", &known)->body, BODY_FILE);
     assert_int_equal(route_role("POST", "/anything-new"), AUTH_ADMIN);
 
     assert_int_equal(auth_check(&k, route_role("GET", "/health"), NULL, NULL, &m), 0);

@@ -266,19 +266,16 @@ static void test_a_write_only_stdin_is_refused(void **state)
     assert_still_serving();
 }
 
-static void test_a_directory_pipe_or_socket_as_stdin_is_refused(void **state)
+static void test_a_directory_or_socket_as_stdin_is_refused(void **state)
 {
     (void)state;
-    int fds[3], p[2], sv[2];
+    int fds[2], sv[2];
     fds[0] = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     assert_true(fds[0] >= 0);
-    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-    assert_int_equal(write(p[1], "piped\n", 6), 6);
-    fds[1] = p[0];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     assert_int_equal(write(sv[1], "socket\n", 7), 7);
-    fds[2] = sv[0];
-    for (int i = 0; i < 3; i++) {
+    fds[1] = sv[0];
+    for (int i = 0; i < 2; i++) {
         struct ps_reply rep;
         const char *out = run("cat", 1, &fds[i], 1, &rep);
         assert_string_equal(out, "");
@@ -286,8 +283,71 @@ static void test_a_directory_pipe_or_socket_as_stdin_is_refused(void **state)
         assert_still_serving();
         close(fds[i]);
     }
-    close(p[1]);
     close(sv[1]);
+}
+
+/* A pipe's read end (an interactor's output) is the program's stdin as it is; its write end,
+ * which the program could only write into, is refused. */
+static void test_a_pipe_as_stdin_is_its_read_end(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    assert_int_equal(write(p[1], "piped\n", 6), 6);
+    struct ps_reply rep;
+    const char *out = run("cat; stat -L -c %F /dev/stdin", 1, &p[1], 1, &rep);
+    assert_string_equal(out, "");
+    assert_refused(&rep, "run: stdin: a pipe's write end");
+    assert_still_serving();
+    close(p[1]); /* the program reads to the end of the pipe */
+    out = run("cat; stat -L -c %F /dev/stdin", 1, &p[0], 1, &rep);
+    assert_int_equal(rep.rc, 0);
+    assert_string_equal(out, "piped\nfifo\n");
+    close(p[0]);
+}
+
+/* A stdout descriptor is announced by its flag and must be a pipe's write end; the descriptor
+ * count must match stdin, stdout and the files together. */
+static void test_a_stdout_descriptor_is_a_pipes_write_end(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    struct ps_request *req = calloc(1, PS_MAX_MSG);
+    assert_non_null(req);
+    int out_fd;
+    struct ps_reply rep;
+    int fds[2] = {p[0], p[1]};
+    for (int i = 0; i < 2; i++) {
+        size_t len = run_request(req, "echo to the pipe", 0);
+        req->u.run.flags = PS_RUN_STDOUT_FD;
+        call(req, len, &fds[i], 1, &rep, &out_fd);
+        if (i == 0) {
+            assert_refused(&rep, "run: stdout: not the write end of a pipe");
+        } else {
+            assert_int_equal(rep.rc, 0);
+            assert_int_equal(rep.res.status, SBX_OK);
+            assert_true(rep.res.out_len == 0);
+        }
+        if (out_fd >= 0)
+            close(out_fd);
+    }
+    close(p[1]);
+    char buf[64] = "";
+    assert_int_equal(read(p[0], buf, sizeof(buf) - 1), 12);
+    assert_string_equal(buf, "to the pipe\n");
+    /* announced but not sent, and sent but not announced */
+    size_t len = run_request(req, "true", 0);
+    req->u.run.flags = PS_RUN_STDOUT_FD;
+    call(req, len, NULL, 0, &rep, &out_fd);
+    assert_refused(&rep, "refused: run: descriptor count does not match");
+    len = run_request(req, "true", 1);
+    int two[2] = {p[0], p[0]};
+    call(req, len, two, 2, &rep, &out_fd);
+    assert_refused(&rep, "refused: run: descriptor count does not match");
+    assert_still_serving();
+    close(p[0]);
+    free(req);
 }
 
 static void test_a_write_file_source_must_be_a_regular_file_open_for_reading(void **state)
@@ -431,7 +491,9 @@ static int client(void)
         cmocka_unit_test(test_a_sealed_memfd_is_given_as_it_is_and_an_unsealed_one_copied),
         cmocka_unit_test(test_an_o_path_stdin_of_a_root_only_file_is_refused),
         cmocka_unit_test(test_a_write_only_stdin_is_refused),
-        cmocka_unit_test(test_a_directory_pipe_or_socket_as_stdin_is_refused),
+        cmocka_unit_test(test_a_directory_or_socket_as_stdin_is_refused),
+        cmocka_unit_test(test_a_pipe_as_stdin_is_its_read_end),
+        cmocka_unit_test(test_a_stdout_descriptor_is_a_pipes_write_end),
         cmocka_unit_test(test_a_write_file_source_must_be_a_regular_file_open_for_reading),
         cmocka_unit_test(test_two_descriptors_where_one_is_expected_are_refused),
         cmocka_unit_test(test_a_descriptor_where_none_is_expected_is_refused),

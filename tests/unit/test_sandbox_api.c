@@ -245,6 +245,123 @@ static void test_box_carries_files_across_runs(void **state)
     sbx_box_close(&host, &box);
 }
 
+/* A fresh-box run, with files; `built`: with an extra mount at a point the prepared roots do
+ * not have, so that the run builds its whole tree (mounts_build_root) instead of entering a
+ * prepared one (mounts_enter_template). */
+static int run_fresh(struct sbx_box *box, const char *script, bool built,
+                     const struct sbx_file *files, size_t n_files, struct sbx_result *res)
+{
+    char *const argv[] = {"sh", "-c", (char *)script, NULL};
+    static const struct sbx_mount extra = {.source = "/usr/share", .target = "/extra"};
+    struct sbx_run_config cfg = {.argv = argv,
+                                 .envp = env,
+                                 .fresh_box = true,
+                                 .files = files,
+                                 .n_files = n_files,
+                                 .mounts = built ? &extra : NULL,
+                                 .n_mounts = built ? 1 : 0};
+    sbx_limits_default(&cfg.limits);
+    cfg.limits.wall_time_us = 20 * 1000000;
+    struct ev_err err;
+    int r = sbx_run(&host, box, &cfg, res, &err);
+    if (r < 0)
+        fprintf(stderr, "sbx_run: %s\n", err.msg);
+    return r;
+}
+
+static int file_with(const char *text)
+{
+    char path[] = "/tmp/envicutor-fresh-XXXXXX";
+    int fd = mkostemp(path, O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    return fd; /* its offset at the end: the copy must not depend on it */
+}
+
+/* A fresh box shows what a normal run left (a program it can run included) and takes any
+ * write, change or deletion, in /box and /tmp; the next fresh run, and the next normal one,
+ * see the box as it was. Its files appear with their exact bytes, read-only, and nothing the
+ * run does reaches their source. Both ways of building a run's tree. */
+static void test_a_fresh_box_is_thrown_away_with_its_run(void **state)
+{
+    (void)state;
+    for (int built = 0; built < 2; built++) {
+        struct sbx_box box;
+        struct ev_err err;
+        assert_int_equal(sbx_box_open(&host, NULL, &box, &err), 0);
+        struct sbx_result res;
+        assert_int_equal(run_sh(&box,
+                                "echo original > f; mkdir d; echo kept > d/k; cp /bin/echo ./say; "
+                                "echo 'earlier input' > input",
+                                &res),
+                         0);
+        assert_int_equal(res.status, SBX_OK);
+        sbx_result_free(&res);
+        /* bytes that text would not carry: a NUL and no newline at the end */
+        static const char bin[] = "line 1\n\0tail";
+        int fds[2] = {file_with("the input\n"), file_with("")};
+        assert_int_equal(pwrite(fds[1], bin, sizeof(bin) - 1, 0), (ssize_t)sizeof(bin) - 1);
+        const struct sbx_file files[] = {{"input", fds[0]}, {"expected", fds[1]}};
+        const char *changes =
+            "./say ran; cat f d/k input; stat -c '%U %a' /box; stat -c '%U %a' input expected; "
+            "od -An -c expected | tr -s ' '; "
+            "echo changed > f; rm d/k; rmdir d; echo new > n; echo t > /tmp/t; rm say; "
+            "(echo more >> input) 2>/dev/null || echo input is read-only; "
+            "rm -f input expected; echo mine > input; cat input";
+        assert_int_equal(run_fresh(&box, changes, built, files, 2, &res), 0);
+        if (res.status != SBX_OK)
+            fprintf(stderr, "fresh run: %s\n%s\n", res.message, res.err.data);
+        assert_int_equal(res.status, SBX_OK);
+        assert_string_equal(res.out.data, "ran\noriginal\nkept\nthe input\n"
+                                          "box 755\nroot 444\nroot 444\n"
+                                          " l i n e 1 \\n \\0 t a i l\n"
+                                          "input is read-only\nmine\n");
+        sbx_result_free(&res);
+        /* the sources are as they were */
+        char got[32] = "";
+        assert_int_equal(pread(fds[0], got, sizeof(got), 0), 10);
+        assert_memory_equal(got, "the input\n", 10);
+        assert_int_equal(pread(fds[1], got, sizeof(got), 0), (ssize_t)sizeof(bin) - 1);
+        assert_memory_equal(got, bin, sizeof(bin) - 1);
+        /* the next fresh run, without files, and a normal run see the original box */
+        const char *look = "ls -A /box; cat f d/k input; ls -A /tmp | wc -l";
+        const char *original = "d\nf\ninput\nsay\noriginal\nkept\nearlier input\n0\n";
+        assert_int_equal(run_fresh(&box, look, built, NULL, 0, &res), 0);
+        assert_string_equal(res.out.data, original);
+        sbx_result_free(&res);
+        assert_int_equal(run_sh(&box, look, &res), 0);
+        assert_string_equal(res.out.data, original);
+        sbx_result_free(&res);
+        close(fds[0]);
+        close(fds[1]);
+        sbx_box_close(&host, &box);
+    }
+}
+
+/* What a fresh box may write is bounded like the box: its layer is a tmpfs of the box's
+ * size. */
+static void test_a_fresh_box_is_as_large_as_the_box(void **state)
+{
+    (void)state;
+    struct sbx_box box;
+    struct ev_err err;
+    struct sbx_box_options opt = {.disk_kb = 1024, .max_inodes = 64};
+    assert_int_equal(sbx_box_open(&host, &opt, &box, &err), 0);
+    struct sbx_result res;
+    assert_int_equal(run_fresh(&box,
+                               "head -c 2000000 /dev/zero > big 2>/dev/null; "
+                               "echo $(( $(stat -c %s big) <= 1048576 )); "
+                               "i=0; while [ $i -lt 100 ] && touch f$i 2>/dev/null; do "
+                               "i=$((i+1)); done; echo $(( i < 100 ))",
+                               false, NULL, 0, &res),
+                     0);
+    assert_int_equal(res.status, SBX_OK);
+    assert_string_equal(res.out.data, "1\n1\n");
+    sbx_result_free(&res);
+    sbx_box_close(&host, &box);
+}
+
 struct collected {
     char data[3][8192]; /* by stream: 1 stdout, 2 stderr */
     size_t len[3];
@@ -728,6 +845,8 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_box_carries_files_across_runs),
+        cmocka_unit_test(test_a_fresh_box_is_thrown_away_with_its_run),
+        cmocka_unit_test(test_a_fresh_box_is_as_large_as_the_box),
         cmocka_unit_test(test_cancel_stops_a_run_at_once),
         cmocka_unit_test(test_output_goes_to_a_consumer),
         cmocka_unit_test(test_runs_from_several_threads_at_once),

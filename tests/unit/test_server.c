@@ -367,6 +367,40 @@ static void test_helper_checks_messages(void **state)
     n = build_run(req, good, sizeof(good) - 1, 3, 1);
     snprintf(req->u.run.runtime, sizeof(req->u.run.runtime), "../etc");
     assert_int_equal(ps_check_request(req, n, 0, argv, envp, &err), -1);
+    /* stdout and files: each announced descriptor comes, and only those; files are plain
+     * names, distinct, at most PS_MAX_FILES, for a fresh box only */
+    n = build_run(req, good, sizeof(good) - 1, 3, 1);
+    req->u.run.has_stdin = 1;
+    req->u.run.flags = PS_RUN_STDOUT_FD;
+    assert_int_equal(ps_check_request(req, n, 2, argv, envp, &err), 0);
+    assert_int_equal(ps_check_request(req, n, 1, argv, envp, &err), -1);
+    assert_int_equal(ps_check_request(req, n, 3, argv, envp, &err), -1);
+    req->u.run.n_files = 2;
+    snprintf(req->u.run.files[0], sizeof(req->u.run.files[0]), "input");
+    snprintf(req->u.run.files[1], sizeof(req->u.run.files[1]), "expected_output");
+    assert_int_equal(ps_check_request(req, n, 4, argv, envp, &err), -1); /* not fresh */
+    assert_string_equal(err.msg, "run: files are for a fresh box only");
+    req->u.run.flags |= PS_RUN_FRESH_BOX;
+    assert_int_equal(ps_check_request(req, n, 4, argv, envp, &err), 0);
+    assert_int_equal(ps_check_request(req, n, 3, argv, envp, &err), -1);
+    assert_int_equal(ps_check_request(req, n, 5, argv, envp, &err), -1);
+    const char *bad_names[] = {"", ".", "..", "a/b", "input"};
+    for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
+        snprintf(req->u.run.files[1], sizeof(req->u.run.files[1]), "%s", bad_names[i]);
+        assert_int_equal(ps_check_request(req, n, 4, argv, envp, &err), -1);
+    }
+    memset(req->u.run.files[1], 'x', sizeof(req->u.run.files[1])); /* no NUL */
+    assert_int_equal(ps_check_request(req, n, 4, argv, envp, &err), -1);
+    req->u.run.files[1][PS_NAME_MAX] = '\0'; /* the longest name */
+    assert_int_equal(ps_check_request(req, n, 4, argv, envp, &err), 0);
+    req->u.run.n_files = PS_MAX_FILES + 1;
+    assert_int_equal(ps_check_request(req, n, 2 + PS_MAX_FILES + 1, argv, envp, &err), -1);
+    req->u.run.n_files = 0;
+    req->u.run.flags = 8; /* unknown */
+    assert_int_equal(ps_check_request(req, n, 1, argv, envp, &err), -1);
+    req->u.run.flags = 0;
+    req->u.run.has_stdin = 2;
+    assert_int_equal(ps_check_request(req, n, 1, argv, envp, &err), -1);
     /* wrong magic, short message, unknown type */
     n = build_run(req, good, sizeof(good) - 1, 3, 1);
     req->h.magic = 0;
