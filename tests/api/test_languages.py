@@ -463,6 +463,32 @@ BASH_MEMORY = """s=x
 for i in $(seq 1 30); do s=$s$s; done
 echo "survived ${#s}\""""
 SQLITE_MEMORY = "SELECT length(randomblob(1000000000));"
+HASKELL_PROCESSES = """import Control.Exception (IOException, try)
+import Control.Monad (forM_, replicateM_)
+import System.Exit (ExitCode (..))
+import System.IO (hFlush, stdout)
+import System.Posix.IO (closeFd, createPipe, fdRead)
+import System.Posix.Process (exitImmediately, forkProcess, getAnyProcessStatus)
+
+main :: IO ()
+main = do
+  n <- readLn :: IO Int
+  (r, w) <- createPipe
+  forM_ [1 .. n] $ \\_ -> forkProcess $ do
+    closeFd w
+    _ <- try (fdRead r 1 >> return ()) :: IO (Either IOException ())
+    exitImmediately ExitSuccess
+  putStrLn ("started " ++ show n)
+  hFlush stdout
+  closeFd w
+  replicateM_ n (getAnyProcessStatus True False)"""
+HASKELL_MEMORY = """import qualified Data.ByteString.Char8 as B
+
+main :: IO ()
+main = do
+  let l = [B.replicate (64 * 1024 * 1024) (toEnum (65 + i `mod` 26)) | i <- [0 .. 63 :: Int]]
+  mapM_ (\\b -> b `seq` return ()) l
+  putStrLn ("survived " ++ show (sum (map B.length l)))"""
 
 PROGRAMS = {
     "C": (C_MEMORY, C_THREADS),
@@ -489,6 +515,7 @@ PROGRAMS = {
     "Fortran": (FORTRAN_MEMORY, FORTRAN_PROCESSES),
     "D": (D_MEMORY, D_THREADS),
     "R": (R_MEMORY, R_PROCESSES),
+    "Haskell": (HASKELL_MEMORY, HASKELL_PROCESSES),
     "Bash": (BASH_MEMORY, BASH_PROCESSES),
     # SQL has neither threads nor processes: only its memory is checked.
     "SQLite": (SQLITE_MEMORY, None),
