@@ -173,6 +173,14 @@ static int parse_sample(json_t *o, const char *file, struct catalog_sample *s, s
     return 0;
 }
 
+static int script_length(const char *script, const char *file, const char *field,
+                         struct ev_err *err)
+{
+    if (strlen(script) > CATALOG_SCRIPT_MAX_BYTES)
+        return FIELD_FAIL(err, file, field, "longer than %d bytes", CATALOG_SCRIPT_MAX_BYTES);
+    return 0;
+}
+
 static int parse_entry(json_t *root, const char *file, struct catalog_entry *e, struct ev_err *err)
 {
     static const char *const keys[] = {
@@ -201,6 +209,8 @@ static int parse_entry(json_t *root, const char *file, struct catalog_entry *e, 
     if (string_field(root, "compile_script", file, "", false, false, &rt->compile_script, err) <
             0 ||
         string_field(root, "run_script", file, "", true, true, &rt->run_script, err) < 0 ||
+        script_length(rt->compile_script, file, "compile_script", err) < 0 ||
+        script_length(rt->run_script, file, "run_script", err) < 0 ||
         parse_env(json_object_get(root, "env"), file, rt, err) < 0 ||
         parse_limits_field(root, "compile_limits", file, &rt->compile_limits, err) < 0 ||
         parse_limits_field(root, "run_limits", file, &rt->run_limits, err) < 0 ||

@@ -13,6 +13,10 @@
 #include "pipeline/runtime_store.h"
 
 #define CATALOG_MAX_ENTRIES 256
+/* POST /runtimes refuses a longer script (src/http/request.c); the catalog holds entries to the
+ * same bound, or one would be installed at the server's start and refused by `catalog check
+ * --server`. */
+#define CATALOG_SCRIPT_MAX_BYTES 16384
 
 struct catalog_sample {
     char *source_code, *input, *expected_output;

@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
 from conftest import BIN, CATALOG
 
 
@@ -20,10 +22,10 @@ def make_dir(tmp_path, changes=None):
     return d
 
 
-def check(d):
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+def check(d, **env):
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
     return subprocess.run([BIN, "catalog", "check", str(d)], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)
 
 
 def test_a_good_catalog_passes(tmp_path):
@@ -54,3 +56,39 @@ def test_a_malformed_entry_names_file_and_field(tmp_path):
     assert "bash.json: field 'run_limits.memory'" in r.stderr
     assert "python3.json: field 'sample.input': missing" in r.stderr
     assert r.stdout == ""  # nothing installed, no server started
+
+
+def test_a_script_longer_than_the_api_takes_is_refused(tmp_path):
+    # POST /runtimes takes scripts of up to 16384 bytes; the catalog may not install more
+    def long_script(e):
+        e["compile_script"] = "true\n" + "#" * (16384 - 5 + 1)
+    r = check(make_dir(tmp_path, {"python3.json": long_script}))
+    assert r.returncode == 1
+    assert "python3.json: field 'compile_script': longer than 16384 bytes" in r.stderr
+    assert r.stdout == ""
+
+
+def test_the_project_catalog_passes(tmp_path):
+    """Every entry of runtimes/catalog whose toolchain is here (with ENVICUTOR_ALL_LANGUAGES=1:
+    every entry) gets a row that says ok."""
+    d = tmp_path / "catalog"
+    d.mkdir()
+    files = []
+    for f in sorted(os.listdir(CATALOG)):
+        e = json.loads(open(os.path.join(CATALOG, f)).read())
+        if os.environ.get("ENVICUTOR_ALL_LANGUAGES") == "1" or \
+                all(shutil.which(c, path="/usr/local/bin:/usr/bin:/bin") for c in e["requires"]):
+            shutil.copy(os.path.join(CATALOG, f), d / f)
+            files.append(f)
+    if not files:
+        pytest.fail("no catalog entry has its toolchain here")
+    # R's entry needs 256 descriptors (runtimes/catalog/r.json)
+    r = check(d, RUN_MAX_OPEN_FILES="256")
+    assert r.returncode == 0, r.stdout + r.stderr
+    status = {}
+    for line in r.stdout.splitlines()[1:]:
+        words = line.split()
+        for i, w in enumerate(words[:-1]):
+            if w.endswith(".json"):
+                status[w] = words[i + 1]
+    assert status == {f: "ok" for f in files}, r.stdout

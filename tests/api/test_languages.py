@@ -463,25 +463,42 @@ BASH_MEMORY = """s=x
 for i in $(seq 1 30); do s=$s$s; done
 echo "survived ${#s}\""""
 SQLITE_MEMORY = "SELECT length(randomblob(1000000000));"
-HASKELL_PROCESSES = """import Control.Exception (IOException, try)
-import Control.Monad (forM_, replicateM_)
-import System.Exit (ExitCode (..))
-import System.IO (hFlush, stdout)
-import System.Posix.IO (closeFd, createPipe, fdRead)
-import System.Posix.Process (exitImmediately, forkProcess, getAnyProcessStatus)
+# The entry has base but not the unix package: fork, pipe and wait through the FFI. Until the
+# pipe's end is closed a child does nothing but wait in read(2).
+HASKELL_PROCESSES = """import Control.Monad (forM_, replicateM_, when)
+import Foreign.C.Types (CInt (..), CLong (..), CSize (..))
+import Foreign.Marshal.Array (allocaArray, peekArray)
+import Foreign.Ptr (Ptr, nullPtr)
+import System.Exit (ExitCode (..), exitWith)
+import System.IO (hFlush, hPutStrLn, stderr, stdout)
+
+foreign import ccall unsafe "fork" c_fork :: IO CInt
+foreign import ccall unsafe "pipe" c_pipe :: Ptr CInt -> IO CInt
+foreign import ccall unsafe "read" c_read :: CInt -> Ptr CInt -> CSize -> IO CLong
+foreign import ccall unsafe "close" c_close :: CInt -> IO CInt
+foreign import ccall unsafe "wait" c_wait :: Ptr CInt -> IO CInt
+foreign import ccall unsafe "_exit" c_exit :: CInt -> IO ()
 
 main :: IO ()
 main = do
   n <- readLn :: IO Int
-  (r, w) <- createPipe
-  forM_ [1 .. n] $ \\_ -> forkProcess $ do
-    closeFd w
-    _ <- try (fdRead r 1 >> return ()) :: IO (Either IOException ())
-    exitImmediately ExitSuccess
-  putStrLn ("started " ++ show n)
-  hFlush stdout
-  closeFd w
-  replicateM_ n (getAnyProcessStatus True False)"""
+  allocaArray 2 $ \\fds -> do
+    ok <- c_pipe fds
+    when (ok /= 0) $ exitWith (ExitFailure 2)
+    [r, w] <- peekArray 2 fds
+    forM_ [1 .. n] $ \\i -> do
+      pid <- c_fork
+      when (pid < 0) $ do
+        hPutStrLn stderr ("process " ++ show i ++ " failed")
+        exitWith (ExitFailure 1)
+      when (pid == 0) $ do
+        _ <- c_close w
+        _ <- c_read r fds 1
+        c_exit 0
+    putStrLn ("started " ++ show n)
+    hFlush stdout
+    _ <- c_close w
+    replicateM_ n (c_wait nullPtr)"""
 HASKELL_MEMORY = """import qualified Data.ByteString.Char8 as B
 
 main :: IO ()
