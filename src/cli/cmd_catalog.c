@@ -3,6 +3,7 @@
  * scratch one this command starts (the same binary's `serve`, a data directory of its own, a
  * free port) unless --server names one. Exit status 0 when every sample printed its expected
  * output; 1 on any invalid entry, failed installation or mismatch; 2 for a bad command line. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -23,6 +24,7 @@
 #include "common/cleanup.h"
 #include "common/rmtree.h"
 #include "pipeline/catalog.h"
+#include "pipeline/config.h"
 
 static const char usage[] =
     "Usage: envicutor catalog check DIR [--server URL]\n"
@@ -39,7 +41,8 @@ static const char usage[] =
     "Without --server the command starts a scratch server (this binary's `serve`, as root: it\n"
     "needs the sandbox) on a free port of 127.0.0.1 with a temporary data directory, and\n"
     "removes both at the end. The server's limits come from the environment as usual\n"
-    "(docs/server.md).\n";
+    "(docs/server.md), except that a limit an entry sets higher than the server's and the\n"
+    "environment does not name (R's RUN_MAX_OPEN_FILES) is raised to the entry's.\n";
 
 #define HTTP_TIMEOUT_S 900 /* an installation or a compile of the slowest toolchains */
 
@@ -68,7 +71,53 @@ static void sleep_ms(long ms)
     }
 }
 
-static int scratch_start(struct scratch *s, struct http_target *t, struct ev_err *err)
+static const char *env_lookup(const char *name)
+{
+    return getenv(name);
+}
+
+/* The scratch server exists for the catalog: a limit some entry sets above what the server
+ * would allow (R's 256 descriptors against the default 64) is raised to it, unless the
+ * environment names that limit, in which case the environment holds and the entry is reported
+ * as not installed. Set in this process's environment, which the server inherits. */
+static int scratch_limits(const struct catalog_entry *entries, size_t n, struct ev_err *err)
+{
+    struct ev_config cfg;
+    if (config_load(&cfg, env_lookup, err) < 0)
+        return ev_wrap(err, "the scratch server's configuration: ");
+    for (int stage = 0; stage < 2; stage++) {
+        uint64_t server[LIM_COUNT];
+        limits_to_array(stage ? &cfg.run : &cfg.compile, server);
+        for (int i = 0; i < LIM_COUNT; i++) {
+            uint64_t want = server[i];
+            for (size_t k = 0; k < n; k++) {
+                const struct limit_override *o =
+                    stage ? &entries[k].rt.run_limits : &entries[k].rt.compile_limits;
+                if (o->present[i] && o->value[i] > want)
+                    want = o->value[i];
+            }
+            char name[64], value[32];
+            int len =
+                snprintf(name, sizeof(name), "%s_%s", stage ? "RUN" : "COMPILE", limit_names[i]);
+            for (int c = 0; c < len; c++)
+                name[c] = (char)toupper((unsigned char)name[c]);
+            if (want == server[i] || getenv(name))
+                continue;
+            bool seconds = i == LIM_WALL_TIME || i == LIM_CPU_TIME || i == LIM_EXTRA_TIME;
+            if (seconds)
+                snprintf(value, sizeof(value), "%llu.%06llu", (unsigned long long)(want / 1000000),
+                         (unsigned long long)(want % 1000000));
+            else
+                snprintf(value, sizeof(value), "%llu", (unsigned long long)want);
+            if (setenv(name, value, 1) < 0)
+                return ev_fail(err, errno, "setenv %s", name);
+        }
+    }
+    return 0;
+}
+
+static int scratch_start(struct scratch *s, const struct catalog_entry *entries, size_t n_entries,
+                         struct http_target *t, struct ev_err *err)
 {
     if (geteuid() != 0)
         return ev_fail(err, 0,
@@ -80,7 +129,7 @@ static int scratch_start(struct scratch *s, struct http_target *t, struct ev_err
         return ev_fail(err, errno, "readlink /proc/self/exe");
     exe[n] = '\0';
     int port = free_port(err);
-    if (port < 0)
+    if (port < 0 || scratch_limits(entries, n_entries, err) < 0)
         return -1;
     snprintf(s->dir, sizeof(s->dir), "/tmp/envicutor-check-XXXXXX");
     if (!mkdtemp(s->dir))
@@ -343,7 +392,8 @@ static int check(const char *dir, const char *server_url)
     struct http_target t = {0};
     struct scratch s = {0};
     struct ev_err err;
-    int rc = server_url ? http_parse_url(server_url, &t, &err) : scratch_start(&s, &t, &err);
+    int rc =
+        server_url ? http_parse_url(server_url, &t, &err) : scratch_start(&s, entries, n, &t, &err);
     if (rc < 0) {
         fprintf(stderr, "envicutor catalog: %s\n", err.msg);
         scratch_stop(&s, true);
