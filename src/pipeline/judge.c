@@ -109,7 +109,8 @@ struct helper_box {
     bool open, built;
     uint32_t box;
     struct program_env pe;
-    char *argv[5];
+    struct script_argv sa;
+    char **argv;
 };
 
 static enum pipe_status helper_build(struct pipeline *p, const struct judge_program *prog,
@@ -129,11 +130,8 @@ static enum pipe_status helper_build(struct pipeline *p, const struct judge_prog
         jo->helper_res[i] = built.res[i];
     }
     jo->helper_cached = built.cached;
-    h->argv[0] = h->pe.bash;
-    h->argv[1] = "-c";
-    h->argv[2] = prog->rt->run_script;
-    h->argv[3] = "/runtime/run.sh";
-    h->argv[4] = NULL;
+    script_argv_init(&h->sa, h->pe.bash, prog->rt->run_script, "/runtime/run.sh");
+    h->argv = h->sa.argv;
     return st;
 }
 
@@ -142,6 +140,7 @@ static void helper_close(struct pipeline *p, struct helper_box *h)
     if (!h->open)
         return;
     program_env_free(&h->pe);
+    script_argv_free(&h->sa);
     struct ev_err cerr;
     if (psc_close_box(p->psc, h->box, &cerr) < 0)
         fprintf(stderr, "envicutor: close box: %s\n", cerr.msg);
@@ -157,7 +156,7 @@ struct judge_ctx {
     struct abort_ctx *ac;
     uint32_t box;
     struct program_env pe;
-    char *argv[5];
+    struct script_argv sa;
     struct helper_box helper;
 };
 
@@ -261,7 +260,7 @@ static enum pipe_status run_test(struct judge_ctx *c, const struct judge_test *t
         tr->message = strdup(ferr.msg);
         goto out;
     }
-    struct psc_run run = {.argv = c->argv,
+    struct psc_run run = {.argv = c->sa.argv,
                           .fresh_box = true,
                           .input = t->input.present && !t->input.file_id ? t->input.data : "",
                           .input_len = t->input.present && !t->input.file_id ? t->input.len : 0};
@@ -361,7 +360,7 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
         goto fail;
     }
     struct psc_run run = {
-        .argv = c->argv, .fresh_box = true, .input_fd = to_prog[0], .output_fd = to_peer[1]};
+        .argv = c->sa.argv, .fresh_box = true, .input_fd = to_prog[0], .output_fd = to_peer[1]};
     /* each psc_run closes the ends it hands over once they are sent: when one side's run is
      * over, the helper holds no copy of its ends either, and the other side sees the end of
      * its input or EPIPE */
@@ -454,10 +453,7 @@ enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exe
 
     struct judge_ctx c = {.p = p, .req = req, .jr = jr, .ac = ac, .box = box};
     program_env_init(&c.pe, req->rt);
-    c.argv[0] = c.pe.bash;
-    c.argv[1] = "-c";
-    c.argv[2] = req->rt->run_script;
-    c.argv[3] = "/runtime/run.sh";
+    script_argv_init(&c.sa, c.pe.bash, req->rt->run_script, "/runtime/run.sh");
     struct build_request b = {req->source, req->source_len, req->is_project, &req->compile};
     bool built;
     enum pipe_status st = stage_build(p, box, &c.pe, &b, ac, out, &built, err);
@@ -488,6 +484,7 @@ enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exe
     }
 done:
     helper_close(p, &c.helper);
+    script_argv_free(&c.sa);
     program_env_free(&c.pe);
     return st;
 }

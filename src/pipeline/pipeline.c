@@ -284,6 +284,69 @@ static enum pipe_status run_stage(struct pipeline *p, uint32_t box, const struct
     return stage_run(p, box, pe, &run, l, ac, res, err);
 }
 
+static bool plain_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("_./+=:,@%-", c);
+}
+
+/* A first word that bash would not look up as a program: a builtin or a keyword. */
+static bool shell_word(const char *w)
+{
+    static const char *const words[] = {
+        ".",      ":",       "[",         "alias",    "bg",       "bind",    "break",    "builtin",
+        "caller", "cd",      "command",   "compgen",  "complete", "compopt", "continue", "declare",
+        "dirs",   "disown",  "echo",      "enable",   "eval",     "exec",    "exit",     "export",
+        "false",  "fc",      "fg",        "getopts",  "hash",     "help",    "history",  "jobs",
+        "kill",   "let",     "local",     "logout",   "mapfile",  "popd",    "printf",   "pushd",
+        "pwd",    "read",    "readarray", "readonly", "return",   "set",     "shift",    "shopt",
+        "source", "suspend", "test",      "times",    "trap",     "true",    "type",     "typeset",
+        "ulimit", "umask",   "unalias",   "unset",    "wait",     "if",      "then",     "else",
+        "elif",   "fi",      "case",      "esac",     "for",      "select",  "while",    "until",
+        "do",     "done",    "in",        "function", "time",     "coproc"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strcmp(w, words[i]) == 0)
+            return true;
+    return false;
+}
+
+void script_argv_init(struct script_argv *sa, const char *bash, const char *script,
+                      const char *name)
+{
+    memset(sa, 0, sizeof(*sa));
+    bool plain = script[0] != '\0' && script[0] != '%';
+    for (const char *c = script; plain && *c; c++)
+        plain = plain_char(*c) || *c == ' ' || *c == '\t';
+    if (plain)
+        sa->words = strdup(script);
+    size_t n = 0;
+    char *save = NULL;
+    for (char *w = sa->words ? strtok_r(sa->words, " \t", &save) : NULL; w && plain;
+         w = strtok_r(NULL, " \t", &save)) {
+        if (n == PS_MAX_ARGS || (n == 0 && (strchr(w, '=') || shell_word(w))))
+            plain = false;
+        else
+            sa->argv[n++] = w;
+    }
+    if (plain && n > 0) {
+        sa->argv[n] = NULL;
+        return;
+    }
+    free(sa->words);
+    sa->words = NULL;
+    sa->argv[0] = (char *)bash;
+    sa->argv[1] = "-c";
+    sa->argv[2] = (char *)script;
+    sa->argv[3] = (char *)name;
+    sa->argv[4] = NULL;
+}
+
+void script_argv_free(struct script_argv *sa)
+{
+    free(sa->words);
+    sa->words = NULL;
+}
+
 void program_env_init(struct program_env *pe, const struct runtime *rt)
 {
     memset(pe, 0, sizeof(*pe));
@@ -332,8 +395,10 @@ static enum pipe_status build_fresh(struct pipeline *p, uint32_t box, const stru
             return PIPE_INTERNAL;
     }
     if (rt->compile_script[0]) {
-        char *argv[] = {pe->bash, "-c", rt->compile_script, "/runtime/compile.sh", NULL};
-        st = run_stage(p, box, pe, argv, NULL, 0, b->compile, ac, &out->res[STAGE_COMPILE], err);
+        struct script_argv sa;
+        script_argv_init(&sa, pe->bash, rt->compile_script, "/runtime/compile.sh");
+        st = run_stage(p, box, pe, sa.argv, NULL, 0, b->compile, ac, &out->res[STAGE_COMPILE], err);
+        script_argv_free(&sa);
         if (st != PIPE_OK)
             return st;
         out->ran[STAGE_COMPILE] = true;
@@ -517,8 +582,9 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
     bool built;
     enum pipe_status st = stage_build(p, box, &pe, &b, ac, out, &built, err);
     if (st == PIPE_OK && built) {
-        char *argv[] = {pe.bash, "-c", rt->run_script, "/runtime/run.sh", NULL};
-        struct psc_run run = {.argv = argv,
+        struct script_argv sa;
+        script_argv_init(&sa, pe.bash, rt->run_script, "/runtime/run.sh");
+        struct psc_run run = {.argv = sa.argv,
                               .input = req->input ? req->input : "",
                               .input_len = req->input ? req->input_len : 0};
         /* psc_run takes the descriptor it is given (and closes it) */
@@ -530,6 +596,7 @@ static enum pipe_status execute_in_box(struct pipeline *p, uint32_t box, const s
             st = stage_run(p, box, &pe, &run, &req->run, ac, &out->res[STAGE_RUN], err);
         if (st == PIPE_OK)
             out->ran[STAGE_RUN] = true;
+        script_argv_free(&sa);
     }
     program_env_free(&pe);
     return st;

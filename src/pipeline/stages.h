@@ -32,6 +32,19 @@ struct program_env {
 void program_env_init(struct program_env *pe, const struct runtime *rt);
 void program_env_free(struct program_env *pe);
 
+/* The argv of a runtime's script. bash -c runs a script that is one simple command by exec'ing
+ * it; such a script made of plain words (letters, digits and _ . / + = : , @ % -, no quoting,
+ * expansion, redirection or builtin) is exec'd directly instead, without bash's start-up, with
+ * the same outcome: the same program, arguments, exit status or signal, and a program that
+ * cannot be run is RE 127 as from a shell. Anything else runs as bash -c SCRIPT NAME. */
+struct script_argv {
+    char *words; /* owned: the split copy of a plain script */
+    char *argv[PS_MAX_ARGS + 1];
+};
+void script_argv_init(struct script_argv *sa, const char *bash, const char *script,
+                      const char *name);
+void script_argv_free(struct script_argv *sa);
+
 struct build_request {
     const char *source; /* the file, or the zip archive of a project */
     size_t source_len;

@@ -53,6 +53,31 @@ def test_no_leaks_and_no_memory_errors_in_the_server():
         assert requests.post(s.url + "/execute", data="{not json",
                              headers={"Content-Type": "application/json"}).status_code == 400
         assert s.get("/nowhere").status_code == 404
+        # judge mode: a stored file, a built-in checker, a custom checker, an interactor, the
+        # compile cache (the same C program twice), a bad request
+        fid = requests.post(s.url + "/files", data=b"7\n", timeout=60).json()["id"]
+        tests = [{"input_file": fid, "expected_output": "14"}, {"input": "1", "expected_output": "3"}]
+        r = s.post("/execute", {"runtime_id": py, "source_code": "print(int(input()) * 2)",
+                                "tests": tests, "checker": "tokens"})
+        assert [t["verdict"] for t in r.json()["tests"]] == ["AC", "WA"], r.text
+        chk = "import sys\nsys.exit(0 if open('output').read() == open('expected_output').read() else 1)"
+        r = s.post("/execute", {"runtime_id": py, "source_code": "print(input())",
+                                "tests": [{"input": "a", "expected_output": "a\n"}],
+                                "checker": {"runtime_id": py, "source_code": chk}})
+        assert r.json()["verdict"] == "AC", r.text
+        inter = "import sys\nprint('ping', flush=True)\nsys.exit(0 if input() == 'pong' else 1)"
+        r = s.post("/execute", {"runtime_id": py, "source_code": "input()\nprint('pong')",
+                                "tests": [{"input": ""}],
+                                "interactor": {"runtime_id": py, "source_code": inter}})
+        assert r.json()["verdict"] == "AC", r.text
+        if "C" in ids:
+            for _ in range(2):
+                r = s.post("/execute", {"runtime_id": ids["C"], "source_code": "int main(){}",
+                                        "tests": [{"input": ""}]})
+                assert r.json()["verdict"] == "AC", r.text
+        assert s.post("/execute", {"runtime_id": py, "source_code": "x",
+                                   "tests": [5]}).status_code == 400
+        assert requests.delete(s.url + f"/files/{fid}", timeout=60).status_code == 200
         r = s.post("/runtimes", {"name": "Leak check", "provider": "host",
                                  "run_script": "cat main.txt", "source_file_name": "main.txt"})
         assert r.status_code == 200
