@@ -3,5 +3,6 @@
 
 int cmd_sandbox(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_catalog(int argc, char **argv);
 
 #endif

@@ -1,4 +1,4 @@
-/* The one binary: `envicutor serve` and `envicutor sandbox ...`. */
+/* The one binary: `envicutor serve`, `envicutor sandbox ...` and `envicutor catalog check`. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +13,7 @@ static const char usage[] = "Usage: envicutor COMMAND [OPTIONS]\n"
                             "Commands:\n"
                             "  serve     the HTTP server (code execution API)\n"
                             "  sandbox   run one command in a fresh box and print its metrics\n"
+                            "  catalog   check a runtime catalog: validate it, run every sample\n"
                             "\n"
                             "Run 'envicutor COMMAND --help' for a command's options,\n"
                             "'envicutor --version' for the version; man envicutor.\n";
@@ -66,6 +67,8 @@ int main(int argc, char **argv)
         return cmd_serve(argc - 1, argv + 1);
     if (strcmp(argv[1], "sandbox") == 0)
         return cmd_sandbox(argc - 1, argv + 1);
+    if (strcmp(argv[1], "catalog") == 0)
+        return cmd_catalog(argc - 1, argv + 1);
     if (strcmp(argv[1], HELPER_COMMAND) == 0)
         return helper_process_main(argc - 1, argv + 1);
     fprintf(stderr, "envicutor: unknown command '%s'\n%s", argv[1], usage);
