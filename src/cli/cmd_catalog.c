@@ -425,6 +425,18 @@ static int check(const char *dir, const char *server_url)
     return failed ? 1 : 0;
 }
 
+/* One option of `catalog`: -1 when taken (--server), else the command's exit status (after
+ * --help, 0; after an unknown option, 2). */
+static int take_option(int opt, const char **server)
+{
+    if (opt == 's') {
+        *server = optarg;
+        return -1;
+    }
+    fputs(usage, opt == 'h' ? stdout : stderr);
+    return opt == 'h' ? 0 : 2;
+}
+
 int cmd_catalog(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -435,17 +447,10 @@ int cmd_catalog(int argc, char **argv)
     const char *server = NULL;
     int opt;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
-        if (opt == 's') {
-            server = optarg;
-        } else if (opt == 'h') {
-            fputs(usage, stdout);
-            return 0;
-        } else {
-            fputs(usage, stderr);
-            return 2;
-        }
-    }
+    int rc;
+    while ((opt = getopt_long(argc, argv, "+h", opts, NULL)) != -1)
+        if ((rc = take_option(opt, &server)) >= 0)
+            return rc;
     /* The subcommand, then options anywhere after it. */
     if (optind >= argc || strcmp(argv[optind], "check") != 0) {
         fputs(usage, stderr);
@@ -460,14 +465,8 @@ int cmd_catalog(int argc, char **argv)
                 return 2;
             }
             dir = argv[optind++];
-        } else if (opt == 's') {
-            server = optarg;
-        } else if (opt == 'h') {
-            fputs(usage, stdout);
-            return 0;
-        } else {
-            fputs(usage, stderr);
-            return 2;
+        } else if ((rc = take_option(opt, &server)) >= 0) {
+            return rc;
         }
     }
     if (!dir) {

@@ -247,39 +247,24 @@ static enum pipe_status check_output(struct judge_ctx *c, const struct judge_tes
     return PIPE_OK;
 }
 
-static enum pipe_status run_test(struct judge_ctx *c, const struct judge_test *t,
-                                 struct judge_test_result *tr, struct ev_err *err)
+/* in_fd, exp_fd: the test's stored files (-1: its texts are bytes), the caller's to close. */
+static enum pipe_status run_test(struct judge_ctx *c, const struct judge_test *t, int in_fd,
+                                 int exp_fd, struct judge_test_result *tr, struct ev_err *err)
 {
-    int in_fd = -1, exp_fd = -1;
-    enum pipe_status st = PIPE_OK;
-    struct ev_err ferr = {0};
-    if (open_text(c->p, &t->input, &in_fd, &ferr) < 0 ||
-        open_text(c->p, &t->expected, &exp_fd, &ferr) < 0) {
-        /* a file deleted while the request waited: this test cannot be judged */
-        tr->verdict = VERDICT_XX;
-        tr->message = strdup(ferr.msg);
-        goto out;
-    }
+    enum pipe_status st;
     struct psc_run run = {.argv = c->sa.argv,
                           .fresh_box = true,
                           .input = t->input.present && !t->input.file_id ? t->input.data : "",
                           .input_len = t->input.present && !t->input.file_id ? t->input.len : 0};
-    if (in_fd >= 0 && (run.input_fd = lend(in_fd, err)) < 0) {
-        st = PIPE_INTERNAL;
-        goto out;
-    }
+    if (in_fd >= 0 && (run.input_fd = lend(in_fd, err)) < 0)
+        return PIPE_INTERNAL;
     st = stage_run(c->p, c->box, &c->pe, &run, &c->req->run, c->ac, &tr->run, err);
     if (st != PIPE_OK)
-        goto out;
+        return st;
     tr->ran = true;
     tr->verdict = verdict_of_run(&tr->run);
     if (tr->verdict == VERDICT_AC)
         st = check_output(c, t, in_fd, exp_fd, tr, err);
-out:
-    if (in_fd >= 0)
-        close(in_fd);
-    if (exp_fd >= 0)
-        close(exp_fd);
     return st;
 }
 
@@ -306,34 +291,23 @@ static void *interactor_thread(void *arg)
     return NULL;
 }
 
-static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_test *t,
-                                        struct judge_test_result *tr, struct ev_err *err)
+/* in_fd, exp_fd as for run_test. */
+static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_test *t, int in_fd,
+                                        int exp_fd, struct judge_test_result *tr,
+                                        struct ev_err *err)
 {
     if (!c->helper.built) {
         tr->verdict = VERDICT_CF;
         tr->message = strdup("the interactor did not compile");
         return PIPE_OK;
     }
-    int in_fd = -1, exp_fd = -1;
-    struct ev_err ferr = {0};
-    if (open_text(c->p, &t->input, &in_fd, &ferr) < 0 ||
-        open_text(c->p, &t->expected, &exp_fd, &ferr) < 0) {
-        tr->verdict = VERDICT_XX;
-        tr->message = strdup(ferr.msg);
-        if (in_fd >= 0)
-            close(in_fd);
-        return PIPE_OK;
-    }
     int to_peer[2], to_prog[2]; /* program -> interactor, interactor -> program */
-    if (pipe2(to_peer, O_CLOEXEC) < 0) {
-        ev_fail(err, errno, "pipe");
-        goto fail;
-    }
+    if (pipe2(to_peer, O_CLOEXEC) < 0)
+        return ev_fail(err, errno, "pipe"), PIPE_INTERNAL;
     if (pipe2(to_prog, O_CLOEXEC) < 0) {
-        ev_fail(err, errno, "pipe");
         close(to_peer[0]);
         close(to_peer[1]);
-        goto fail;
+        return ev_fail(err, errno, "pipe"), PIPE_INTERNAL;
     }
     struct psc_file files[2] = {{0}};
     if (file_of(&files[0], "input", &t->input, in_fd, err) < 0 ||
@@ -341,7 +315,7 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
         close_files(files, 2);
         for (int i = 0; i < 2; i++)
             close(to_peer[i]), close(to_prog[i]);
-        goto fail;
+        return PIPE_INTERNAL;
     }
     struct peer_run peer = {.c = c,
                             .run = {.argv = c->helper.argv,
@@ -356,8 +330,7 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
         for (int i = 0; i < 2; i++)
             close(to_peer[i]), close(to_prog[i]);
         close_files(files, 2);
-        ev_fail(err, e, "start the interactor's thread");
-        goto fail;
+        return ev_fail(err, e, "start the interactor's thread"), PIPE_INTERNAL;
     }
     struct psc_run run = {
         .argv = c->sa.argv, .fresh_box = true, .input_fd = to_prog[0], .output_fd = to_peer[1]};
@@ -366,10 +339,6 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
      * its input or EPIPE */
     enum pipe_status st = stage_run(c->p, c->box, &c->pe, &run, &c->req->run, c->ac, &tr->run, err);
     pthread_join(th, NULL);
-    if (in_fd >= 0)
-        close(in_fd);
-    if (exp_fd >= 0)
-        close(exp_fd);
     if (st != PIPE_OK || peer.st != PIPE_OK) {
         if (peer.st == PIPE_OK)
             sbx_result_free(&peer.res);
@@ -402,12 +371,29 @@ static enum pipe_status run_interactive(struct judge_ctx *c, const struct judge_
         tr->message = strdup(peer.res.status == SBX_XX ? peer.res.message : tr->run.message);
     sbx_result_free(&peer.res);
     return PIPE_OK;
-fail:
+}
+
+/* One test: its stored files are opened once, for its run and its checker or interactor. */
+static enum pipe_status judge_test(struct judge_ctx *c, const struct judge_test *t,
+                                   struct judge_test_result *tr, struct ev_err *err)
+{
+    int in_fd = -1, exp_fd = -1;
+    struct ev_err ferr = {0};
+    enum pipe_status st = PIPE_OK;
+    if (open_text(c->p, &t->input, &in_fd, &ferr) < 0 ||
+        open_text(c->p, &t->expected, &exp_fd, &ferr) < 0) {
+        /* a file deleted while the request waited: this test cannot be judged */
+        tr->verdict = VERDICT_XX;
+        tr->message = strdup(ferr.msg);
+    } else {
+        st = c->jr->interactor ? run_interactive(c, t, in_fd, exp_fd, tr, err)
+                               : run_test(c, t, in_fd, exp_fd, tr, err);
+    }
     if (in_fd >= 0)
         close(in_fd);
     if (exp_fd >= 0)
         close(exp_fd);
-    return PIPE_INTERNAL;
+    return st;
 }
 
 /* ---- the request ---------------------------------------------------------------------------- */
@@ -473,8 +459,7 @@ enum pipe_status judge_in_box(struct pipeline *p, uint32_t box, const struct exe
         if (failed && jr->stop_on_first_failure)
             continue; /* SKIPPED */
         tr->verdict = VERDICT_AC;
-        st = jr->interactor ? run_interactive(&c, &jr->tests[i], tr, err)
-                            : run_test(&c, &jr->tests[i], tr, err);
+        st = judge_test(&c, &jr->tests[i], tr, err);
         if (st == PIPE_OK && tr->verdict != VERDICT_AC && !failed) {
             failed = true;
             jo->verdict = tr->verdict;
