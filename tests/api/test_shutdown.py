@@ -41,10 +41,12 @@ def in_thread(fn):
 
 
 def refused(port):
+    # Refused, or reset: a connection that reached the listening socket's queue as the server
+    # closed it is reset by the kernel, not served; either way the server took no new one.
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
         return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
