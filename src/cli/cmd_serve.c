@@ -28,6 +28,7 @@
 #include "http/auth.h"
 #include "http/mhd_loader.h"
 #include "http/server.h"
+#include "http/submissions_local.h"
 #include "pipeline/catalog.h"
 #include "pipeline/config.h"
 #include "pipeline/pipeline.h"
@@ -393,6 +394,8 @@ int cmd_serve(int argc, char **argv)
     static struct pipeline pipeline;
     static struct http_server http;
     bool pipeline_ready = false, files_ready = false;
+    struct submissions *subs = NULL;
+    struct local_runner *async_runner = NULL;
     if (drop_privileges(uid, gid, &err) < 0) {
         fprintf(stderr, "envicutor serve: %s\n", err.msg);
         goto out;
@@ -437,7 +440,14 @@ int cmd_serve(int argc, char **argv)
     catalog_free(catalog, n_catalog);
     catalog = NULL;
     n_catalog = 0;
+    subs = subs_open(&cfg, &err);
+    if (!subs || !(async_runner = local_runner_start(subs, &pipeline, &cfg, &err)) ||
+        subs_start(subs, &err) < 0) {
+        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        goto out;
+    }
     http.auth = &keys;
+    http.subs = subs;
     if (http_start(&http, lfd, &pipeline, &cfg, &err) < 0) {
         fprintf(stderr, "envicutor serve: %s\n", err.msg);
         goto out;
@@ -471,6 +481,11 @@ int cmd_serve(int argc, char **argv)
     pipeline_stop(&pipeline);
     http_stop(&http);
 out:
+    /* after the pipeline's stop: the async workers record what was refused or cut short */
+    if (async_runner)
+        pipeline_stop(&pipeline);
+    local_runner_stop(async_runner);
+    subs_close(subs);
     if (lfd >= 0)
         close(lfd);
     catalog_free(catalog, n_catalog);

@@ -26,6 +26,10 @@ static const struct route routes[] = {
     {"POST", "/files", ROUTE_EXACT, AUTH_EXECUTE, BODY_STORE, RUN_THREAD, route_files_post},
     {"GET", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_get},
     {"DELETE", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_delete},
+    {"POST", "/submissions", ROUTE_EXACT, AUTH_EXECUTE, BODY_FILE, RUN_INLINE,
+     route_submissions_post},
+    {"GET", "/submissions/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE,
+     route_submissions_get},
     {"GET", "/metrics", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_INLINE, route_metrics},
 };
 

@@ -12,9 +12,12 @@
 #include "pipeline/pipeline.h"
 
 /* What a handler may use besides its request. */
+struct submissions;
+
 struct route_ctx {
     struct pipeline *pipeline;
     const struct ev_config *cfg;
+    struct submissions *subs; /* asynchronous submissions; NULL when the server has none */
 };
 
 typedef void route_fn(const struct route_ctx *ctx, struct request *rq, struct reply *r);
@@ -70,6 +73,8 @@ void metrics_request(const char *method, const char *path, int status);
 route_fn route_runtimes_list, route_runtimes_add, route_runtimes_get, route_runtimes_delete;
 /* routes_files.c */
 route_fn route_files_post, route_files_get, route_files_delete;
+/* routes_submissions.c: asynchronous submissions (http/submissions.h) */
+route_fn route_submissions_post, route_submissions_get;
 /* routes_packages.c */
 route_fn route_update, route_gc;
 /* routes_execute.c: POST /execute in two steps, so that a request waits for its turn without

@@ -116,7 +116,7 @@ static const struct route *route_of(struct conn_state *cs, struct request *rq, s
 
 static struct route_ctx route_ctx(const struct http_server *s)
 {
-    return (struct route_ctx){.pipeline = s->pipeline, .cfg = s->cfg};
+    return (struct route_ctx){.pipeline = s->pipeline, .cfg = s->cfg, .subs = s->subs};
 }
 
 /* Hands the suspended connection back to libmicrohttpd with its answer in cs->reply; the

@@ -26,6 +26,7 @@ struct http_server {
     struct pipeline *pipeline;
     const struct ev_config *cfg;
     const struct auth_keys *auth; /* set before http_start; NULL or empty: no API keys */
+    struct submissions *subs;     /* set before http_start; NULL: no async submissions */
     atomic_uint_fast64_t next_id;
     uint32_t rid_prefix; /* of the request ids the server makes (common/request_id.h) */
     atomic_uint active;  /* requests begun and not yet completed (sent, or dropped) */

@@ -147,8 +147,13 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
         env_count(get, "CONNECTION_TIMEOUT", 60, 1, 3600, &cfg->connection_timeout, err) < 0 ||
         env_count(get, "COMPILE_CACHE_SIZE", 256ull << 20, 0, 1ull << 44, &cfg->compile_cache_bytes,
                   err) < 0 ||
-        env_count(get, "SHUTDOWN_TIMEOUT", 30, 0, 3600, &cfg->shutdown_timeout, err) < 0)
+        env_count(get, "SHUTDOWN_TIMEOUT", 30, 0, 3600, &cfg->shutdown_timeout, err) < 0 ||
+        env_count(get, "RESULT_TTL", 3600, 1, 30 * 86400, &cfg->result_ttl, err) < 0 ||
+        env_count(get, "RESULT_STORE_SIZE", 1ull << 30, 0, 1ull << 44, &cfg->result_store_bytes,
+                  err) < 0 ||
+        env_count(get, "CALLBACK_ALLOW_PRIVATE", 0, 0, 1, &v, err) < 0)
         return -1;
+    cfg->callback_allow_private = v == 1;
     if (env_string(get, "ENVICUTOR_DATA_DIR", "/var/lib/envicutor", cfg->data_dir,
                    sizeof(cfg->data_dir), true, err) < 0 ||
         env_string(get, "ENVICUTOR_USER", "envicutor", cfg->user, sizeof(cfg->user), false, err) <

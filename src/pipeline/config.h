@@ -33,6 +33,9 @@ struct ev_config {
     uint64_t connection_timeout;   /* CONNECTION_TIMEOUT: seconds a connection may stay silent */
     uint64_t compile_cache_bytes;  /* COMPILE_CACHE_SIZE: 0 disables the compile cache */
     uint64_t shutdown_timeout;     /* SHUTDOWN_TIMEOUT: seconds running work gets on SIGTERM */
+    uint64_t result_ttl;           /* RESULT_TTL: seconds an async submission's result is kept */
+    uint64_t result_store_bytes;   /* RESULT_STORE_SIZE: bytes of async results kept in all */
+    bool callback_allow_private;   /* CALLBACK_ALLOW_PRIVATE: callbacks may reach private hosts */
     char data_dir[200];            /* ENVICUTOR_DATA_DIR */
     char user[64];                 /* ENVICUTOR_USER: the unprivileged identity */
 };
