@@ -405,3 +405,33 @@ def test_restart_finishes_what_was_interrupted():
         if s.proc.poll() is None:
             s.stop()
     assert wait_no_residue() == ([], [], [])
+
+
+def test_sigterm_lets_the_running_one_finish_and_records_the_waiting_one():
+    s = Server(MAX_CONCURRENT_SUBMISSIONS=1, SHUTDOWN_TIMEOUT=60).start()
+    try:
+        bash = s.runtimes()["Bash"]
+        run = submit(s, {"runtime_id": bash, "source_code": "sleep 2; echo finished"}).json()
+        run = run["token"]
+        deadline = time.time() + 30
+        while status(s, run).json()["status"] != "running":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        wait = submit(s, {"runtime_id": bash, "source_code": "echo never"}).json()["token"]
+        assert status(s, wait).json() == {"status": "queued"}
+        assert s.stop() == 0, s.log_text()
+        s2 = Server(data_dir=s.data_dir, MAX_CONCURRENT_SUBMISSIONS=1).start()
+        try:
+            # the running one was given its time (SHUTDOWN_TIMEOUT) and its answer kept
+            doc = status(s2, run).json()
+            assert doc["result_status"] == 200 and doc["result"]["run"]["stdout"] == "finished\n"
+            # the waiting one was answered as a waiting /execute is: 503, the server stopping
+            doc = status(s2, wait).json()
+            assert doc["status"] == "done" and doc["result_status"] == 503, doc
+            assert "restart" not in doc["result"]["message"]
+        finally:
+            assert s2.stop() == 0, s2.log_text()
+    finally:
+        if s.proc.poll() is None:
+            s.stop()
+    assert wait_no_residue() == ([], [], [])
