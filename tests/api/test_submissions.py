@@ -303,6 +303,27 @@ def test_slow_and_dead_callbacks_hold_no_slot(one):
         good.close()
 
 
+def test_large_body_spilled_to_a_file(one):
+    """A body over 1 MiB is spilled to a file by the server; the submission keeps it until its
+    turn, after the connection that brought it has been answered and closed."""
+    py = one.runtimes()["Python 3"]
+    rec = Receiver()
+    try:
+        data = "x" * (3 << 20)
+        r = submit(one, {"runtime_id": py, "input": data, "callback_url": rec.url,
+                         "source_code": "import sys\nprint(len(sys.stdin.read()))"})
+        assert r.status_code == 201, r.text
+        doc = wait_done(one, r.json()["token"])
+        assert doc["result"]["run"]["stdout"] == f"{len(data) + 1}\n"  # a newline is added
+        assert rec.arrived.wait(30) and json.loads(rec.bodies[0]) == doc
+        # and its callback_url is checked at once, like a small body's
+        r = submit(one, {"runtime_id": py, "input": data, "source_code": "pass",
+                         "callback_url": "https://example.com/"})
+        assert r.status_code == 400 and "https" in r.json()["message"]
+    finally:
+        rec.close()
+
+
 def test_metrics_count_submissions(one):
     bash = one.runtimes()["Bash"]
     before = metric(one, "envicutor_async_submissions_total")
