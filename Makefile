@@ -16,7 +16,7 @@ LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lm
 LIB_SRC     := $(filter-out src/cli/main.c,$(wildcard src/*/*.c))
 
 B ?= build
-LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o) $(B)/obj/gen/web_files.o
 MAIN_OBJ := $(B)/obj/src/cli/main.o
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -33,6 +33,18 @@ $(B)/envicutor: $(LIB_OBJ) $(MAIN_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
 $(B)/obj/%.o: %.c $(wildcard src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# The playground's files, embedded in the binary (docs/playground.md).
+WEB_FILES := $(sort $(wildcard web/*))
+
+# web itself too: a file removed changes the directory, not any file left.
+$(B)/gen/web_files.c: web $(WEB_FILES) scripts/embed-web
+	@mkdir -p $(dir $@)
+	./scripts/embed-web $(WEB_FILES) > $@.tmp && mv $@.tmp $@
+
+$(B)/obj/gen/web_files.o: $(B)/gen/web_files.c src/http/static_files.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 

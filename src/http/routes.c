@@ -27,6 +27,11 @@ static const struct route routes[] = {
     {"GET", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_get},
     {"DELETE", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_delete},
     {"GET", "/metrics", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_INLINE, route_metrics},
+    /* The playground: open, since it holds no secret; the API calls it makes need a key. */
+    {"GET", "/", ROUTE_EXACT, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_static_index},
+    {"HEAD", "/", ROUTE_EXACT, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_static_index},
+    {"GET", "/static/", ROUTE_PREFIX, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_static},
+    {"HEAD", "/static/", ROUTE_PREFIX, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_static},
 };
 
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))

@@ -70,6 +70,8 @@ void metrics_request(const char *method, const char *path, int status);
 route_fn route_runtimes_list, route_runtimes_add, route_runtimes_get, route_runtimes_delete;
 /* routes_files.c */
 route_fn route_files_post, route_files_get, route_files_delete;
+/* routes_static.c: the playground's page and files (HEAD too: libmicrohttpd sends no body) */
+route_fn route_static_index, route_static;
 /* routes_packages.c */
 route_fn route_update, route_gc;
 /* routes_execute.c: POST /execute in two steps, so that a request waits for its turn without

@@ -321,7 +321,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r, 
         type = "text/plain; charset=utf-8";
     } else {
         const char *t = r->text ? r->text : "";
-        resp = MHD_create_response_from_buffer(strlen(t), (void *)t, MHD_RESPMEM_PERSISTENT);
+        resp = MHD_create_response_from_buffer(r->text_len ? r->text_len : strlen(t), (void *)t,
+                                               MHD_RESPMEM_PERSISTENT);
         type = "text/plain; charset=utf-8";
     }
     if (r->content_type)
@@ -337,6 +338,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r, 
     }
     if (r->status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    for (size_t i = 0; i < r->n_headers; i++)
+        MHD_add_response_header(resp, r->headers[i].name, r->headers[i].value);
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -378,6 +381,9 @@ static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn
     r->json = NULL;
     free(r->owned_text);
     r->owned_text = NULL;
+    for (size_t i = 0; i < r->n_headers; i++)
+        free(r->headers[i].value);
+    r->n_headers = 0;
     /* The body is no longer needed; the state itself goes in on_completed. */
     drop_body(cs);
     cs->answered = true;
