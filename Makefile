@@ -115,7 +115,7 @@ DOCDIR ?= $(DATADIR)/doc/envicutor
 SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 VERSION := $(shell sed -n 's/^\#define ENVICUTOR_VERSION "\(.*\)"/\1/p' src/cli/version.h)
 DOCS := README.md docs/server.md docs/sandbox.md docs/cgroups.md docs/judge.md docs/nix.md \
-        docs/architecture.md docs/threat-model.md docs/openapi.yaml
+        docs/architecture.md docs/threat-model.md docs/openapi.yaml docs/playground.md
 
 install: $(B)/envicutor
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DATADIR)/envicutor/catalog \
