@@ -72,8 +72,9 @@ struct ws_session {
     size_t extra_len, extra_off;
     bool need_token;
     enum phase phase;
-    bool gone;    /* the socket is done with: nothing more is read or sent */
-    bool closing; /* a close frame was queued */
+    bool gone;           /* the socket is done with: nothing more is read or sent */
+    bool closing;        /* nothing more is sent but the close */
+    uint16_t close_code; /* the close, queued once the messages before it are out */
     struct sched_ticket ticket;
     struct exec_job *job;
     unsigned ahead, ahead_sent;
@@ -422,7 +423,8 @@ static void send_close(struct ws_session *s, uint16_t code)
     if (s->gone || s->closing)
         return;
     s->closing = true;
-    wslay_event_queue_close(s->ws, code, NULL, 0);
+    /* wslay sends control frames ahead of queued messages: the close waits for them */
+    s->close_code = code;
 }
 
 static void send_error(struct ws_session *s, const char *msg, uint16_t code)
@@ -860,6 +862,7 @@ static void handle_event(struct ws_session *s, struct ws_event *ev)
     case EV_GRANTED:
         if (s->phase == P_QUEUED)
             h->queued--;
+        h->next_positions = 0; /* the queue moved: the others hear of it at once */
         if (!ev->granted) {
             s->phase = P_FINISHED;
             send_error(s, "The server is shutting down", 1001);
@@ -956,13 +959,20 @@ static void process_events(struct ws_session *s)
 /* After anything happened to s: sends what waits, and watches what it now may. */
 static void settle(struct ws_session *s)
 {
-    if (!s->gone) {
-        if (wslay_event_want_write(s->ws) && wslay_event_send(s->ws) != 0)
+    for (int round = 0; !s->gone && round < 2; round++) {
+        if (wslay_event_want_write(s->ws) && wslay_event_send(s->ws) != 0) {
             session_gone(s);
-        else if (s->closing && wslay_event_get_close_sent(s->ws) && !wslay_event_want_write(s->ws))
-            session_gone(s); /* the close went out: the TCP connection ends here */
-        else if (!wslay_event_want_read(s->ws) && !wslay_event_want_write(s->ws))
+        } else if (s->close_code && !wslay_event_get_queued_msg_count(s->ws)) {
+            wslay_event_queue_close(s->ws, s->close_code, NULL, 0);
+            s->close_code = 0;
+            continue; /* and send it */
+        } else if (!wslay_event_want_write(s->ws) &&
+                   (wslay_event_get_close_sent(s->ws) || !wslay_event_want_read(s->ws))) {
+            /* the close went out (ours, or wslay's answer to a bad frame): the TCP
+             * connection ends here */
             session_gone(s);
+        }
+        break;
     }
     if (s->gone) {
         watch_set(s, W_SOCK, 0);
