@@ -10,7 +10,8 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wmissing-prototypes -Wstri
            -Wno-format-truncation  # messages are cut on purpose; path lengths are checked up front
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=gnu17 -D_GNU_SOURCE -Isrc $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
-LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lm
+# libwslay (WebSocket framing, src/http/ws.c) has no pkg-config file in Debian.
+LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lwslay -lm
 
 # Layers, bottom up: common <- sandbox <- privsep <- pipeline <- http <- cli (docs/architecture.md).
 LIB_SRC     := $(filter-out src/cli/main.c,$(wildcard src/*/*.c))

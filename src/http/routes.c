@@ -23,6 +23,7 @@ static const struct route routes[] = {
     {"POST", "/update", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_update},
     {"POST", "/gc", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_gc},
     {"POST", "/execute", ROUTE_EXACT, AUTH_EXECUTE, BODY_FILE, RUN_QUEUED, NULL},
+    {"GET", "/execute/ws", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, RUN_UPGRADE, NULL},
     {"POST", "/files", ROUTE_EXACT, AUTH_EXECUTE, BODY_STORE, RUN_THREAD, route_files_post},
     {"GET", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_get},
     {"DELETE", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_delete},
