@@ -10,13 +10,14 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wmissing-prototypes -Wstri
            -Wno-format-truncation  # messages are cut on purpose; path lengths are checked up front
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=gnu17 -D_GNU_SOURCE -Isrc $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
-LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lm
+# libwslay (WebSocket framing, src/http/ws.c) has no pkg-config file in Debian.
+LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lwslay -lm
 
 # Layers, bottom up: common <- sandbox <- privsep <- pipeline <- http <- cli (docs/architecture.md).
 LIB_SRC     := $(filter-out src/cli/main.c,$(wildcard src/*/*.c))
 
 B ?= build
-LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o) $(B)/obj/gen/web_files.o
 MAIN_OBJ := $(B)/obj/src/cli/main.o
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -33,6 +34,18 @@ $(B)/envicutor: $(LIB_OBJ) $(MAIN_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
 $(B)/obj/%.o: %.c $(wildcard src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# The playground's files, embedded in the binary (docs/playground.md).
+WEB_FILES := $(sort $(wildcard web/*))
+
+# web itself too: a file removed changes the directory, not any file left.
+$(B)/gen/web_files.c: web $(WEB_FILES) scripts/embed-web
+	@mkdir -p $(dir $@)
+	./scripts/embed-web $(WEB_FILES) > $@.tmp && mv $@.tmp $@
+
+$(B)/obj/gen/web_files.o: $(B)/gen/web_files.c src/http/static_files.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -103,7 +116,8 @@ DOCDIR ?= $(DATADIR)/doc/envicutor
 SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 VERSION := $(shell sed -n 's/^\#define ENVICUTOR_VERSION "\(.*\)"/\1/p' src/cli/version.h)
 DOCS := README.md docs/server.md docs/sandbox.md docs/cgroups.md docs/judge.md docs/nix.md \
-        docs/architecture.md docs/threat-model.md docs/openapi.yaml docs/async.md
+        docs/architecture.md docs/threat-model.md docs/openapi.yaml docs/async.md \
+        docs/playground.md
 
 install: $(B)/envicutor
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DATADIR)/envicutor/catalog \

@@ -36,6 +36,9 @@ static struct {
                                                            enum MHD_ConnectionInfoType, ...);
     void (*suspend_connection)(struct MHD_Connection *);
     void (*resume_connection)(struct MHD_Connection *);
+    struct MHD_Response *(*create_response_for_upgrade)(MHD_UpgradeHandler, void *);
+    enum MHD_Result (*upgrade_action)(struct MHD_UpgradeResponseHandle *, enum MHD_UpgradeAction,
+                                      ...);
 } mhd;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -68,6 +71,8 @@ static void load(void)
     mhd.get_connection_info = symbol("MHD_get_connection_info");
     mhd.suspend_connection = symbol("MHD_suspend_connection");
     mhd.resume_connection = symbol("MHD_resume_connection");
+    mhd.create_response_for_upgrade = symbol("MHD_create_response_for_upgrade");
+    mhd.upgrade_action = symbol("MHD_upgrade_action");
 }
 
 int mhd_load(struct ev_err *err)
@@ -170,4 +175,19 @@ void MHD_resume_connection(struct MHD_Connection *connection)
 {
     need();
     mhd.resume_connection(connection);
+}
+
+struct MHD_Response *MHD_create_response_for_upgrade(MHD_UpgradeHandler upgrade_handler,
+                                                     void *upgrade_handler_cls)
+{
+    need();
+    return mhd.create_response_for_upgrade(upgrade_handler, upgrade_handler_cls);
+}
+
+/* Only the actions that take no further argument (close, cork on and off) exist. */
+enum MHD_Result MHD_upgrade_action(struct MHD_UpgradeResponseHandle *urh,
+                                   enum MHD_UpgradeAction action, ...)
+{
+    need();
+    return mhd.upgrade_action(urh, action);
 }

@@ -27,10 +27,13 @@ struct request {
     int fd; /* the client's socket, watched for a disconnect */
 };
 
+#define REPLY_MAX_HEADERS 6
+
 struct reply {
     int status;
     json_t *json;             /* the body, or NULL with text */
     const char *text;         /* static text body */
+    size_t text_len;          /* its length; 0: strlen(text) */
     char *owned_text;         /* or a malloc'ed one, freed once sent (GET /metrics) */
     const char *content_type; /* NULL: application/json, or text/plain for text */
     bool drop;                /* the client is gone: close without answering */
@@ -40,6 +43,13 @@ struct reply {
     bool has_file;
     int file_fd;
     uint64_t file_size;
+    /* Headers besides the usual ones (the playground's): static names, malloc'ed values that
+     * the server frees once the answer is sent. */
+    struct {
+        const char *name;
+        char *value;
+    } headers[REPLY_MAX_HEADERS];
+    size_t n_headers;
 };
 
 /* Whether the client of rq has gone away (the pipeline's abort hook). */

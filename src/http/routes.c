@@ -23,6 +23,7 @@ static const struct route routes[] = {
     {"POST", "/update", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_update},
     {"POST", "/gc", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_THREAD, route_gc},
     {"POST", "/execute", ROUTE_EXACT, AUTH_EXECUTE, BODY_FILE, RUN_QUEUED, NULL},
+    {"GET", "/execute/ws", ROUTE_EXACT, AUTH_EXECUTE, BODY_MEMORY, RUN_UPGRADE, NULL},
     {"POST", "/files", ROUTE_EXACT, AUTH_EXECUTE, BODY_STORE, RUN_THREAD, route_files_post},
     {"GET", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_get},
     {"DELETE", "/files/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE, route_files_delete},
@@ -31,6 +32,11 @@ static const struct route routes[] = {
     {"GET", "/submissions/", ROUTE_PREFIX, AUTH_EXECUTE, BODY_MEMORY, RUN_INLINE,
      route_submissions_get},
     {"GET", "/metrics", ROUTE_EXACT, AUTH_ADMIN, BODY_MEMORY, RUN_INLINE, route_metrics},
+    /* The playground: open, since it holds no secret; the API calls it makes need a key. */
+    {"GET", "/", ROUTE_EXACT, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_static_index},
+    {"HEAD", "/", ROUTE_EXACT, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_static_index},
+    {"GET", "/static/", ROUTE_PREFIX, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_static},
+    {"HEAD", "/static/", ROUTE_PREFIX, AUTH_NONE, BODY_MEMORY, RUN_INLINE, route_static},
 };
 
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))

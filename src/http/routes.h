@@ -37,7 +37,7 @@ enum route_body { BODY_MEMORY, BODY_FILE, BODY_STORE };
  * (work that may wait for its turn and take minutes: installations, updates). RUN_QUEUED:
  * /execute, which waits in the scheduler's queue as a suspended connection and a small job,
  * and runs in one of the server's workers when its turn comes (fn is NULL). */
-enum route_run { RUN_INLINE, RUN_THREAD, RUN_QUEUED };
+enum route_run { RUN_INLINE, RUN_THREAD, RUN_QUEUED, RUN_UPGRADE /* a WebSocket: ws.c */ };
 
 struct route {
     const char *method;
@@ -75,6 +75,8 @@ route_fn route_runtimes_list, route_runtimes_add, route_runtimes_get, route_runt
 route_fn route_files_post, route_files_get, route_files_delete;
 /* routes_submissions.c: asynchronous submissions (http/submissions.h) */
 route_fn route_submissions_post, route_submissions_get;
+/* routes_static.c: the playground's page and files (HEAD too: libmicrohttpd sends no body) */
+route_fn route_static_index, route_static;
 /* routes_packages.c */
 route_fn route_update, route_gc;
 /* routes_execute.c: POST /execute in two steps, so that a request waits for its turn without
@@ -86,5 +88,12 @@ struct exec_job *execute_prepare(const struct route_ctx *ctx, struct request *rq
 void execute_run(const struct route_ctx *ctx, struct exec_job *j, struct request *rq,
                  struct reply *r);
 void exec_job_free(struct exec_job *j);
+
+/* /execute/ws (ws.c): the init message's JSON, an /execute body, checked as /execute checks
+ * its own (the same messages); NULL with the answer in r. execute_job_request then gives the
+ * request to run: *archive (a decoded project, or NULL) is the caller's to free. */
+struct exec_job *execute_prepare_text(const struct route_ctx *s, struct request *rq,
+                                      bool is_project, struct reply *r);
+int execute_job_request(const struct exec_job *j, struct exec_request *req, void **archive);
 
 #endif

@@ -240,7 +240,8 @@ static bool check_job(const struct route_ctx *s, struct exec_job *j, struct requ
     return true;
 }
 
-struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, struct reply *r)
+static struct exec_job *prepare(const struct route_ctx *s, struct request *rq, bool is_project,
+                                bool base64_output, struct reply *r)
 {
     struct exec_job *j = calloc(1, sizeof(*j));
     if (!j) {
@@ -248,8 +249,8 @@ struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, 
         return NULL;
     }
     j->body_fd = rq->body_fd;
-    j->base64_output = request_flag(rq, "base64_output");
-    j->req.is_project = request_flag(rq, "is_project");
+    j->base64_output = base64_output;
+    j->req.is_project = is_project;
     /* A spilled body (over 1 MiB) is read when its turn comes, not now: held parsed while it
      * waits it would cost its size in memory, and parsed twice it would cost twice the time.
      * Its 400, if it has one, comes after the wait. */
@@ -271,6 +272,41 @@ struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, 
         free(archive);
     }
     return j;
+}
+
+struct exec_job *execute_prepare(const struct route_ctx *s, struct request *rq, struct reply *r)
+{
+    return prepare(s, rq, request_flag(rq, "is_project"), request_flag(rq, "base64_output"), r);
+}
+
+struct exec_job *execute_prepare_text(const struct route_ctx *s, struct request *rq,
+                                      bool is_project, struct reply *r)
+{
+    rq->body_fd = -1;
+    struct exec_job *j = prepare(s, rq, is_project, false, r);
+    if (j && (j->b.judge || j->b.input || j->b.input_file)) {
+        reply_message(r, 400, "%s",
+                      j->b.judge ? "Judge mode (tests) is not available over WebSocket"
+                                 : "Over WebSocket, stdin is sent as data messages, not as input "
+                                   "or input_file");
+        exec_job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+int execute_job_request(const struct exec_job *j, struct exec_request *req, void **archive)
+{
+    *req = j->req;
+    req->source = j->b.source;
+    req->source_len = j->b.source_len;
+    *archive = NULL;
+    if (!req->is_project)
+        return 0;
+    size_t bad;
+    *archive = base64_decode(j->b.source, j->b.source_len, &req->source_len, &bad);
+    req->source = *archive;
+    return *archive ? 0 : -1;
 }
 
 void execute_run(const struct route_ctx *s, struct exec_job *j, struct request *rq, struct reply *r)

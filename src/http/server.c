@@ -21,6 +21,7 @@
 #include "common/request_id.h"
 #include "http/reply.h"
 #include "http/routes.h"
+#include "http/ws.h"
 
 /* What a connection accumulates between libmicrohttpd's calls. */
 struct conn_state {
@@ -33,8 +34,9 @@ struct conn_state {
     uint64_t limit; /* the route's bound on the body: MAX_REQUEST_SIZE, or MAX_FILE_SIZE_UPLOAD */
     bool to_store; /* BODY_STORE: the body goes to the file store's directory from its first byte */
     bool too_large;
-    bool answered; /* a response was queued before the body ended (413) */
-    int denied;    /* 401 or 403: answered without routing, the body is dropped */
+    bool answered;      /* a response was queued before the body ended (413) */
+    int denied;         /* 401 or 403: answered without routing, the body is dropped */
+    bool ws_need_token; /* /execute/ws without a key in its headers: init must carry one */
     const char *denied_msg;
 
     /* A request handled away from libmicrohttpd's threads, while the connection is suspended:
@@ -321,7 +323,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r, 
         type = "text/plain; charset=utf-8";
     } else {
         const char *t = r->text ? r->text : "";
-        resp = MHD_create_response_from_buffer(strlen(t), (void *)t, MHD_RESPMEM_PERSISTENT);
+        resp = MHD_create_response_from_buffer(r->text_len ? r->text_len : strlen(t), (void *)t,
+                                               MHD_RESPMEM_PERSISTENT);
         type = "text/plain; charset=utf-8";
     }
     if (r->content_type)
@@ -337,6 +340,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, struct reply *r, 
     }
     if (r->status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    for (size_t i = 0; i < r->n_headers; i++)
+        MHD_add_response_header(resp, r->headers[i].name, r->headers[i].value);
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -378,6 +383,9 @@ static enum MHD_Result answer(struct conn_state *cs, struct MHD_Connection *conn
     r->json = NULL;
     free(r->owned_text);
     r->owned_text = NULL;
+    for (size_t i = 0; i < r->n_headers; i++)
+        free(r->headers[i].value);
+    r->n_headers = 0;
     /* The body is no longer needed; the state itself goes in on_completed. */
     drop_body(cs);
     cs->answered = true;
@@ -424,6 +432,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
                                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Auth-Token"),
                                 &cs->denied_msg);
+        if (cs->denied == 401 && rt && rt->run == RUN_UPGRADE &&
+            !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization") &&
+            !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Auth-Token")) {
+            /* a browser cannot set headers on a WebSocket: the key comes in init */
+            cs->denied = 0;
+            cs->ws_need_token = true;
+        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
         uint64_t n;
@@ -527,6 +542,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         struct route_ctx ctx = route_ctx(s);
         if (rt && rt->run == RUN_INLINE) {
             rt->fn(&ctx, &cs->rq, &r);
+        } else if (rt && rt->run == RUN_UPGRADE) {
+            if (ws_upgrade(s->ws, conn, &cs->rq, cs->ws_need_token, &r)) {
+                log_request(cs->rid, method, url, &r, cs->t0);
+                cs->answered = true;
+                return MHD_YES;
+            }
         } else if (rt && rt->run == RUN_THREAD) {
             cs->route = rt;
             run_in_thread(s, cs);
@@ -626,13 +647,19 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
         if (e)
             return ev_fail(err, e, "start the HTTP server's workers");
     }
+    struct route_ctx rctx = route_ctx(s);
+    s->ws = ws_hub_start(&rctx, s->auth, err);
+    if (!s->ws)
+        return -1;
     s->max_connections = connection_limit();
     s->daemon = MHD_start_daemon(
-        MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-        on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, NULL, MHD_OPTION_LISTEN_SOCKET,
-        listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)MHD_THREADS, MHD_OPTION_CONNECTION_LIMIT, s->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout, MHD_OPTION_END);
+        MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE |
+            MHD_USE_ERROR_LOG,
+        0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, NULL,
+        MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)MHD_THREADS, MHD_OPTION_CONNECTION_LIMIT,
+        s->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout,
+        MHD_OPTION_END);
     if (!s->daemon)
         return ev_fail(err, errno, "start the HTTP server");
     fprintf(stderr, "envicutor: up to %u connections\n", s->max_connections);
@@ -683,6 +710,9 @@ void http_stop(struct http_server *s)
             pthread_join(s->watcher, NULL);
         s->watcher_started = false;
     }
+    /* Every WebSocket is closed (its run killed: the pipeline stopped) and handed back. */
+    ws_hub_stop(s->ws);
+    s->ws = NULL;
     /* Every suspended connection has been resumed by now: libmicrohttpd must not be stopped
      * with one. */
     if (s->daemon)

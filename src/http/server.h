@@ -44,6 +44,7 @@ struct http_server {
     int wake_fd;  /* eventfd that stops the watcher */
     pthread_t watcher;
     bool watcher_started;
+    struct ws_hub *ws; /* /execute/ws (ws.h) */
 };
 
 int http_start(struct http_server *s, int listen_fd, struct pipeline *p,

@@ -251,6 +251,34 @@ static char *with_newline(const char *text, size_t len, size_t *out_len)
     return s;
 }
 
+/* A streamed stage: the box gets one end of each pipe, the stream's consumer the other. */
+static int stream_pipes(const struct stage_stream *ss, enum stage stage, uint32_t box,
+                        struct psc_run *run, struct ev_err *err)
+{
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1};
+    if ((stage == STAGE_RUN && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
+        pipe2(errp, O_CLOEXEC) < 0) {
+        int e = errno;
+        for (int i = 0; i < 2; i++) {
+            if (in[i] >= 0)
+                close(in[i]);
+            if (out[i] >= 0)
+                close(out[i]);
+        }
+        return ev_fail(err, e, "pipe");
+    }
+    if (stage == STAGE_RUN) {
+        run->input = NULL;
+        run->input_len = 0;
+        run->input_newline = false;
+        run->input_fd = in[0];
+    }
+    run->output_fd = out[1];
+    run->error_fd = errp[1];
+    ss->begin(ss->ctx, stage, box, in[1], out[0], errp[0]);
+    return 0;
+}
+
 /* stage: which stage the run is, for its metrics; STAGE_COUNT for the server's own runs around
  * a stage (the compile cache's archive runs), which are not counted. */
 static enum pipe_status run_in_box(struct pipeline *p, uint32_t box, const struct program_env *pe,
@@ -268,15 +296,22 @@ static enum pipe_status run_in_box(struct pipeline *p, uint32_t box, const struc
     run->limits = *pl;
     /* ac's, when the request's runs go on in threads of their own (an interactor's) */
     run->request_id = ac->request_id ? ac->request_id : thread_request_id;
+    const struct stage_stream *ss = stage < STAGE_COUNT ? ac->stream : NULL;
+    if (ss && stream_pipes(ss, stage, box, run, err) < 0)
+        return PIPE_INTERNAL;
     bool aborted;
     uint64_t t0 = monotonic_ns();
     if (psc_run(p->psc, box, run, should_abort, ac, res, &aborted, err) < 0) {
+        if (ss)
+            ss->end(ss->ctx, stage, NULL);
         if (aborted)
             return atomic_load(&p->stopping) ? PIPE_STOPPING : PIPE_ABORTED;
         return PIPE_INTERNAL;
     }
     if (stage < STAGE_COUNT)
         metrics_stage(stage, (monotonic_ns() - t0) / 1000, res->status);
+    if (ss)
+        ss->end(ss->ctx, stage, res);
     return PIPE_OK;
 }
 
@@ -588,7 +623,7 @@ enum pipe_status stage_build(struct pipeline *p, uint32_t box, const struct prog
 {
     *built = false;
     /* a runtime without a compile script has nothing worth keeping */
-    bool cacheable = p->cache && pe->rt && pe->rt->compile_script[0];
+    bool cacheable = p->cache && pe->rt && pe->rt->compile_script[0] && !ac->stream;
     char key[CCACHE_KEY_LEN + 1];
     enum pipe_status st;
     if (cacheable) {
@@ -656,7 +691,7 @@ enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request 
                                   struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
-    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_SUBMISSION, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -681,6 +716,14 @@ struct sched_ticket *pipeline_withdraw(struct pipeline *p, uint64_t tag)
     return t;
 }
 
+void pipeline_each_waiting(struct pipeline *p,
+                           void (*fn)(struct sched_ticket *t, unsigned ahead, void *ctx), void *ctx)
+{
+    pthread_mutex_lock(&p->sched.mu);
+    sched_each_waiting(&p->sched, fn, ctx);
+    pthread_mutex_unlock(&p->sched.mu);
+}
+
 void pipeline_release(struct pipeline *p)
 {
     sched_done(&p->sched, SCHED_SUBMISSION);
@@ -691,7 +734,7 @@ enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_
                                           struct exec_outcome *out, struct ev_err *err)
 {
     memset(out, 0, sizeof(*out));
-    struct abort_ctx ac = {p, abort_fn, ctx, thread_request_id};
+    struct abort_ctx ac = {p, abort_fn, ctx, thread_request_id, req->stream};
     enum pipe_status st;
     /* Deletion is exclusive work: while we hold our turn the runtime cannot go away, but it
      * may have gone while we waited, and a runtime installed since may carry the same id. Its
@@ -757,7 +800,7 @@ static enum pipe_status setup_runtime(struct pipeline *p, const struct runtime *
     program_env_init(&pe, rt);
     char *argv[] = {"bash", "-c", (char *)setup_script, NULL};
     struct sbx_result res;
-    struct abort_ctx ac = {p, NULL, NULL, NULL};
+    struct abort_ctx ac = {p, NULL, NULL, NULL, NULL};
     enum pipe_status st = run_stage(p, box, &pe, argv, NULL, 0, &l, STAGE_COUNT, &ac, &res, err);
     program_env_free(&pe);
     struct ev_err cerr;
@@ -823,7 +866,7 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
                                   void *ctx, char **out, char **errout, struct ev_err *err)
 {
     *out = *errout = NULL;
-    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -862,7 +905,7 @@ enum pipe_status pipeline_install(struct pipeline *p, struct runtime *rt, pipe_a
 enum pipe_status pipeline_delete(struct pipeline *p, int64_t id, pipe_abort_fn abort_fn, void *ctx,
                                  struct ev_err *err)
 {
-    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -897,7 +940,7 @@ enum pipe_status pipeline_update(struct pipeline *p, pipe_abort_fn abort_fn, voi
                                  char **errout, struct ev_err *err)
 {
     *out = *errout = NULL;
-    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;
@@ -967,7 +1010,7 @@ enum pipe_status pipeline_gc(struct pipeline *p, pipe_abort_fn abort_fn, void *c
                              struct gc_outcome *g, struct ev_err *err)
 {
     memset(g, 0, sizeof(*g));
-    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL, NULL};
     enum pipe_status st = from_sched(sched_acquire(&p->sched, SCHED_EXCLUSIVE, should_abort, &ac));
     if (st != PIPE_OK)
         return st;

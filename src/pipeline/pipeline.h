@@ -133,6 +133,19 @@ struct judge_outcome {
     bool helper_cached; /* its compile came from the compile cache */
 };
 
+/* A submission whose stages stream (the WebSocket of /execute/ws): before each stage's run,
+ * begin gets the server's ends of its pipes: stdin's write end (-1 for extract and compile,
+ * whose stdin is empty), stdout's and stderr's read ends, all O_CLOEXEC and the callee's to
+ * close; the box's ends go to the run. end follows with the stage's result (NULL when the run
+ * failed or was aborted). The callee reads and writes the pipes as the program runs, from
+ * another thread: nothing of the output is kept in the result. Such a build never uses the
+ * compile cache (its output is the client's, as it is written). */
+struct stage_stream {
+    void (*begin)(void *ctx, enum stage stage, uint32_t box, int in_w, int out_r, int err_r);
+    void (*end)(void *ctx, enum stage stage, const struct sbx_result *res);
+    void *ctx;
+};
+
 struct exec_request {
     /* The runtime as read once, before the request's limits were checked against its own; the
      * run uses this copy, never a second read (see pipeline_execute). */
@@ -145,6 +158,7 @@ struct exec_request {
     const char *input_file; /* or the id of a stored file, the run's stdin (a plain run) */
     struct ev_limits compile, run;
     const struct judge_request *judge; /* NULL: one run with input */
+    const struct stage_stream *stream; /* NULL: outputs kept in the outcome */
 };
 
 struct exec_outcome {
@@ -176,6 +190,10 @@ enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request 
 enum pipe_status pipeline_enqueue(struct pipeline *p, struct sched_ticket *t);
 struct sched_ticket *pipeline_withdraw(struct pipeline *p, uint64_t tag);
 void pipeline_release(struct pipeline *p);
+/* Calls fn, under the scheduler's lock, for each waiting ticket with the number ahead of it. */
+void pipeline_each_waiting(struct pipeline *p,
+                           void (*fn)(struct sched_ticket *t, unsigned ahead, void *ctx),
+                           void *ctx);
 enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_request *req,
                                           pipe_abort_fn abort_fn, void *ctx,
                                           struct exec_outcome *out, struct ev_err *err);

@@ -193,3 +193,11 @@ void sched_stop(struct sched *s)
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
+
+void sched_each_waiting(struct sched *s,
+                        void (*fn)(struct sched_ticket *t, unsigned ahead, void *ctx), void *ctx)
+{
+    unsigned ahead = 0;
+    for (struct sched_ticket *t = s->head; t; t = t->next)
+        fn(t, ahead++, ctx);
+}

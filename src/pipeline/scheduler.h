@@ -62,6 +62,9 @@ void sched_withdraw(struct sched *s, struct sched_ticket *t); /* a waiting ticke
 /* The waiting job ticket of that tag, or NULL (it was granted, or never queued). */
 struct sched_ticket *sched_find_tag(struct sched *s, uint64_t tag);
 void sched_release(struct sched *s, enum sched_kind kind); /* a granted one is done */
+/* Calls fn for each waiting ticket in queue order with the number of tickets ahead of it. */
+void sched_each_waiting(struct sched *s,
+                        void (*fn)(struct sched_ticket *t, unsigned ahead, void *ctx), void *ctx);
 
 /* Waits for a turn. abort_fn (may be NULL) is polled every 10 ms while waiting. */
 enum sched_outcome sched_acquire(struct sched *s, enum sched_kind kind, bool (*abort_fn)(void *),

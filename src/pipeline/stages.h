@@ -15,7 +15,8 @@ struct abort_ctx {
     struct pipeline *p;
     pipe_abort_fn fn;
     void *ctx;
-    const char *request_id; /* for the helper's log lines about the runs; may be NULL */
+    const char *request_id;            /* for the helper's log lines about the runs; may be NULL */
+    const struct stage_stream *stream; /* the request's, or NULL */
 };
 
 /* True when the server stops or the request's client went away. */

@@ -275,6 +275,17 @@ void psc_cancel(struct psc *c, uint32_t box)
         fprintf(stderr, "envicutor: cancel box: %s\n", err.msg);
 }
 
+void psc_signal(struct psc *c, uint32_t box, int sig)
+{
+    struct {
+        struct ps_header h;
+        struct ps_signal s;
+    } m = {.h = {.magic = PS_MAGIC, .type = PS_SIGNAL, .box = box}, .s = {.signal = (uint32_t)sig}};
+    struct ev_err err;
+    if (send_request(c, &m, sizeof(m), NULL, 0, &err) < 0)
+        fprintf(stderr, "envicutor: signal a box: %s\n", err.msg);
+}
+
 static int read_output(int fd, uint64_t off, uint64_t len, struct sbx_output *o, struct ev_err *err)
 {
     o->data = malloc(len + 1);
@@ -319,6 +330,10 @@ static int run_fds(const struct psc_run *run, struct ps_run *r, int *fds, int *n
         fds[n++] = run->output_fd;
         r->flags |= PS_RUN_STDOUT_FD;
     }
+    if (run->error_fd > 0) {
+        fds[n++] = run->error_fd;
+        r->flags |= PS_RUN_STDERR_FD;
+    }
     file_slot = n;
     for (size_t i = 0; i < run->n_files; i++) {
         fds[n++] = run->files[i].fd > 0 ? run->files[i].fd : -1;
@@ -347,6 +362,8 @@ static void close_callers_fds(const struct psc_run *run)
         close(run->input_fd);
     if (run->output_fd > 0)
         close(run->output_fd);
+    if (run->error_fd > 0)
+        close(run->error_fd);
     for (size_t i = 0; i < run->n_files; i++)
         if (run->files[i].fd > 0)
             close(run->files[i].fd);

@@ -27,6 +27,9 @@ int psc_write_file(struct psc *c, uint32_t box, const char *name, unsigned mode,
                    size_t len, struct ev_err *err);
 int psc_close_box(struct psc *c, uint32_t box, struct ev_err *err);
 void psc_cancel(struct psc *c, uint32_t box);
+/* Sends sig (SIGKILL, SIGTERM or SIGINT) to every process of the box's current run but its
+ * init; nothing when no run is going on. */
+void psc_signal(struct psc *c, uint32_t box, int sig);
 
 /* A file that appears, read-only, in the /box of one run (fresh_box runs only): its bytes from
  * data/len, or from a descriptor (fd > 0: a regular file open for reading, read from its
@@ -57,6 +60,9 @@ struct psc_run {
      * interactor), instead of being captured; res->out then stays empty. stderr is captured
      * as always, and every limit applies. */
     int output_fd;
+    /* > 0: the same for stderr (res->err then stays empty): an interactive client reads both
+     * streams as they are written. */
+    int error_fd;
     /* /box shows the box's contents through a throw-away layer: the run reads what earlier
      * runs left there, and nothing it writes outlives it (a test of a judged submission). */
     bool fresh_box;
@@ -70,9 +76,9 @@ struct psc_run {
 /* Runs one stage. Returns 0 with res filled (res may be SBX_XX when the sandbox failed); -1 when
  * the request itself failed or was aborted (*aborted then says so).
  *
- * Descriptors: psc_run takes ownership of every descriptor in *run (input_fd, output_fd and
- * each files[i].fd > 0) from the call on, whatever it returns: it closes them as soon as the
- * request is sent to the helper (or is refused before), long before the run ends. The caller
+ * Descriptors: psc_run takes ownership of every descriptor in *run (input_fd, output_fd,
+ * error_fd and each files[i].fd > 0) from the call on, whatever it returns: it closes them as soon
+ * as the request is sent to the helper (or is refused before), long before the run ends. The caller
  * must not close or use them after the call; it keeps a dup if it needs one. This is what an
  * interactive pair needs: two concurrent psc_run calls (two threads, two boxes), the
  * program's (input_fd = pipe B's read end, output_fd = pipe A's write end) and the

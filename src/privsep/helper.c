@@ -24,6 +24,7 @@
 struct slot {
     bool used, busy, cancelled;
     int cancel_fd; /* eventfd, written once by PS_CANCEL */
+    int sig[2];    /* pipe: PS_SIGNAL writes a signal's number, the run's watch reads it */
     struct sbx_box box;
 };
 
@@ -129,23 +130,31 @@ static void do_open(const struct ps_request *req, struct ps_reply *rep)
         return;
     }
     struct slot *s = &helper.slots[idx];
-    *s = (struct slot){.used = true, .busy = true, .cancel_fd = -1};
+    *s = (struct slot){.used = true, .busy = true, .cancel_fd = -1, .sig = {-1, -1}};
     pthread_mutex_unlock(&helper.mu);
 
     struct ev_err err = {0};
     struct sbx_box_options opt = {.disk_kb = req->u.open.disk_kb,
                                   .max_inodes = req->u.open.max_inodes};
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int sig[2] = {-1, -1};
     if (efd < 0) {
         ev_fail(&err, errno, "eventfd");
+    } else if (pipe2(sig, O_CLOEXEC | O_NONBLOCK) < 0) {
+        ev_fail(&err, errno, "pipe");
     } else if (sbx_box_open(helper.host, &opt, &s->box, &err) == 0) {
         s->cancel_fd = efd;
+        s->sig[0] = sig[0];
+        s->sig[1] = sig[1];
         rep->box = (uint32_t)idx;
         give_slot(s);
         return;
     }
     if (efd >= 0)
         close(efd);
+    for (int i = 0; i < 2; i++)
+        if (sig[i] >= 0)
+            close(sig[i]);
     reply_error(rep, err.msg);
     pthread_mutex_lock(&helper.mu);
     s->used = s->busy = false;
@@ -158,6 +167,9 @@ static void take_down(struct slot *s)
     sbx_box_close(helper.host, &s->box);
     if (s->cancel_fd >= 0)
         close(s->cancel_fd);
+    for (int i = 0; i < 2; i++)
+        if (s->sig[i] >= 0)
+            close(s->sig[i]);
 }
 
 static void do_close(const struct ps_request *req, struct ps_reply *rep)
@@ -169,7 +181,7 @@ static void do_close(const struct ps_request *req, struct ps_reply *rep)
      * not wait for that unmount: only freeing the slot takes the lock. */
     take_down(s);
     pthread_mutex_lock(&helper.mu);
-    *s = (struct slot){.cancel_fd = -1};
+    *s = (struct slot){.cancel_fd = -1, .sig = {-1, -1}};
     pthread_mutex_unlock(&helper.mu);
 }
 
@@ -395,6 +407,7 @@ static void do_run(struct ps_request *req, int *fds, int n_fds, struct ps_reply 
     struct sbx_run_config cfg = {.argv = argv,
                                  .envp = envp,
                                  .cancel_fd = s->cancel_fd,
+                                 .signal_fd = s->sig[0],
                                  .fresh_box = r->flags & PS_RUN_FRESH_BOX,
                                  .files = files,
                                  .n_files = r->n_files};
@@ -417,6 +430,17 @@ static void do_run(struct ps_request *req, int *fds, int n_fds, struct ps_reply 
         }
         cfg.stdout_fd = fds[next++];
     }
+    if (r->flags & PS_RUN_STDERR_FD) {
+        if (check_stdout(fds[next], &err) < 0) {
+            reply_error(rep, err.msg);
+            goto out;
+        }
+        cfg.stderr_fd = fds[next++];
+    }
+    /* a signal asked for between runs is not for this one */
+    unsigned char stale[64];
+    while (read(s->sig[0], stale, sizeof(stale)) > 0)
+        ;
     if (check_files(s, r, fds + next, files, &err) < 0) {
         reply_error(rep, err.msg);
         goto out;
@@ -651,7 +675,7 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
     helper.sock = sock;
     helper.runtimes_dir = runtimes_dir;
     for (int i = 0; i < MAX_SLOTS; i++)
-        helper.slots[i].cancel_fd = -1;
+        helper.slots[i] = (struct slot){.cancel_fd = -1, .sig = {-1, -1}};
     /* The server decides when to stop; a terminal's ^C reaches the whole process group and
      * must not kill the helper before it has cleaned its boxes. */
     signal(SIGINT, SIG_IGN);
@@ -687,6 +711,18 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
             snprintf(rep.msg, sizeof(rep.msg), "refused: %s", err.msg);
             send_reply(&rep, -1);
             close_fds(fds, n_fds);
+            free(req);
+            continue;
+        }
+        if (req->h.type == PS_SIGNAL) {
+            /* Like a cancel, at once, without a thread: the run's watch does the rest. A full
+             * pipe (64 KiB of signals nobody read) drops this one. */
+            pthread_mutex_lock(&helper.mu);
+            struct slot *s = req->h.box < MAX_SLOTS ? &helper.slots[req->h.box] : NULL;
+            unsigned char b = (unsigned char)req->u.sig.signal;
+            if (s && s->used && s->sig[1] >= 0 && write(s->sig[1], &b, 1) < 0 && errno != EAGAIN)
+                fprintf(stderr, "envicutor helper: signal: %s\n", strerror(errno));
+            pthread_mutex_unlock(&helper.mu);
             free(req);
             continue;
         }
@@ -743,7 +779,7 @@ int helper_main(struct sbx_host *host, int sock, const char *runtimes_dir)
     for (int i = 0; i < MAX_SLOTS; i++)
         if (helper.slots[i].used) {
             take_down(&helper.slots[i]);
-            helper.slots[i] = (struct slot){.cancel_fd = -1};
+            helper.slots[i] = (struct slot){.cancel_fd = -1, .sig = {-1, -1}};
         }
     pthread_mutex_unlock(&helper.mu);
     nix_stop(); /* its daemon's cgroup too, before our subtree goes */

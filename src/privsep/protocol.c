@@ -1,6 +1,7 @@
 #include "privsep/protocol.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -75,6 +76,13 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
         if (fd_count != 0)
             return ev_fail(err, 0, "unexpected descriptor");
         return 0;
+    case PS_SIGNAL:
+        if (n != fixed + sizeof(req->u.sig) || fd_count != 0)
+            return ev_fail(err, 0, "malformed signal message");
+        if (req->u.sig.signal != SIGKILL && req->u.sig.signal != SIGTERM &&
+            req->u.sig.signal != SIGINT)
+            return ev_fail(err, 0, "signal: %u is not allowed", req->u.sig.signal);
+        return 0;
     case PS_NIX_INSTALL:
     case PS_NIX_UPDATE:
     case PS_NIX_GC:
@@ -148,7 +156,8 @@ int ps_check_request(const struct ps_request *req, size_t n, int fd_count, char 
 
 int ps_run_fd_count(const struct ps_run *r)
 {
-    return (r->has_stdin ? 1 : 0) + (r->flags & PS_RUN_STDOUT_FD ? 1 : 0) + (int)r->n_files;
+    return (r->has_stdin ? 1 : 0) + (r->flags & PS_RUN_STDOUT_FD ? 1 : 0) +
+           (r->flags & PS_RUN_STDERR_FD ? 1 : 0) + (int)r->n_files;
 }
 
 ssize_t ps_send(int sock, const void *msg, size_t len, const int *fds, int n_fds)

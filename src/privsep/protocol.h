@@ -20,15 +20,15 @@
 #include "common/error.h"
 #include "common/filename.h"
 
-#define PS_MAGIC 0x45564334u /* "EVC4": bumped with any change of layout */
+#define PS_MAGIC 0x45564335u /* "EVC5": bumped with any change of layout */
 #define PS_MAX_MSG 65536
 #define PS_MAX_ARGS 64
 #define PS_MAX_ENV 256
 #define PS_NAME_MAX FILE_NAME_MAX /* a file name in the box */
 #define PS_RUNTIME_MAX 64
 #define PS_MAX_FILES 8 /* extra files of a fresh-box run */
-/* The most descriptors one message carries: a run's stdin and stdout, then its files. */
-#define PS_MAX_FDS (2 + PS_MAX_FILES)
+/* The most descriptors one message carries: a run's stdin, stdout and stderr, then its files. */
+#define PS_MAX_FDS (3 + PS_MAX_FILES)
 #define PS_REQUEST_ID_SIZE 72 /* REQUEST_ID_MAX + 1, rounded up to keep the struct unpadded */
 
 /* The "box" of a PS_CANCEL that kills the Nix command running now. */
@@ -54,8 +54,9 @@
 enum ps_type {
     PS_OPEN_BOX = 1, /* -> box handle */
     PS_WRITE_FILE,   /* fd: contents; creates box/name (never follows or replaces) */
-    PS_RUN,          /* fds, in this order: stdin (has_stdin), stdout (PS_RUN_STDOUT_FD), one
-                      * per file; reply fd: stdout (unless it went to a descriptor), stderr */
+    PS_RUN,          /* fds, in this order: stdin (has_stdin), stdout (PS_RUN_STDOUT_FD),
+                      * stderr (PS_RUN_STDERR_FD), one per file; reply fd: stdout and stderr
+                      * (those that did not go to a descriptor) */
     PS_CANCEL,       /* kills the box's current and future runs (PS_NIX_BOX: the Nix
                       * command running now); no reply */
     PS_CLOSE_BOX,
@@ -63,6 +64,7 @@ enum ps_type {
                        then the environment (NUL-separated) */
     PS_NIX_UPDATE,  /* nix-channel --update, nix-env -u; reply fd: stdout, stderr */
     PS_NIX_GC,      /* nix-store --gc; reply fd: stdout, stderr */
+    PS_SIGNAL,      /* sends a signal to the program of the box's current run; no reply */
     PS_TYPE_END,
 };
 
@@ -108,7 +110,14 @@ struct ps_run {
 #define PS_RUN_MOUNT_NIX 1u /* mount /nix read-only (Nix runtimes) */
 #define PS_RUN_STDOUT_FD 2u /* stdout is the descriptor that comes after stdin's: a pipe */
 #define PS_RUN_FRESH_BOX 4u /* /box through a throw-away layer (sandbox.h, fresh_box) */
-#define PS_RUN_FLAGS (PS_RUN_MOUNT_NIX | PS_RUN_STDOUT_FD | PS_RUN_FRESH_BOX)
+#define PS_RUN_STDERR_FD 8u /* stderr is the descriptor after stdout's (or stdin's): a pipe */
+#define PS_RUN_FLAGS (PS_RUN_MOUNT_NIX | PS_RUN_STDOUT_FD | PS_RUN_FRESH_BOX | PS_RUN_STDERR_FD)
+
+/* PS_SIGNAL: SIGKILL, SIGTERM or SIGINT. */
+struct ps_signal {
+    uint32_t signal;
+    uint32_t pad;
+};
 
 /* The Nix operations run as root on the host, bounded by timeout_s. */
 struct ps_nix {
@@ -124,6 +133,7 @@ struct ps_request {
         struct ps_write_file write;
         struct ps_run run;
         struct ps_nix nix;
+        struct ps_signal sig;
     } u;
     /* PS_RUN: argc then envc NUL-terminated strings */
 };

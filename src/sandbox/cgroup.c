@@ -608,6 +608,27 @@ void cg_run_kill(const struct cg_host *h, struct cg_run *r)
         write_file_at(r->v2_fd, "cgroup.kill", "1", &ignored);
 }
 
+int cg_run_signal(const struct cg_run *r, int sig, pid_t except)
+{
+    /* any hierarchy the run is in lists all of its processes */
+    int dir = r->v2_fd >= 0 ? r->v2_fd : r->pids_fd >= 0 ? r->pids_fd : r->cpu_fd;
+    if (dir < 0)
+        return 0;
+    int fd = openat(dir, "cgroup.procs", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    cleanup_fclose FILE *f = fdopen(fd, "re");
+    if (!f) {
+        close(fd);
+        return 0;
+    }
+    int pid, n = 0;
+    while (fscanf(f, "%d", &pid) == 1)
+        if (pid != except && kill(pid, sig) == 0)
+            n++;
+    return n;
+}
+
 /* rmdir fails with EBUSY while the last tasks are still being torn down after SIGKILL; that
  * takes microseconds to a few milliseconds. */
 static int rmdir_retry(const char *base, const char *name, struct ev_err *err, int tries)

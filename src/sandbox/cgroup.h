@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "common/error.h"
 
@@ -92,6 +93,9 @@ int cg_run_memory(const struct cg_host *h, struct cg_run *r, uint64_t *peak_byte
 /* Kills every process of the run (cgroup.kill on v2; else the caller kills the box's PID 1,
  * which takes its whole PID namespace down). */
 void cg_run_kill(const struct cg_host *h, struct cg_run *r);
+/* Sends sig to every process of the run but except (the box's init, which must outlive its
+ * program to report how it ended). Returns how many were signalled. */
+int cg_run_signal(const struct cg_run *r, int sig, pid_t except);
 /* Removes the run's cgroups and closes its descriptors. Waits briefly for dying tasks. */
 int cg_run_destroy(const struct cg_host *h, struct cg_run *r, struct ev_err *err);
 /* Removes a leftover cgroup called name (after a crash), killing what is still in it. */

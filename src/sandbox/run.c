@@ -460,6 +460,7 @@ struct run {
     const struct sbx_run_config *cfg;
     int stdin_fd;
     int stdout_fd;   /* cfg->stdout_fd's copy, until init has it; -1: stdout is pipes[0] */
+    int stderr_fd;   /* the same for stderr and pipes[1] */
     int root_fd;     /* the box's prepared root (the cache's); -1: init builds the tree */
     int pipes[4][2]; /* stdout (unless stdout_fd), stderr, report, status */
     struct cg_run cg;
@@ -563,8 +564,15 @@ static int run_prepare(struct run *r, struct ev_err *err)
         if (r->stdout_fd < 0)
             return ev_fail(err, errno, "stdout descriptor %d", cfg->stdout_fd);
     }
-    for (int i = cfg->stdout_fd > 0 ? 1 : 0; i < 4; i++)
-        if (pipe2(r->pipes[i], O_CLOEXEC) < 0) {
+    if (cfg->stderr_fd > 0) {
+        r->stderr_fd = fcntl(cfg->stderr_fd, F_DUPFD_CLOEXEC, 0);
+        if (r->stderr_fd < 0)
+            return ev_fail(err, errno, "stderr descriptor %d", cfg->stderr_fd);
+    }
+    for (int i = 0; i < 4; i++)
+        if ((i == 0 && r->stdout_fd >= 0) || (i == 1 && r->stderr_fd >= 0))
+            continue; /* that stream goes to the caller's descriptor */
+        else if (pipe2(r->pipes[i], O_CLOEXEC) < 0) {
             ev_fail(err, errno, "pipe");
             close_pipes(r->pipes);
             return -1;
@@ -613,7 +621,7 @@ static int run_start(struct run *r, struct ev_err *err)
         .cg = &r->cg,
         .stdin_fd = r->stdin_fd,
         .out_w = r->stdout_fd >= 0 ? r->stdout_fd : r->pipes[0][1],
-        .err_w = r->pipes[1][1],
+        .err_w = r->stderr_fd >= 0 ? r->stderr_fd : r->pipes[1][1],
         .report_w = r->pipes[2][1],
         .status_w = r->pipes[3][1],
         .workdir = r->cfg->workdir ? r->cfg->workdir : "/box",
@@ -643,6 +651,10 @@ static int run_start(struct run *r, struct ev_err *err)
         close(r->stdout_fd);
         r->stdout_fd = -1;
     }
+    if (r->stderr_fd >= 0) {
+        close(r->stderr_fd);
+        r->stderr_fd = -1;
+    }
     if (c.net_fd >= 0)
         close(c.net_fd);
     r->w.report_r = r->pipes[2][0];
@@ -667,7 +679,7 @@ static int run_start(struct run *r, struct ev_err *err)
 
 /* ---- watch ---- */
 
-enum { EV_REPORT, EV_STATUS, EV_CANCEL };
+enum { EV_REPORT, EV_STATUS, EV_CANCEL, EV_SIGNAL };
 
 /* The report pipe is readable: a start report, a failure, or end of file at execve. */
 static int on_report(struct run *r, struct ev_err *err)
@@ -758,6 +770,20 @@ static int watch_clock(struct run *r, uint64_t *wait_us, struct ev_err *err)
     return 0;
 }
 
+/* Signals asked for while the program runs (only once it was exec'd, so that no signal meets
+ * the box's set-up). Returns 0 at end of file. */
+static int on_signal(struct run *r, int fd)
+{
+    unsigned char sigs[16];
+    ssize_t n = read(fd, sigs, sizeof(sigs));
+    if (n < 0)
+        return errno == EINTR || errno == EAGAIN ? 1 : 0;
+    for (ssize_t i = 0; i < n; i++)
+        if (sigs[i] == SIGKILL || sigs[i] == SIGTERM || sigs[i] == SIGINT)
+            cg_run_signal(&r->cg, sigs[i], r->init);
+    return n > 0;
+}
+
 /* Pumps the output until main ends, a limit is reached, the run is cancelled or the watching
  * fails. */
 static int run_watch(struct run *r, struct ev_err *err)
@@ -768,6 +794,7 @@ static int run_watch(struct run *r, struct ev_err *err)
     w->cpu_kill_at = r->cfg->limits.cpu_time_us + r->cfg->limits.extra_time_us;
     w->setup_deadline = monotonic_ns() + 30ull * 1000000000ull;
     int cancel_fd = r->cfg->cancel_fd > 0 ? r->cfg->cancel_fd : -1;
+    int signal_fd = r->cfg->signal_fd > 0 ? r->cfg->signal_fd : -1;
     int rc = 0;
     while (!w->main_done && rc == 0) {
         uint64_t wait_us;
@@ -776,10 +803,14 @@ static int run_watch(struct run *r, struct ev_err *err)
             break;
         if (wait_us < 1000)
             wait_us = 1000;
-        int events[3] = {
-            [EV_REPORT] = w->report_r, [EV_STATUS] = w->status_r, [EV_CANCEL] = cancel_fd};
+        int events[4] = {[EV_REPORT] = w->report_r,
+                         [EV_STATUS] = w->status_r,
+                         [EV_CANCEL] = cancel_fd,
+                         [EV_SIGNAL] = w->exec_seen ? signal_fd : -1};
         unsigned ready;
-        rc = pump_step(r->streams, 2, events, 3, (int)((wait_us + 999) / 1000), &ready, err);
+        rc = pump_step(r->streams, 2, events, 4, (int)((wait_us + 999) / 1000), &ready, err);
+        if (rc == 0 && (ready & 1u << EV_SIGNAL) && on_signal(r, signal_fd) == 0)
+            signal_fd = -1; /* its writer is gone */
         if (rc == 0 && (ready & 1u << EV_CANCEL)) {
             w->cancelled = true;
             rc = ev_fail(err, ECANCELED, "the run was cancelled");
@@ -931,6 +962,7 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
                     .cfg = cfg,
                     .stdin_fd = -1,
                     .stdout_fd = -1,
+                    .stderr_fd = -1,
                     .root_fd = -1,
                     .pipes = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}},
                     .streams = {{.fd = -1}, {.fd = -1}}};
@@ -939,6 +971,8 @@ int sbx_run(struct sbx_host *host, struct sbx_box *box, const struct sbx_run_con
             close(r.stdin_fd);
         if (r.stdout_fd >= 0)
             close(r.stdout_fd);
+        if (r.stderr_fd >= 0)
+            close(r.stderr_fd);
         snprintf(res->message, sizeof(res->message), "%s", err->msg);
         return -1;
     }

@@ -154,6 +154,11 @@ struct sbx_run_config {
      * read: res->out stays empty and on_output sees stream 2 only. The sandbox keeps its copy
      * of it only until the box's init is started. */
     int stdout_fd;
+    /* > 0: the same for stderr (res->err stays empty; on_output sees stream 1 only). */
+    int stderr_fd;
+    /* Optional: a pipe whose bytes are signal numbers (SIGKILL, SIGTERM, SIGINT) to send to
+     * the program while it runs, e.g. from an interactive client. 0 means none. */
+    int signal_fd;
     /* /box shows the box directory through a throw-away layer: an overlay whose lower layer
      * is the box directory and whose upper layer is a tmpfs of the box's size made in the
      * run's own mount namespace. The run reads and runs what earlier runs left and may write
