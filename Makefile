@@ -63,6 +63,10 @@ $(B)/bench/helper_run: bench/helper_run.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJ) $(LIBS)
 
+$(B)/bench/run_parts: bench/run_parts.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJ) $(LIBS)
+
 unit: $(UNIT_BIN)
 progs: $(PROG_BIN)
 
@@ -94,7 +98,7 @@ build-fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRC) $(wildcard src/*/*.h)
 	clang -std=gnu17 -D_GNU_SOURCE -Isrc -g -O1 -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=all $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(FUZZ_SRC) $(LIBS)
 
-bench: all progs $(B)/bench/helper_run
+bench: all progs $(B)/bench/helper_run $(B)/bench/run_parts
 	./bench/run
 
 FORMAT_FILES = $(wildcard src/*/*.c src/*/*.h tests/unit/*.c tests/sandbox/progs/*.c bench/*.c bench/*.h \

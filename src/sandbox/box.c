@@ -20,6 +20,7 @@
 #include "common/cleanup.h"
 #include "common/fileutil.h"
 #include "common/rmtree.h"
+#include "sandbox/roots.h"
 #include "sandbox/sandbox.h"
 
 static int clean_residue(struct sbx_host *host, int id, struct ev_err *err)
@@ -139,7 +140,12 @@ int sbx_box_open(struct sbx_host *host, const struct sbx_box_options *opt, struc
     memset(box, 0, sizeof(*box));
     box->lock_fd = -1;
     unsigned n = host->n_boxes;
-    unsigned start = __atomic_fetch_add(&host->next_box, 1, __ATOMIC_RELAXED) % n;
+    /* Each search starts one box further on, among the first ROOTS_MAX boxes when roots are
+     * prepared: only that many boxes keep one, and a search rotating over all of them gave
+     * nearly every submission a box without its prepared root, whose runs then built their
+     * tree each time (docs/performance.md). The search itself still goes over every box. */
+    unsigned window = host->roots && n > ROOTS_MAX ? ROOTS_MAX : n;
+    unsigned start = __atomic_fetch_add(&host->next_box, 1, __ATOMIC_RELAXED) % window;
     /* A box whose leftovers cannot be cleaned (a cgroup that will not go, a mount that stays)
      * must not stop every submission: it is passed over and remembered, so that each search
      * does not spend its clean-up's retries on it again. It is tried again only when no other

@@ -27,6 +27,7 @@
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -292,10 +293,16 @@ static void close_all_except(int *keep, int n)
  * data directory, the sandbox command's the user's options and paths. The clone has its own
  * copy of the memory where the kernel finds the command line and the environment (their
  * bounds are in /proc/self/stat), so init overwrites it; PR_SET_MM, which would move the
- * bounds instead, needs CAP_SYS_RESOURCE. Best effort: it changes nothing the run needs. */
-static void hide_command_line(void)
+ * bounds instead, needs CAP_SYS_RESOURCE. Best effort: it changes nothing the run needs.
+ *
+ * The bounds are the caller's and never move, so the caller reads them once, before its first
+ * clone rather than each init reading /proc/self/stat again. */
+static unsigned long cmdline_bounds[4]; /* arg_start, arg_end, env_start, env_end */
+static bool cmdline_found;
+static pthread_once_t cmdline_once = PTHREAD_ONCE_INIT;
+
+static void find_command_line(void)
 {
-    (void)prctl(PR_SET_NAME, "init", 0, 0, 0); /* cannot fail for a valid pointer */
     char buf[1024];
     int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -326,12 +333,31 @@ static void hide_command_line(void)
     }
     if (got < 4 || v[1] <= v[0] || v[3] < v[2])
         return;
+    memcpy(cmdline_bounds, v, sizeof(v));
+    cmdline_found = true;
+}
+
+static void hide_command_line(void)
+{
+    (void)prctl(PR_SET_NAME, "init", 0, 0, 0); /* cannot fail for a valid pointer */
+    if (!cmdline_found)
+        return;
     static const char name[] = "init";
+    const unsigned long *v = cmdline_bounds;
     for (unsigned long i = 0; i < 2; i++) {
         volatile char *a = (volatile char *)v[2 * i];
         for (unsigned long j = 0; j < v[2 * i + 1] - v[2 * i]; j++)
             a[j] = i == 0 && j < sizeof(name) ? name[j] : '\0';
     }
+}
+
+/* main's stack while it shares init's memory: in the data segment, so each init's copy is its
+ * own and the caller, which never touches it, pays nothing for it. */
+static char main_stack[64 * 1024] __attribute__((aligned(16)));
+
+static int main_entry(void *arg)
+{
+    run_main(arg);
 }
 
 static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
@@ -387,13 +413,19 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
         ev_fail(&e, errno, "sethostname");
         child_fail(c, REPORT_SETUP, &e);
     }
-    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+    /* main shares init's memory and init sleeps until main's execve or exit (posix_spawn's
+     * way): a fork would copy init's page tables, themselves a copy of the caller's, and make
+     * the pages init writes afterwards fault once more (docs/performance.md). main writes
+     * nothing of init's but its own stack and errno, which init reads only when this clone
+     * fails; what main changes is its own (descriptor table, credentials, rlimits, seccomp,
+     * and oom_score_adj, which the kernel keeps to a vfork child alone, as it does not without
+     * CLONE_VFORK); and it is alone in the box until execve. */
+    pid_t pid = clone(main_entry, main_stack + sizeof(main_stack), CLONE_VM | CLONE_VFORK | SIGCHLD,
+                      (void *)c);
     if (pid < 0) {
         ev_fail(&e, errno, "fork the program");
         child_fail(c, REPORT_SETUP, &e);
     }
-    if (pid == 0)
-        run_main(c);
     close(c->report_w);
     close(c->stdin_fd);
     close(c->out_w);
@@ -629,6 +661,7 @@ static int run_start(struct run *r, struct ev_err *err)
         .cpu_v2 = r->host->cg.cpu == CG_V2,
     };
     c.root_fd = r->root_fd;
+    pthread_once(&cmdline_once, find_command_line);
     c.net_fd = r->host->netns ? netns_pool_take(r->host->netns) : -1;
     bool joined;
     r->init = clone_init(&r->cg, c.net_fd < 0, c.root_fd < 0, &joined);

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sandbox/roots.h"
 #include "sandbox/sandbox.h"
 
 static struct sbx_host host;
@@ -713,6 +714,37 @@ static void test_successive_opens_rotate_over_boxes(void **state)
     }
 }
 
+/* With prepared roots, searches rotate over the first ROOTS_MAX boxes only, the ones that keep
+ * a prepared root: a rotation over the whole range gave nearly every submission a box whose
+ * runs built their tree each time. */
+static void test_opens_stay_among_boxes_that_keep_a_prepared_root(void **state)
+{
+    (void)state;
+    static const char *const points[] = {"/runtime", NULL};
+    struct sbx_host_config cfg = {.run_dir = getenv("ENVICUTOR_RUN_DIR"),
+                                  .n_boxes = ROOTS_MAX + 8,
+                                  .prepared_root_points = points};
+    struct ev_err err;
+    if (sbx_host_init(&small, &cfg, &err) < 0)
+        fail_msg("sbx_host_init: %s", err.msg);
+    small_up = true;
+    bool seen[ROOTS_MAX] = {false};
+    int distinct = 0;
+    for (int i = 0; i < 2 * ROOTS_MAX + 1; i++) {
+        struct sbx_box box;
+        if (sbx_box_open(&small, NULL, &box, &err) < 0)
+            fail_msg("open %d: %s", i, err.msg);
+        int id = box.id;
+        sbx_box_close(&small, &box);
+        if (id >= ROOTS_MAX)
+            fail_msg("open %d took box %d, beyond the %d that keep a prepared root", i, id,
+                     ROOTS_MAX);
+        distinct += !seen[id];
+        seen[id] = true;
+    }
+    assert_int_equal(distinct, ROOTS_MAX); /* still rotating, over all of them */
+}
+
 /* A free box whose leftovers cannot be cleaned (here its cgroup, which holds a child cgroup,
  * so rmdir fails with EBUSY) is skipped and counted, and not tried again while another box is
  * free; when it is the only free one, it is tried again, and taken once it can be cleaned. */
@@ -859,6 +891,8 @@ int main(void)
         cmocka_unit_test(test_runs_with_a_stale_error_object),
         cmocka_unit_test_teardown(test_successive_opens_rotate_over_boxes, free_small_host),
         cmocka_unit_test_teardown(test_a_box_that_cannot_be_cleaned_is_skipped, free_small_host),
+        cmocka_unit_test_teardown(test_opens_stay_among_boxes_that_keep_a_prepared_root,
+                                  free_small_host),
         cmocka_unit_test(test_locks_on_shared_files_do_not_reach_another_box),
         cmocka_unit_test(test_prepared_root_follows_etc_entries_replaced_by_rename),
     };
