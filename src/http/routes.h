@@ -15,8 +15,10 @@
 struct route_ctx {
     struct pipeline *pipeline;
     const struct ev_config *cfg;
+    struct cluster_api *cluster; /* an API node's queue (REDIS_URL), or NULL */
 };
 
+struct cluster_api;
 typedef void route_fn(const struct route_ctx *ctx, struct request *rq, struct reply *r);
 
 /* ROUTE_PREFIX: the handler finds the rest of the path in rq->rest. */
@@ -81,5 +83,8 @@ struct exec_job *execute_prepare(const struct route_ctx *ctx, struct request *rq
 void execute_run(const struct route_ctx *ctx, struct exec_job *j, struct request *rq,
                  struct reply *r);
 void exec_job_free(struct exec_job *j);
+/* Both steps in the calling thread, which waits for the turn: a request that came through the
+ * cluster's queue, run by a worker (cluster/worker.c). */
+void execute_whole(const struct route_ctx *ctx, struct request *rq, struct reply *r);
 
 #endif

@@ -43,6 +43,7 @@ struct http_server {
     int wake_fd;  /* eventfd that stops the watcher */
     pthread_t watcher;
     bool watcher_started;
+    struct cluster_api *cluster; /* an API node's queue (REDIS_URL set), or NULL */
 };
 
 int http_start(struct http_server *s, int listen_fd, struct pipeline *p,

@@ -681,6 +681,12 @@ struct sched_ticket *pipeline_withdraw(struct pipeline *p, uint64_t tag)
     return t;
 }
 
+enum pipe_status pipeline_acquire(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx)
+{
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL};
+    return from_sched(sched_acquire(&p->sched, SCHED_SUBMISSION, should_abort, &ac));
+}
+
 void pipeline_release(struct pipeline *p)
 {
     sched_done(&p->sched, SCHED_SUBMISSION);

@@ -176,6 +176,9 @@ enum pipe_status pipeline_execute(struct pipeline *p, const struct exec_request 
 enum pipe_status pipeline_enqueue(struct pipeline *p, struct sched_ticket *t);
 struct sched_ticket *pipeline_withdraw(struct pipeline *p, uint64_t tag);
 void pipeline_release(struct pipeline *p);
+/* Waits for a submission turn in a thread (abort_fn polled while it waits): PIPE_OK, then run
+ * with pipeline_execute_granted; PIPE_ABORTED or PIPE_STOPPING. */
+enum pipe_status pipeline_acquire(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx);
 enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_request *req,
                                           pipe_abort_fn abort_fn, void *ctx,
                                           struct exec_outcome *out, struct ev_err *err);
