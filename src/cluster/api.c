@@ -224,7 +224,8 @@ static void *reader_main(void *arg)
         pthread_mutex_lock(&a->res.mu);
         redisReply *rep = rconn_cmd(&a->res, &err, "XREAD COUNT 64 BLOCK 1000 STREAMS %s %s",
                                     a->results_key, last);
-        bool again = rep && seen && a->res.generation != seen;
+        /* a connection after the first: Redis may have lost what it held meanwhile */
+        bool again = rep && a->res.generation != seen && a->res.generation > 1;
         if (rep)
             seen = a->res.generation;
         if (rep && rep->type == REDIS_REPLY_ERROR)

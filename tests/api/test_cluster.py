@@ -106,10 +106,10 @@ class Worker:
 def cluster(request):
     """A factory: cluster(workers=2, slots=1, **env) -> (redis, api, [workers]); all stopped and
     removed at the end, each worker's host checked for residue."""
-    made = []
+    made, mounts = [], []
     catalog = tempfile.mkdtemp(prefix="envicutor-empty-catalog-")
 
-    def make(workers=2, slots=1, api_env=None, **env):
+    def make(workers=2, slots=1, api_env=None, shared_files=False, **env):
         redis = Redis().start()
         made.append(redis)
         api_dir = tempfile.mkdtemp(prefix="envicutor-api-node-", dir="/tmp")
@@ -122,6 +122,12 @@ def cluster(request):
         for _ in range(workers):
             w = Worker(redis, catalog, slots, **env)
             made.append(w)
+            if shared_files:
+                # the file store of docs/cluster.md: one directory that every node mounts
+                target = os.path.join(w.data_dir, "files")
+                subprocess.run(["mount", "--bind", os.path.join(api_dir, "files"), target],
+                               check=True)
+                mounts.append(target)
             ws.append(w.start())
         return redis, api, ws
 
@@ -131,6 +137,8 @@ def cluster(request):
             m.cleanup()
         else:
             m.stop()
+    for target in mounts:
+        subprocess.run(["umount", target], check=True)
     shutil.rmtree(catalog, ignore_errors=True)
     assert wait_no_residue() == ([], [], [])
 
@@ -168,7 +176,7 @@ def test_results_through_workers(cluster):
 def test_large_body_through_redis(cluster):
     """A body over the spill size (1 MiB) goes from the API node's file into one XADD."""
     redis, api, ws = cluster(workers=1)
-    data = "x" * (20 << 20)
+    data = "x" * ((20 << 20) - 1) + "\n"
     r = api.post("/execute", {"runtime_id": RUNTIME_ID, "source_code": "wc -c",
                               "input": data}, timeout=180)
     assert r.status_code == 200, r.text
@@ -350,3 +358,44 @@ def test_worker_needs_redis_url():
                                              "REDIS_URL": "http://x"}, capture_output=True,
                        text=True)
     assert r.returncode == 2 and "REDIS_URL: expected redis://host:port[/db]" in r.stderr
+
+
+def test_judge_mode_through_workers(cluster):
+    redis, api, ws = cluster(workers=1)
+    r = api.post("/execute", {"runtime_id": RUNTIME_ID, "source_code": "read a b; echo $((a+b))",
+                              "tests": [{"input": "1 2", "expected_output": "3"},
+                                        {"input": "2 2", "expected_output": "5"}]})
+    assert r.status_code == 200, r.text
+    assert [t["verdict"] for t in r.json()["tests"]] == ["AC", "WA"]
+    assert r.json()["verdict"] == "WA"
+
+
+def test_file_store_on_a_shared_directory(cluster):
+    """POST /files on the API node; the worker reads the file from the same directory."""
+    redis, api, ws = cluster(workers=1, shared_files=True)
+    data = b"40 2\n"
+    up = requests.post(api.url + "/files", data=data, timeout=30)
+    assert up.status_code in (200, 201), up.text
+    fid = up.json()["id"]
+    r = api.post("/execute", {"runtime_id": RUNTIME_ID, "source_code": "read a b; echo $((a+b))",
+                              "input_file": fid})
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["stdout"] == "42\n"
+
+
+def test_job_lost_with_redis_data_is_answered(cluster):
+    """Redis restarted without persistence (this test's --save '' --appendonly no) loses the
+    jobs it held: a request that waited for one is answered 503 saying so, not left hanging."""
+    redis, api, ws = cluster(workers=0)
+    box = {}
+    t = threading.Thread(target=lambda: box.update(r=run(api, 0, timeout=60)))
+    t.start()
+    deadline = time.time() + 20
+    while redis.cli("XLEN", "envicutor:jobs") != "1":
+        assert time.time() < deadline
+        time.sleep(0.02)
+    redis.stop()
+    redis.start()
+    t.join(60)
+    r = box["r"]
+    assert r.status_code == 503 and "lost" in r.json()["message"], r.text
