@@ -399,3 +399,37 @@ def test_job_lost_with_redis_data_is_answered(cluster):
     t.join(60)
     r = box["r"]
     assert r.status_code == 503 and "lost" in r.json()["message"], r.text
+
+
+def redis_clients(redis):
+    return len([l for l in redis.cli("CLIENT", "LIST").splitlines() if "cmd=client" not in l])
+
+
+def test_waiting_requests_share_connections(cluster):
+    """1000 requests waiting on an API node hold no Redis connection each: the node's stay at
+    its fixed few (3 for commands, 1 for results)."""
+    redis, api, ws = cluster(workers=0)
+    before = redis_clients(redis)
+    body = json.dumps({"runtime_id": RUNTIME_ID, "source_code": "true"}).encode()
+    req = (b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    socks = []
+    try:
+        for _ in range(1000):
+            s = socket.create_connection(("127.0.0.1", api.port))
+            s.sendall(req)
+            socks.append(s)
+        deadline = time.time() + 60
+        while redis.cli("XLEN", "envicutor:jobs") != "1000":
+            assert time.time() < deadline, redis.cli("XLEN", "envicutor:jobs")
+            time.sleep(0.05)
+        during = redis_clients(redis)
+        assert during <= 4 and during - before <= 3, (before, during)
+    finally:
+        for s in socks:
+            s.close()
+    # every waiting job was taken off the stream as its client went away
+    deadline = time.time() + 60
+    while redis.cli("XLEN", "envicutor:jobs") != "0":
+        assert time.time() < deadline, redis.cli("XLEN", "envicutor:jobs")
+        time.sleep(0.1)
