@@ -228,7 +228,8 @@ static void *reader_main(void *arg)
         bool again = rep && a->res.generation != seen && a->res.generation > 1;
         if (rep)
             seen = a->res.generation;
-        if (rep && rep->type == REDIS_REPLY_ERROR)
+        bool refused = rep && rep->type == REDIS_REPLY_ERROR;
+        if (refused)
             fprintf(stderr, "envicutor: cluster: XREAD: %s\n", rep->str);
         else if (rep)
             take_results(a, rep, last, sizeof(last));
@@ -237,6 +238,8 @@ static void *reader_main(void *arg)
             freeReplyObject(rep);
         else
             rconn_wait_retry(&a->res, 1000);
+        if (refused)
+            sleep_ms(1000); /* not a busy loop on a key someone made another type */
         if (again)
             answer_lost(a, last, sizeof(last));
     }

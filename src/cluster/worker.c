@@ -71,7 +71,7 @@ static void copy_field(char *dst, size_t size, const redisReply *fields, const c
  * again while Redis is away; a worker stopped meanwhile leaves the job to another. */
 static bool finish_job(struct worker *w, struct wjob *j, int status, const char *json, size_t len)
 {
-    while (!atomic_load(w->stop) || json) {
+    for (;;) {
         struct ev_err err;
         pthread_mutex_lock(&w->cmd.mu);
         redisReply *r = rconn_cmd(&w->cmd, &err, "MULTI");
@@ -115,7 +115,6 @@ static bool finish_job(struct worker *w, struct wjob *j, int status, const char 
         rconn_wait_retry(&w->cmd, 1000);
         pthread_mutex_unlock(&w->cmd.mu);
     }
-    return false;
 }
 
 static bool flag_set(struct worker *w, const char *job)
@@ -236,6 +235,15 @@ static void take_entry(struct worker *w, redisReply *owner, redisReply *e, unsig
     const redisReply *body = field(fields, "body");
     j->body = body && body->type == REDIS_REPLY_STRING ? body->str : "";
     j->len = body && body->type == REDIS_REPLY_STRING ? body->len : 0;
+    if (!j->job[0] || !j->reply[0]) {
+        /* not an API node's: nobody waits for an answer */
+        fprintf(stderr, "envicutor: worker: entry %s of %s has no job or reply field; dropped\n",
+                j->eid, KEY_JOBS);
+        finish_job(w, j, 0, NULL, 0);
+        freeReplyObject(owner);
+        free(j);
+        return;
+    }
     if (attempt > w->cfg->job_max_attempts) {
         char why[200];
         snprintf(why, sizeof(why),

@@ -253,11 +253,11 @@ static void on_cluster_answer(void *ctx, int status, char *json, size_t len)
  * checks again against its own runtimes. */
 static void queue_cluster(struct http_server *s, struct conn_state *cs)
 {
-    char flags[64];
-    snprintf(
-        flags, sizeof(flags), "%s%s%s", request_flag(&cs->rq, "is_project") ? "is_project" : "",
-        request_flag(&cs->rq, "is_project") && request_flag(&cs->rq, "base64_output") ? "," : "",
-        request_flag(&cs->rq, "base64_output") ? "base64_output" : "");
+    char flags[64] = ""; /* the query's flags, as the worker's request_flag reads them */
+    if (request_flag(&cs->rq, "is_project"))
+        strcat(flags, "is_project,");
+    if (request_flag(&cs->rq, "base64_output"))
+        strcat(flags, "base64_output,");
     cs->suspended = true;
     MHD_suspend_connection(cs->conn);
     watch_add(s, cs);

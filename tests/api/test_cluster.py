@@ -1,6 +1,7 @@
 """The cluster (SPEC §10, docs/cluster.md): a real redis-server on a loopback port, one API node
 (`envicutor serve` with REDIS_URL) and workers (`envicutor worker`), each with a data directory
 of its own, on this machine."""
+import base64
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, Server, free_port, wait_no_residue
+from conftest import BIN, Server, free_port, wait_no_residue, zip_b64
 
 RUNTIME_ID = 4242
 # prints when it starts and ends (the host's clock: boxes share it), sleeping what stdin says
@@ -433,3 +434,27 @@ def test_waiting_requests_share_connections(cluster):
     while redis.cli("XLEN", "envicutor:jobs") != "0":
         assert time.time() < deadline, redis.cli("XLEN", "envicutor:jobs")
         time.sleep(0.1)
+
+
+def test_query_flags_reach_the_worker(cluster):
+    """?is_project=true and ?base64_output=true travel with the job: the worker unpacks the
+    archive, and answers the output's exact bytes in base64."""
+    redis, api, ws = cluster(workers=1)
+    project = zip_b64({"main.sh": "cat data.txt; printf '\\001'", "data.txt": "hello"})
+    r = api.post("/execute?is_project=true&base64_output=true",
+                 {"runtime_id": RUNTIME_ID, "source_code": project})
+    assert r.status_code == 200, r.text
+    assert base64.b64decode(r.json()["run"]["stdout"]) == b"hello\x01"
+
+
+def test_malformed_entry_is_dropped(cluster):
+    """An entry that no API node made (no job, no reply stream) is acknowledged and dropped;
+    the worker goes on."""
+    redis, api, ws = cluster(workers=1)
+    assert redis.cli("XADD", "envicutor:jobs", "*", "body", "{}")
+    deadline = time.time() + 20
+    while "no job or reply field; dropped" not in ws[0].log_text():
+        assert time.time() < deadline, ws[0].log_text()
+        time.sleep(0.05)
+    assert run(api, 0).status_code == 200
+    assert redis.cli("XLEN", "envicutor:jobs") == "0"
