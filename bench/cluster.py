@@ -54,18 +54,6 @@ def burst(api, n):
     return n / dt
 
 
-def start_worker(w):
-    seen = len(w.log_text()) if os.path.exists(w.log_path) else 0
-    w.log = open(w.log_path, "ab")
-    import subprocess
-    from conftest import BIN
-    w.proc = subprocess.Popen([BIN, "worker"], env=w.env, stdout=w.log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while "taking jobs" not in w.log_text()[seen:]:
-        assert w.proc.poll() is None and time.time() < deadline, w.log_text()
-        time.sleep(0.05)
-
-
 def main():
     jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 12
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -78,11 +66,11 @@ def main():
     one, two = [], []
     per_job = None
     try:
-        start_worker(ws[0])
+        ws[0].start()
         burst(api, 2)  # warm-up
         for r in range(rounds):
             one.append(burst(api, jobs))
-            start_worker(ws[1])
+            ws[1].start()
             c0 = redis_counters(redis)
             t0 = time.monotonic()
             two.append(burst(api, jobs))
