@@ -383,6 +383,8 @@ int cluster_submit(struct cluster_api *a, uint64_t tag, const char *rid, const c
     if (still)
         snprintf(still->eid, sizeof(still->eid), "%s", rep->str);
     pthread_mutex_unlock(&a->mu);
+    /* the line that ties the request id to the job id the workers log */
+    fprintf(stderr, "req %s: job %s queued\n", rid, job);
     freeReplyObject(rep);
     if (map)
         munmap(map, len);

@@ -172,6 +172,9 @@ def test_results_through_workers(cluster):
     # the request id is in the API node's log and in the log of the worker that ran it
     assert rid in api.log_text()
     assert sum(f"req {rid} job" in w.log_text() for w in ws) == 1
+    # and the job id, the same on both nodes
+    job = api.log_text().split(f"req {rid}: job ")[1].split()[0]
+    assert sum(f"req {rid} job {job} attempt 1 started" in w.log_text() for w in ws) == 1
     # checked on the API node as on one node: a 400 without reaching a worker
     bad = api.post("/execute", {"runtime_id": 999999, "source_code": "x"})
     assert bad.status_code == 400 and "does not exist" in bad.json()["message"]
@@ -245,6 +248,11 @@ def test_worker_killed_mid_job(cluster):
     assert r.json()["run"]["exit_code"] == 0
     assert "claimed job entry" in other.log_text()
     assert "attempt 2 started" in other.log_text()
+    # the dead worker's heartbeat expired: /health lists the other alone
+    deadline = time.time() + 10
+    while len(api.get("/health").json()["workers"]) != 1:
+        assert time.time() < deadline, api.get("/health").text
+        time.sleep(0.1)
     # the killed worker's helper took its box down with it
     assert wait_no_residue(10) == ([], [], [])
 
@@ -462,3 +470,26 @@ def test_malformed_entry_is_dropped(cluster):
         time.sleep(0.05)
     assert run(api, 0).status_code == 200
     assert redis.cli("XLEN", "envicutor:jobs") == "0"
+
+
+def test_worker_stopped_leaves_its_job_to_another(cluster):
+    """SIGTERM with SHUTDOWN_TIMEOUT=0: the worker kills its run and leaves the job
+    unacknowledged; another worker takes it once JOB_RECLAIM_SECONDS pass."""
+    redis, api, ws = cluster(workers=2, slots=1, JOB_RECLAIM_SECONDS=1, SHUTDOWN_TIMEOUT=0)
+    box = {}
+    t = threading.Thread(target=lambda: box.update(r=run(api, 3)))
+    t.start()
+    deadline = time.time() + 30
+    runner = None
+    while runner is None:
+        assert time.time() < deadline
+        runner = next((w for w in ws if "attempt 1 started" in w.log_text()), None)
+        time.sleep(0.05)
+    other = ws[1] if runner is ws[0] else ws[0]
+    assert runner.stop() == 0, runner.log_text()
+    assert "left to another worker" in runner.log_text()
+    t.join(60)
+    r = box["r"]
+    assert r.status_code == 200, r.text
+    assert "end" in r.json()["run"]["stdout"]
+    assert "attempt 2 started" in other.log_text()
