@@ -19,6 +19,9 @@
 /* Connections for commands (enqueueing, cancelling, /health): libmicrohttpd's threads and the
  * watcher each take a free one, so a large body being sent holds back no other request. */
 #define CMD_CONNECTIONS 3
+/* A Redis that stops answering holds a thread of libmicrohttpd's at most this long per read
+ * or write (hiredis's socket timeout counts each call, so a large body still goes through). */
+#define CMD_TIMEOUT_MS 10000
 
 /* A request waiting for its job's result. */
 struct waiter {
@@ -263,7 +266,7 @@ struct cluster_api *cluster_api_start(const struct ev_config *cfg, struct ev_err
     snprintf(a->node, sizeof(a->node), "%016" PRIx64, r);
     snprintf(a->results_key, sizeof(a->results_key), KEY_RESULTS_PREFIX "%s", a->node);
     for (int i = 0; i < CMD_CONNECTIONS; i++)
-        rconn_init(&a->cmd[i], &addr, 30000);
+        rconn_init(&a->cmd[i], &addr, CMD_TIMEOUT_MS);
     rconn_init(&a->res, &addr, 5000);
     pthread_mutex_init(&a->mu, NULL);
     int e = pthread_create(&a->reader, NULL, reader_main, a);

@@ -448,7 +448,7 @@ int worker_run(struct pipeline *p, const struct ev_config *cfg, atomic_bool *sto
     snprintf(w.beat_key, sizeof(w.beat_key), KEY_WORKER_PREFIX "%s", w.name);
     /* a reply may take its whole BLOCK (1 s) to come */
     rconn_init(&w.rd, &addr, 5000);
-    rconn_init(&w.cmd, &addr, 30000);
+    rconn_init(&w.cmd, &addr, 10000);
     rconn_init(&w.beat, &addr, 5000);
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);

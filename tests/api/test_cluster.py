@@ -23,7 +23,10 @@ TIMED = 'echo "start $(date +%s.%N)"; sleep "$(cat)"; echo "end $(date +%s.%N)"'
 
 
 class Redis:
-    def __init__(self):
+    def __init__(self, aof=False):
+        # aof: every write fsynced to the append-only file before Redis answers it
+        self.persistence = (["--appendonly", "yes", "--appendfsync", "always"] if aof else
+                            ["--appendonly", "no"])
         self.dir = tempfile.mkdtemp(prefix="envicutor-redis-")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
@@ -32,7 +35,7 @@ class Redis:
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile",
+             "--save", "", *self.persistence, "--daemonize", "no", "--logfile",
              os.path.join(self.dir, "redis.log")])
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -112,8 +115,8 @@ def cluster(request):
     made, mounts = [], []
     catalog = tempfile.mkdtemp(prefix="envicutor-empty-catalog-")
 
-    def make(workers=2, slots=1, api_env=None, shared_files=False, **env):
-        redis = Redis().start()
+    def make(workers=2, slots=1, api_env=None, shared_files=False, aof=False, **env):
+        redis = Redis(aof).start()
         made.append(redis)
         api_dir = tempfile.mkdtemp(prefix="envicutor-api-node-", dir="/tmp")
         install_runtime(api_dir, catalog)
@@ -493,3 +496,28 @@ def test_worker_stopped_leaves_its_job_to_another(cluster):
     assert r.status_code == 200, r.text
     assert "end" in r.json()["run"]["stdout"]
     assert "attempt 2 started" in other.log_text()
+
+
+def test_accepted_job_survives_a_redis_crash_with_aof(cluster):
+    """With appendonly yes and appendfsync always, Redis killed (-9) while a job runs and
+    restarted from its files: the worker writes the result once Redis is back, and the client
+    gets it."""
+    redis, api, ws = cluster(workers=1, aof=True)
+    box = {}
+    t = threading.Thread(target=lambda: box.update(r=run(api, 1)))
+    t.start()
+    w = ws[0]
+    deadline = time.time() + 30
+    while "attempt 1 started" not in w.log_text():
+        assert time.time() < deadline
+        time.sleep(0.02)
+    redis.stop()
+    while "write the result" not in w.log_text():
+        assert time.time() < deadline, w.log_text()
+        time.sleep(0.05)
+    redis.start()
+    t.join(60)
+    r = box["r"]
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["stdout"].startswith("start ")
+    assert "lost" not in api.log_text()
