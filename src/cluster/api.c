@@ -395,11 +395,15 @@ int cluster_submit(struct cluster_api *a, uint64_t tag, const char *rid, const c
 fail:
     if (map)
         munmap(map, len);
+    /* By id, not by pointer: a client that went away meanwhile has withdrawn (and freed) the
+     * waiter, and its caller was told then; this failure is then no one's to answer. */
     pthread_mutex_lock(&a->mu);
-    unlink_waiter(a, w);
+    struct waiter *mine = find_job(a, job);
+    if (mine)
+        unlink_waiter(a, mine);
     pthread_mutex_unlock(&a->mu);
-    free(w);
-    return -1;
+    free(mine);
+    return mine ? -1 : 0;
 }
 
 void *cluster_withdraw(struct cluster_api *a, uint64_t tag)

@@ -28,9 +28,10 @@ void cluster_api_stop(struct cluster_api *a);
 
 /* Puts a job on the stream: the body from memory (body, len), or from the file body_fd (len
  * bytes, mapped rather than read, so it is copied once, into the command to Redis). 0: done
- * will be called with the answer. -1: nothing was queued; the answer is a 503 whose message is
- * in err (Redis unreachable, or the queue full). tag: the caller's name for the job, for
- * cluster_withdraw; rid: the request id that the logs of both nodes carry. */
+ * will be called with the answer, or the job was withdrawn meanwhile (cluster_withdraw gave
+ * its ctx back). -1: nothing was queued; the answer is a 503 whose message is in err (Redis
+ * unreachable, or the queue full). tag: the caller's name for the job, for cluster_withdraw;
+ * rid: the request id that the logs of both nodes carry. */
 int cluster_submit(struct cluster_api *a, uint64_t tag, const char *rid, const char *flags,
                    const char *body, size_t len, int body_fd, cluster_done_fn *done, void *ctx,
                    struct ev_err *err);
