@@ -349,6 +349,16 @@ static void *beat_main(void *arg)
     return NULL;
 }
 
+static bool running_here(struct worker *w, const char *eid)
+{
+    pthread_mutex_lock(&w->mu);
+    const struct wjob *j = w->jobs;
+    while (j && strcmp(j->eid, eid) != 0)
+        j = j->next;
+    pthread_mutex_unlock(&w->mu);
+    return j != NULL;
+}
+
 /* The group, made once per connection: after Redis restarted without its data it is gone. */
 static int make_group(struct worker *w, struct ev_err *err)
 {
@@ -388,6 +398,12 @@ static bool take_one(struct worker *w, unsigned *group_gen, uint64_t *next_claim
             r->element[1]->element[0]->elements == 2 &&
             r->element[1]->element[0]->element[1]->type == REDIS_REPLY_ARRAY) {
             redisReply *e = r->element[1]->element[0];
+            if (running_here(w, e->element[0]->str)) {
+                /* our own, whose beat came late (a loaded machine): the claim only refreshed
+                 * it; it is not run twice here */
+                freeReplyObject(r);
+                return false;
+            }
             unsigned n = deliveries(w, e->element[0]->str);
             fprintf(stderr, "envicutor: worker %s: claimed job entry %s of a silent worker\n",
                     w->name, e->element[0]->str);
