@@ -2,9 +2,9 @@
 # the README's second command and .ci/run call); `make bench` prints the benchmarks.
 
 CC      ?= gcc
-PKGS    := jansson libseccomp libmicrohttpd sqlite3
+PKGS    := jansson libseccomp libmicrohttpd sqlite3 hiredis
 # libmicrohttpd is compiled against but loaded with dlopen by `serve` (src/http/mhd_loader.c).
-LINK_PKGS := jansson libseccomp sqlite3
+LINK_PKGS := jansson libseccomp sqlite3 hiredis
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
            -Wpointer-arith -Wundef -Wvla \
            -Wno-format-truncation  # messages are cut on purpose; path lengths are checked up front

@@ -10,8 +10,10 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "cluster/worker.h"
 #include "common/cleanup.h"
 #include "common/fileutil.h"
 #include "http/auth.h"
@@ -82,16 +85,35 @@ static const char usage[] =
     "\n"
     "  SHUTDOWN_TIMEOUT [30]            seconds running work gets to finish on SIGTERM\n"
     "\n"
+    "A cluster (docs/cluster.md): with REDIS_URL=redis://host:port[/db] this server is an API\n"
+    "node: it checks /execute requests and queues them in Redis for `envicutor worker`s, which\n"
+    "run them; it runs no code itself.\n"
+    "  REDIS_URL [none]                 the cluster's Redis\n"
+    "  JOB_RECLAIM_SECONDS [30]         a worker silent this long loses its jobs to another\n"
+    "  JOB_MAX_ATTEMPTS [3]             runs of one job before it is answered XX\n"
+    "\n"
     "SIGTERM or SIGINT stop it gracefully: no new connection is accepted and nothing new\n"
     "starts (waiting requests are answered 503); running submissions get SHUTDOWN_TIMEOUT\n"
     "seconds to finish and be answered, then what still runs is killed and cleaned.\n"
     "Nothing is reloaded while it runs: a change of configuration needs a restart.\n";
 
+static const char worker_usage[] =
+    "Usage: envicutor worker\n"
+    "\n"
+    "Runs the jobs of a cluster (docs/cluster.md): takes /execute requests that API nodes\n"
+    "(`envicutor serve` with REDIS_URL) put in Redis, up to MAX_CONCURRENT_SUBMISSIONS at once,\n"
+    "and writes their answers back. Started as root like serve, with the same variables\n"
+    "('envicutor serve --help'); REDIS_URL is required, PORT is not used. The runtimes are\n"
+    "those installed in its own ENVICUTOR_DATA_DIR.\n";
+
+/* "serve" or "worker", for messages */
+static const char *command = "serve";
+
 static __attribute__((format(printf, 1, 2), noreturn)) void die(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "envicutor serve: ");
+    fprintf(stderr, "envicutor %s: ", command);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -289,30 +311,55 @@ static void shut_down_gently(struct http_server *http, struct pipeline *pipeline
         fprintf(stderr, "envicutor: some answers were not sent before the deadline\n");
 }
 
-int cmd_serve(int argc, char **argv)
+struct worker_thread {
+    struct pipeline *pipeline;
+    const struct ev_config *cfg;
+    atomic_bool stop;
+    pthread_t th;
+    int status;
+};
+
+static void *worker_thread_main(void *arg)
 {
+    struct worker_thread *wt = arg;
+    struct ev_err err;
+    wt->status = worker_run(wt->pipeline, wt->cfg, &wt->stop, &err);
+    if (wt->status < 0)
+        fprintf(stderr, "envicutor worker: %s\n", err.msg);
+    return NULL;
+}
+
+/* serve and worker: the same start-up (root, the helper, the privilege drop, the pipeline);
+ * a worker listens on no port and takes its work from Redis instead of HTTP. */
+static int serve_or_work(int argc, char **argv, bool worker)
+{
+    command = worker ? "worker" : "serve";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs(usage, stdout);
+            fputs(worker ? worker_usage : usage, stdout);
             return 0;
         }
-        fprintf(stderr, "envicutor serve: unknown argument '%s'\nTry 'envicutor serve --help'.\n",
-                argv[i]);
+        fprintf(stderr, "envicutor %s: unknown argument '%s'\nTry 'envicutor %s --help'.\n",
+                command, argv[i], command);
         return 2;
     }
     static struct ev_config cfg;
     struct ev_err err = {0};
     if (config_load(&cfg, env_lookup, &err) < 0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
+        return 2;
+    }
+    if (worker && !cfg.redis_url[0]) {
+        fprintf(stderr, "envicutor worker: REDIS_URL is required (redis://host:port[/db])\n");
         return 2;
     }
     static struct auth_keys keys;
     if (auth_load(&keys, env_lookup, &err) < 0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         return 2;
     }
     if (mhd_load(&err) < 0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         return 1;
     }
     /* Only digests are kept; the keys leave the environment so nothing started later (the
@@ -343,8 +390,8 @@ int cmd_serve(int argc, char **argv)
     size_t n_catalog = 0;
     if (catalog_load(cat_dir, &catalog, &n_catalog, &err) < 0)
         die("%s", err.msg);
-    int lfd = listen_on(cfg.port, &err);
-    if (lfd < 0)
+    int lfd = worker ? -1 : listen_on(cfg.port, &err);
+    if (!worker && lfd < 0)
         die("%s", err.msg);
 
     char runtimes_dir[300];
@@ -393,11 +440,13 @@ int cmd_serve(int argc, char **argv)
     struct psc *psc = NULL;
     static struct pipeline pipeline;
     static struct http_server http;
+    static struct worker_thread wt;
+    bool worker_started = false;
     bool pipeline_ready = false, files_ready = false;
     struct submissions *subs = NULL;
     struct local_runner *async_runner = NULL;
     if (drop_privileges(uid, gid, &err) < 0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         goto out;
     }
     store = store_open(cfg.data_dir, &err);
@@ -410,7 +459,7 @@ int cmd_serve(int argc, char **argv)
     }
     int swept = store_sweep(store, &err);
     if (swept < 0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         goto out;
     }
     if (swept)
@@ -418,13 +467,13 @@ int cmd_serve(int argc, char **argv)
     static struct file_store files;
     if (file_store_init(&files, cfg.data_dir, cfg.max_file_upload, cfg.file_store_bytes, &err) <
         0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         goto out;
     }
     files_ready = true;
     psc = psc_start(sv[0], &err);
     if (!psc) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         goto out;
     }
     sv[0] = -1;
@@ -432,7 +481,7 @@ int cmd_serve(int argc, char **argv)
     pipeline.files = &files;
     pipeline_ready = true;
     if (pipeline_open_cache(&pipeline, &err) < 0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
+        fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         goto out;
     }
     if (catalog_install(&pipeline, catalog, n_catalog, &err) < 0)
@@ -440,21 +489,33 @@ int cmd_serve(int argc, char **argv)
     catalog_free(catalog, n_catalog);
     catalog = NULL;
     n_catalog = 0;
-    subs = subs_open(&cfg, &err);
-    if (!subs || !(async_runner = local_runner_start(subs, &pipeline, &cfg, &err)) ||
-        subs_start(subs, &err) < 0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
-        goto out;
+    if (worker) {
+        wt = (struct worker_thread){.pipeline = &pipeline, .cfg = &cfg};
+        int e = pthread_create(&wt.th, NULL, worker_thread_main, &wt);
+        if (e) {
+            fprintf(stderr, "envicutor worker: start the worker: %s\n", strerror(e));
+            goto out;
+        }
+        worker_started = true;
+        fprintf(stderr, "envicutor: worker started (uid %u, helper pid %d)\n", (unsigned)uid,
+                (int)helper);
+    } else {
+        subs = subs_open(&cfg, &err);
+        if (!subs || !(async_runner = local_runner_start(subs, &pipeline, &cfg, &err)) ||
+            subs_start(subs, &err) < 0) {
+            fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
+            goto out;
+        }
+        http.auth = &keys;
+        http.subs = subs;
+        if (http_start(&http, lfd, &pipeline, &cfg, &err) < 0) {
+            fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
+            goto out;
+        }
+        lfd = -1; /* the daemon owns it now */
+        fprintf(stderr, "envicutor: listening on port %u (server uid %u, helper pid %d)\n",
+                cfg.port, (unsigned)uid, (int)helper);
     }
-    http.auth = &keys;
-    http.subs = subs;
-    if (http_start(&http, lfd, &pipeline, &cfg, &err) < 0) {
-        fprintf(stderr, "envicutor serve: %s\n", err.msg);
-        goto out;
-    }
-    lfd = -1; /* the daemon owns it now */
-    fprintf(stderr, "envicutor: listening on port %u (server uid %u, helper pid %d)\n", cfg.port,
-            (unsigned)uid, (int)helper);
 
     bool graceful = false;
     for (;;) {
@@ -476,10 +537,21 @@ int cmd_serve(int argc, char **argv)
         graceful = true;
         break;
     }
-    if (graceful)
-        shut_down_gently(&http, &pipeline, cfg.shutdown_timeout);
-    pipeline_stop(&pipeline);
-    http_stop(&http);
+    if (worker_started) {
+        /* no new job is taken; what runs gets SHUTDOWN_TIMEOUT, then is killed and left
+         * unacknowledged, for another worker */
+        atomic_store(&wt.stop, true);
+        if (!graceful ||
+            !pipeline_drain(&pipeline, monotonic_ns() + cfg.shutdown_timeout * 1000000000ull))
+            pipeline_stop(&pipeline);
+        pthread_join(wt.th, NULL);
+        pipeline_stop(&pipeline);
+    } else {
+        if (graceful)
+            shut_down_gently(&http, &pipeline, cfg.shutdown_timeout);
+        pipeline_stop(&pipeline);
+        http_stop(&http);
+    }
 out:
     /* after the pipeline's stop: the async workers record what was refused or cut short */
     if (async_runner)
@@ -507,4 +579,14 @@ out:
         file_store_close(&files);
     fprintf(stderr, "envicutor: stopped\n");
     return status;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    return serve_or_work(argc, argv, false);
+}
+
+int cmd_worker(int argc, char **argv)
+{
+    return serve_or_work(argc, argv, true);
 }

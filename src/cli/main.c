@@ -12,6 +12,7 @@ static const char usage[] = "Usage: envicutor COMMAND [OPTIONS]\n"
                             "\n"
                             "Commands:\n"
                             "  serve     the HTTP server (code execution API)\n"
+                            "  worker    runs the jobs of a cluster (REDIS_URL)\n"
                             "  sandbox   run one command in a fresh box and print its metrics\n"
                             "  catalog   check a runtime catalog: validate it, run every sample\n"
                             "\n"
@@ -65,6 +66,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "serve") == 0)
         return cmd_serve(argc - 1, argv + 1);
+    if (strcmp(argv[1], "worker") == 0)
+        return cmd_worker(argc - 1, argv + 1);
     if (strcmp(argv[1], "sandbox") == 0)
         return cmd_sandbox(argc - 1, argv + 1);
     if (strcmp(argv[1], "catalog") == 0)

@@ -14,6 +14,8 @@
 bool request_aborted(void *arg)
 {
     struct request *rq = arg;
+    if (rq->cancelled)
+        return atomic_load(rq->cancelled);
     if (rq->fd < 0)
         return false;
     /* A client that closed its end (FIN) or reset the connection. Data the client may have
@@ -25,6 +27,16 @@ bool request_aborted(void *arg)
 
 bool request_flag(const struct request *rq, const char *name)
 {
+    if (!rq->conn) {
+        size_t n = strlen(name);
+        for (const char *f = rq->flags; f && *f;) {
+            size_t len = strcspn(f, ",");
+            if (len == n && strncmp(f, name, n) == 0)
+                return true;
+            f += len + (f[len] == ',');
+        }
+        return false;
+    }
     const char *v = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
     return v && strcasecmp(v, "true") == 0;
 }

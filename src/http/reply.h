@@ -5,6 +5,7 @@
 #define ENVICUTOR_REPLY_H
 
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,6 +26,11 @@ struct request {
                   * unnamed file in the file store's directory); -1 otherwise */
     struct MHD_Connection *conn;
     int fd; /* the client's socket, watched for a disconnect */
+    /* A request that came through the cluster's queue (cluster/worker.c) has no connection:
+     * its query's flags are in flags ("is_project,base64_output"), and whether its client went
+     * away is in *cancelled. NULL for a request of this server's own clients. */
+    const char *flags;
+    const atomic_bool *cancelled;
 };
 
 #define REPLY_MAX_HEADERS 6

@@ -2,9 +2,21 @@
 
 #include <string.h>
 
+#include "cluster/api.h"
+
 static void route_health(const struct route_ctx *ctx, struct request *rq, struct reply *r)
 {
-    (void)ctx, (void)rq;
+    (void)rq;
+    if (ctx->cluster) {
+        /* an API node: the live workers (their heartbeats) and their free slots */
+        struct ev_err err;
+        r->json = cluster_health(ctx->cluster, &err);
+        if (r->json)
+            r->status = 200;
+        else
+            reply_message(r, 503, "%s", err.msg);
+        return;
+    }
     r->status = 200;
     r->text = "Up and running";
 }

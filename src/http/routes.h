@@ -17,9 +17,11 @@ struct submissions;
 struct route_ctx {
     struct pipeline *pipeline;
     const struct ev_config *cfg;
-    struct submissions *subs; /* asynchronous submissions; NULL when the server has none */
+    struct submissions *subs;    /* asynchronous submissions; NULL when the server has none */
+    struct cluster_api *cluster; /* an API node's queue (REDIS_URL), or NULL */
 };
 
+struct cluster_api;
 typedef void route_fn(const struct route_ctx *ctx, struct request *rq, struct reply *r);
 
 /* ROUTE_PREFIX: the handler finds the rest of the path in rq->rest. */
@@ -88,6 +90,9 @@ struct exec_job *execute_prepare(const struct route_ctx *ctx, struct request *rq
 void execute_run(const struct route_ctx *ctx, struct exec_job *j, struct request *rq,
                  struct reply *r);
 void exec_job_free(struct exec_job *j);
+/* Both steps in the calling thread, which waits for the turn: a request that came through the
+ * cluster's queue, run by a worker (cluster/worker.c). */
+void execute_whole(const struct route_ctx *ctx, struct request *rq, struct reply *r);
 
 /* /execute/ws (ws.c): the init message's JSON, an /execute body, checked as /execute checks
  * its own (the same messages); NULL with the answer in r. execute_job_request then gives the

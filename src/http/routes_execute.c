@@ -345,3 +345,16 @@ void execute_run(const struct route_ctx *s, struct exec_job *j, struct request *
     }
     free(archive);
 }
+
+void execute_whole(const struct route_ctx *s, struct request *rq, struct reply *r)
+{
+    struct exec_job *j = execute_prepare(s, rq, r);
+    if (!j)
+        return;
+    enum pipe_status st = pipeline_acquire(s->pipeline, request_aborted, rq);
+    if (st == PIPE_OK)
+        execute_run(s, j, rq, r);
+    else
+        reply_pipe_status(r, rq, st, NULL);
+    exec_job_free(j);
+}

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster/api.h"
 #include "common/fileutil.h"
 #include "common/logsafe.h"
 #include "common/request_id.h"
@@ -118,7 +119,8 @@ static const struct route *route_of(struct conn_state *cs, struct request *rq, s
 
 static struct route_ctx route_ctx(const struct http_server *s)
 {
-    return (struct route_ctx){.pipeline = s->pipeline, .cfg = s->cfg, .subs = s->subs};
+    return (struct route_ctx){
+        .pipeline = s->pipeline, .cfg = s->cfg, .subs = s->subs, .cluster = s->cluster};
 }
 
 /* Hands the suspended connection back to libmicrohttpd with its answer in cs->reply; the
@@ -200,6 +202,14 @@ static void *watcher_main(void *arg)
         for (int i = 0; i < n; i++) {
             if (ev[i].data.u64 == 0)
                 return NULL; /* http_stop */
+            if (s->cluster) {
+                struct conn_state *cs = cluster_withdraw(s->cluster, ev[i].data.u64);
+                if (cs) {
+                    cs->reply.drop = true;
+                    finish_suspended(cs);
+                }
+                continue;
+            }
             /* By tag, not by pointer: a job granted meanwhile may be gone already. */
             struct sched_ticket *t = pipeline_withdraw(s->pipeline, ev[i].data.u64);
             if (!t)
@@ -209,6 +219,59 @@ static void *watcher_main(void *arg)
             cs->reply.drop = true;
             finish_suspended(cs);
         }
+    }
+}
+
+/* Watches a suspended request's client for a hang-up (watcher_main). */
+static void watch_add(struct http_server *s, struct conn_state *cs)
+{
+    if (cs->rq.fd < 0)
+        return;
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.u64 = cs->id};
+    if (epoll_ctl(s->watch_fd, EPOLL_CTL_ADD, cs->rq.fd, &ev) < 0 &&
+        (errno != EEXIST || epoll_ctl(s->watch_fd, EPOLL_CTL_MOD, cs->rq.fd, &ev) < 0))
+        fprintf(stderr, "req %s: cannot watch the client for a hang-up: %s\n", cs->rid,
+                strerror(errno));
+}
+
+/* ---- /execute on an API node of a cluster: a job in Redis (cluster/api.h) ---------------- */
+
+/* Called from the cluster's result thread with the job's answer. */
+static void on_cluster_answer(void *ctx, int status, char *json, size_t len)
+{
+    (void)len;
+    struct conn_state *cs = ctx;
+    watch_del(cs->s, cs);
+    if (json) {
+        cs->reply.status = status;
+        cs->reply.owned_text = json; /* a JSON text: sent as it came from the worker */
+        cs->reply.content_type = "application/json";
+    } else {
+        reply_internal(&cs->reply, &cs->rq, "out of memory taking a job's answer");
+    }
+    finish_suspended(cs);
+}
+
+/* Checked here as on one node; queued with the body as the client sent it, which the worker
+ * checks again against its own runtimes. */
+static void queue_cluster(struct http_server *s, struct conn_state *cs)
+{
+    char flags[64] = ""; /* the query's flags, as the worker's request_flag reads them */
+    if (request_flag(&cs->rq, "is_project"))
+        strcat(flags, "is_project,");
+    if (request_flag(&cs->rq, "base64_output"))
+        strcat(flags, "base64_output,");
+    cs->suspended = true;
+    MHD_suspend_connection(cs->conn);
+    watch_add(s, cs);
+    struct ev_err err;
+    if (cluster_submit(s->cluster, cs->id, cs->rid, flags, cs->body ? cs->body : "", cs->len,
+                       cs->body_fd, on_cluster_answer, cs, &err) < 0) {
+        watch_del(s, cs);
+        fprintf(stderr, "req %s: not queued: %s\n", cs->rid, err.msg);
+        reply_message(&cs->reply, 503, "%s", err.msg);
+        cs->reply.retry_after = 1;
+        finish_suspended(cs);
     }
 }
 
@@ -230,13 +293,7 @@ static void queue_execute(struct http_server *s, struct conn_state *cs, struct e
     cs->cap = 0;
     cs->suspended = true;
     MHD_suspend_connection(cs->conn);
-    if (cs->rq.fd >= 0) {
-        struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.u64 = cs->id};
-        if (epoll_ctl(s->watch_fd, EPOLL_CTL_ADD, cs->rq.fd, &ev) < 0 &&
-            (errno != EEXIST || epoll_ctl(s->watch_fd, EPOLL_CTL_MOD, cs->rq.fd, &ev) < 0))
-            fprintf(stderr, "req %s: cannot watch the client for a hang-up: %s\n", cs->rid,
-                    strerror(errno));
-    }
+    watch_add(s, cs);
     enum pipe_status st = pipeline_enqueue(s->pipeline, &cs->ticket);
     if (st != PIPE_OK) {
         watch_del(s, cs);
@@ -554,6 +611,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_YES;
         } else if (rt) {
             struct exec_job *job = execute_prepare(&ctx, &cs->rq, &r);
+            if (job && s->cluster) {
+                exec_job_free(job);
+                queue_cluster(s, cs);
+                return MHD_YES;
+            }
             if (job) {
                 queue_execute(s, cs, job);
                 return MHD_YES;
@@ -647,6 +709,11 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
         if (e)
             return ev_fail(err, e, "start the HTTP server's workers");
     }
+    if (cfg->redis_url[0]) {
+        s->cluster = cluster_api_start(cfg, err);
+        if (!s->cluster)
+            return -1;
+    }
     struct route_ctx rctx = route_ctx(s);
     s->ws = ws_hub_start(&rctx, s->auth, err);
     if (!s->ws)
@@ -713,6 +780,9 @@ void http_stop(struct http_server *s)
     /* Every WebSocket is closed (its run killed: the pipeline stopped) and handed back. */
     ws_hub_stop(s->ws);
     s->ws = NULL;
+    /* what still waits for a worker is answered 503 */
+    cluster_api_stop(s->cluster);
+    s->cluster = NULL;
     /* Every suspended connection has been resumed by now: libmicrohttpd must not be stopped
      * with one. */
     if (s->daemon)

@@ -44,7 +44,8 @@ struct http_server {
     int wake_fd;  /* eventfd that stops the watcher */
     pthread_t watcher;
     bool watcher_started;
-    struct ws_hub *ws; /* /execute/ws (ws.h) */
+    struct ws_hub *ws;           /* /execute/ws (ws.h) */
+    struct cluster_api *cluster; /* an API node's queue (REDIS_URL set), or NULL */
 };
 
 int http_start(struct http_server *s, int listen_fd, struct pipeline *p,

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/fileutil.h"
+#include "common/redis_url.h"
 
 const char *const limit_names[LIM_COUNT] = {
     "wall_time",
@@ -158,6 +159,18 @@ int config_load(struct ev_config *cfg, config_getenv_fn get, struct ev_err *err)
                    sizeof(cfg->data_dir), true, err) < 0 ||
         env_string(get, "ENVICUTOR_USER", "envicutor", cfg->user, sizeof(cfg->user), false, err) <
             0)
+        return -1;
+    const char *url = get("REDIS_URL");
+    if (url && *url) {
+        struct redis_addr addr;
+        if (redis_url_parse(url, &addr, err) < 0)
+            return -1;
+        if (strlen(url) >= sizeof(cfg->redis_url))
+            return ev_fail(err, 0, "REDIS_URL: longer than %zu bytes", sizeof(cfg->redis_url) - 1);
+        snprintf(cfg->redis_url, sizeof(cfg->redis_url), "%s", url);
+    }
+    if (env_count(get, "JOB_RECLAIM_SECONDS", 30, 1, 86400, &cfg->job_reclaim_seconds, err) < 0 ||
+        env_count(get, "JOB_MAX_ATTEMPTS", 3, 1, 100, &cfg->job_max_attempts, err) < 0)
         return -1;
     return 0;
 }

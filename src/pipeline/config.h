@@ -38,6 +38,10 @@ struct ev_config {
     bool callback_allow_private;   /* CALLBACK_ALLOW_PRIVATE: callbacks may reach private hosts */
     char data_dir[200];            /* ENVICUTOR_DATA_DIR */
     char user[64];                 /* ENVICUTOR_USER: the unprivileged identity */
+    /* The cluster (docs/cluster.md): REDIS_URL ("" on one node), checked by redis_url_parse. */
+    char redis_url[300];
+    uint64_t job_reclaim_seconds; /* JOB_RECLAIM_SECONDS: a silent worker's jobs go to another */
+    uint64_t job_max_attempts;    /* JOB_MAX_ATTEMPTS: runs of one job before an XX result */
 };
 
 typedef const char *(*config_getenv_fn)(const char *name);

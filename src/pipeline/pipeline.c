@@ -724,6 +724,12 @@ void pipeline_each_waiting(struct pipeline *p,
     pthread_mutex_unlock(&p->sched.mu);
 }
 
+enum pipe_status pipeline_acquire(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx)
+{
+    struct abort_ctx ac = {p, abort_fn, ctx, NULL, NULL};
+    return from_sched(sched_acquire(&p->sched, SCHED_SUBMISSION, should_abort, &ac));
+}
+
 void pipeline_release(struct pipeline *p)
 {
     sched_done(&p->sched, SCHED_SUBMISSION);

@@ -194,6 +194,9 @@ void pipeline_release(struct pipeline *p);
 void pipeline_each_waiting(struct pipeline *p,
                            void (*fn)(struct sched_ticket *t, unsigned ahead, void *ctx),
                            void *ctx);
+/* Waits for a submission turn in a thread (abort_fn polled while it waits): PIPE_OK, then run
+ * with pipeline_execute_granted; PIPE_ABORTED or PIPE_STOPPING. */
+enum pipe_status pipeline_acquire(struct pipeline *p, pipe_abort_fn abort_fn, void *ctx);
 enum pipe_status pipeline_execute_granted(struct pipeline *p, const struct exec_request *req,
                                           pipe_abort_fn abort_fn, void *ctx,
                                           struct exec_outcome *out, struct ev_err *err);
