@@ -150,10 +150,14 @@ static int apply_rlimits(const struct sbx_limits *l, struct ev_err *err)
     return 0;
 }
 
+/* The kernel's last capability (/proc/sys/kernel/cap_last_cap), read once by the caller before
+ * its first clone; 63 when unknown, and then the loop below stops at the first EINVAL. */
+static int cap_last = 63;
+
 static int drop_privileges(uid_t uid, gid_t gid, struct ev_err *err)
 {
     /* capabilities are numbered from 0 to the kernel's last one without gaps: EINVAL past it */
-    for (int cap = 0; cap <= 63; cap++) {
+    for (int cap = 0; cap <= cap_last; cap++) {
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0)
             continue;
         if (errno == EINVAL)
@@ -255,11 +259,52 @@ static __attribute__((noreturn)) void run_main(const struct child_ctx *c)
     child_fail(c, REPORT_EXEC, &e);
 }
 
+/* The 64-bit mask after `key` in /proc/self/status (hex, bit n-1 for signal n). */
+static bool status_mask(const char *status, const char *key, uint64_t *mask)
+{
+    const char *p = strstr(status, key);
+    if (!p)
+        return false;
+    p += strlen(key);
+    uint64_t v = 0;
+    int digits = 0;
+    for (; digits < 16; p++, digits++) {
+        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+        if (d < 0)
+            break;
+        v = v << 4 | (uint64_t)d;
+    }
+    if (digits == 0 || *p != '\n')
+        return false;
+    *mask = v;
+    return true;
+}
+
+/* Every signal back to its default disposition: init is PID 1 of the box, so a signal sent
+ * from inside it would run a handler of the caller's, and an ignored one would stay ignored
+ * through main's execve. init's dispositions are its own copy (no CLONE_SIGHAND), so the
+ * kernel's list of those that are not the default (SigIgn, SigCgt) is exact, and one read of
+ * it replaces 64 sigaction calls; all 64 are reset when it cannot be read. */
 static void reset_signals(void)
 {
     struct sigaction sa = {.sa_handler = SIG_DFL};
-    for (int sig = 1; sig < NSIG; sig++)
-        sigaction(sig, &sa, NULL);
+    uint64_t changed = ~0ull;
+    char status[4096];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read_full(fd, status, sizeof(status) - 1);
+        close(fd);
+        uint64_t ign, cgt;
+        if (n > 0) {
+            status[n] = '\0';
+            if (status_mask(status, "\nSigIgn:\t", &ign) &&
+                status_mask(status, "\nSigCgt:\t", &cgt))
+                changed = ign | cgt;
+        }
+    }
+    for (int sig = 1; sig < NSIG && sig <= 64; sig++)
+        if (changed & 1ull << (sig - 1))
+            sigaction(sig, &sa, NULL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -299,7 +344,7 @@ static void close_all_except(int *keep, int n)
  * clone rather than each init reading /proc/self/stat again. */
 static unsigned long cmdline_bounds[4]; /* arg_start, arg_end, env_start, env_end */
 static bool cmdline_found;
-static pthread_once_t cmdline_once = PTHREAD_ONCE_INIT;
+static pthread_once_t caller_once = PTHREAD_ONCE_INIT;
 
 static void find_command_line(void)
 {
@@ -335,6 +380,20 @@ static void find_command_line(void)
         return;
     memcpy(cmdline_bounds, v, sizeof(v));
     cmdline_found = true;
+}
+
+static void read_cap_last(void)
+{
+    uint64_t v;
+    struct ev_err ignored; /* drop_privileges then probes for the end */
+    if (read_u64_at(AT_FDCWD, "/proc/sys/kernel/cap_last_cap", &v, &ignored) == 0 && v < 64)
+        cap_last = (int)v;
+}
+
+static void read_caller_once(void)
+{
+    find_command_line();
+    read_cap_last();
 }
 
 static void hide_command_line(void)
@@ -661,7 +720,7 @@ static int run_start(struct run *r, struct ev_err *err)
         .cpu_v2 = r->host->cg.cpu == CG_V2,
     };
     c.root_fd = r->root_fd;
-    pthread_once(&cmdline_once, find_command_line);
+    pthread_once(&caller_once, read_caller_once);
     c.net_fd = r->host->netns ? netns_pool_take(r->host->netns) : -1;
     bool joined;
     r->init = clone_init(&r->cg, c.net_fd < 0, c.root_fd < 0, &joined);

@@ -1,4 +1,5 @@
 """SPEC §2, property by property, and the nasty cases of teardown."""
+import json
 import os
 import shutil
 import signal
@@ -265,6 +266,26 @@ def test_init_shows_nothing_of_the_callers_command_line():
     assert "\nState:" in seen and r["stdout"].endswith("end\n"), seen  # /proc/1 was read
     for s in (marker, "--mount", "/opt/progs", BIN, os.path.basename(BIN), "sandbox"):
         assert s not in seen, (s, seen)
+
+
+def test_signals_ignored_or_blocked_by_the_caller_are_not_inherited():
+    """Ignored signals and the signal mask survive execve; a caller that ignores or blocks some
+    (a shell's nohup, a service manager) must not pass them on to the program, nor leave init,
+    PID 1 of the box, with anything but default dispositions. Signal 37 is above the 32 that
+    /proc/PID/stat can show."""
+    def ignore_and_block():
+        for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGUSR1, signal.SIGTERM, 37):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, 38})
+
+    argv = [BIN, "sandbox", "--", "/bin/cat", "/proc/self/status", "/proc/1/status"]
+    p = subprocess.run(argv, capture_output=True, timeout=60, preexec_fn=ignore_and_block)
+    assert p.returncode == 0, p.stderr.decode()
+    out = json.loads(p.stdout)["stdout"]
+    lines = [l for l in out.splitlines() if l.split(":")[0] in ("SigBlk", "SigIgn", "SigCgt")]
+    assert len(lines) == 6, out  # both files were read
+    for l in lines:
+        assert l.split()[1] == "0" * 16, (l, out)
 
 
 LOCKS_IN_A_BOX = r"""
