@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -608,6 +609,27 @@ void cg_run_kill(const struct cg_host *h, struct cg_run *r)
         write_file_at(r->v2_fd, "cgroup.kill", "1", &ignored);
 }
 
+/* Whether /proc/<pid>/cgroup puts pid, in some hierarchy, in a cgroup called name (a run's
+ * cgroups are named after the run, and a box cannot make cgroups of its own). */
+static bool proc_in_cgroup(pid_t pid, const char *name)
+{
+    char path[32], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d", (int)pid);
+    cleanup_close int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct ev_err ignored;
+    ssize_t n = dir >= 0 ? read_file_at(dir, "cgroup", buf, sizeof(buf), &ignored) : -1;
+    if (n <= 0)
+        return false;
+    size_t nl = strlen(name);
+    for (char *line = buf, *end; line && *line; line = end ? end + 1 : NULL) {
+        end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        if (len > nl && line[len - nl - 1] == '/' && memcmp(line + len - nl, name, nl) == 0)
+            return true;
+    }
+    return false;
+}
+
 int cg_run_signal(const struct cg_run *r, int sig, pid_t except)
 {
     /* any hierarchy the run is in lists all of its processes */
@@ -622,10 +644,22 @@ int cg_run_signal(const struct cg_run *r, int sig, pid_t except)
         close(fd);
         return 0;
     }
+    /* A pid read from cgroup.procs may belong to another process by the time it is signalled
+     * (the box's process ended and was reaped, and the number was given out again). So the
+     * signal goes through a pidfd, which names one process for good: the process is checked to
+     * be in the run's cgroup only after the pidfd pins it. If the pidfd's process ends between
+     * the check and the signal, /proc/<pid> may show a newer process of that number, but the
+     * signal still reaches only the pidfd's process, which is then gone (ESRCH) or a zombie. */
     int pid, n = 0;
-    while (fscanf(f, "%d", &pid) == 1)
-        if (pid != except && kill(pid, sig) == 0)
+    while (fscanf(f, "%d", &pid) == 1) {
+        if (pid == except)
+            continue;
+        cleanup_close int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (pfd < 0 || !proc_in_cgroup(pid, r->name))
+            continue;
+        if (syscall(SYS_pidfd_send_signal, pfd, sig, NULL, 0) == 0)
             n++;
+    }
     return n;
 }
 
