@@ -67,6 +67,7 @@ struct ws_session {
     char rid[REQUEST_ID_MAX + 1];
     int fd;
     struct MHD_UpgradeResponseHandle *urh;
+    struct ws_session **pending; /* the connection's hold on s until the 101 is sent */
     wslay_event_context_ptr ws;
     char *extra; /* bytes that came with the handshake, read before the socket */
     size_t extra_len, extra_off;
@@ -113,13 +114,14 @@ struct ws_hub {
     struct ws_session *posted;   /* with events to read */
     unsigned runners;
     bool stopping;
-    atomic_uint open;
     /* the loop's own */
     struct ws_session *sessions;
     unsigned queued;
     uint64_t next_positions;
     struct ws_session *dead;
 };
+
+static atomic_uint open_sessions; /* ws_open_sessions */
 
 /* ---- handshake ---------------------------------------------------------------------------- */
 
@@ -161,7 +163,7 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
 static void session_free(struct ws_session *s);
 
 bool ws_upgrade(struct ws_hub *h, struct MHD_Connection *conn, const struct request *rq,
-                bool need_token, struct reply *r)
+                bool need_token, struct ws_session **pending, struct reply *r)
 {
     const char *up = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Upgrade");
     const char *co = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Connection");
@@ -210,8 +212,16 @@ bool ws_upgrade(struct ws_hub *h, struct MHD_Connection *conn, const struct requ
         reply_internal(r, rq, "queue the upgrade response");
         return false;
     }
+    s->pending = pending;
+    *pending = s;
     r->status = 101;
     return true;
+}
+
+void ws_upgrade_abandon(struct ws_session *s)
+{
+    /* nothing but the session itself: the hub never saw it (and may be gone already) */
+    free(s);
 }
 
 /* ---- events from other threads ------------------------------------------------------------ */
@@ -544,7 +554,7 @@ static void session_free(struct ws_session *s)
     free(s->in_buf);
     struct ws_event *ev = s->pending_end;
     free(ev);
-    atomic_fetch_sub(&s->hub->open, 1);
+    atomic_fetch_sub(&open_sessions, 1);
     free(s);
 }
 
@@ -1042,6 +1052,8 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
     (void)conn, (void)con_cls;
     struct ws_session *s = cls;
     struct ws_hub *h = s->hub;
+    *s->pending = NULL; /* the hub's from now on */
+    s->pending = NULL;
     s->fd = sock;
     s->urh = urh;
     int fl = fcntl(sock, F_GETFL);
@@ -1051,7 +1063,7 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
         memcpy(s->extra, extra, extra_len);
         s->extra_len = extra_len;
     }
-    atomic_fetch_add(&h->open, 1);
+    atomic_fetch_add(&open_sessions, 1);
     pthread_mutex_lock(&h->mu);
     s->incoming_next = h->incoming;
     h->incoming = s;
@@ -1198,7 +1210,7 @@ void ws_hub_stop(struct ws_hub *h)
     free(h);
 }
 
-unsigned ws_hub_open(struct ws_hub *h)
+unsigned ws_open_sessions(void)
 {
-    return h ? atomic_load(&h->open) : 0;
+    return atomic_load(&open_sessions);
 }
