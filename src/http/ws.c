@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -796,10 +798,12 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                        void *user)
 {
-    (void)flags;
     struct ws_session *s = user;
+    /* wslay sends a frame's header and its payload in two calls: MSG_MORE makes them one
+     * segment (the socket has TCP_NODELAY, see on_upgraded) */
+    int more = flags & WSLAY_MSG_MORE ? MSG_MORE : 0;
     ssize_t n;
-    while ((n = send(s->fd, data, len, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+    while ((n = send(s->fd, data, len, MSG_NOSIGNAL | more)) < 0 && errno == EINTR)
         ;
     if (n >= 0)
         return n;
@@ -1059,6 +1063,12 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
     int fl = fcntl(sock, F_GETFL);
     if (fl < 0 || fcntl(sock, F_SETFL, fl | O_NONBLOCK) < 0)
         fprintf(stderr, "req %s: ws: O_NONBLOCK: %s\n", s->rid, strerror(errno));
+    /* libmicrohttpd turns Nagle's algorithm back on for an upgraded socket; with it, a small
+     * message sent while the client's acknowledgement of the previous one is delayed waits
+     * for it (some 40 ms on Linux): every echo of an interactive program would */
+    int one = 1;
+    if (setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+        fprintf(stderr, "req %s: ws: TCP_NODELAY: %s\n", s->rid, strerror(errno));
     if (extra_len && (s->extra = malloc(extra_len)) != NULL) {
         memcpy(s->extra, extra, extra_len);
         s->extra_len = extra_len;
