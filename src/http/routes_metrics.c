@@ -8,6 +8,7 @@
 #include "common/metrics.h"
 #include "http/routes.h"
 #include "http/submissions.h"
+#include "http/ws.h"
 #include "pipeline/pipeline_metrics.h"
 
 /* Per route of the table (plus one for requests without a route: 404, 405) and per status
@@ -123,6 +124,9 @@ void route_metrics(const struct route_ctx *ctx, struct request *rq, struct reply
     write_requests(f);
     write_pipeline(f, ctx->pipeline);
     subs_metrics(f, ctx->subs);
+    metrics_family(f, "envicutor_websockets_open", "gauge",
+                   "WebSocket sessions (/execute/ws) open now: waiting, running or closing");
+    metrics_sample(f, "envicutor_websockets_open", "", ws_open_sessions());
     if (fclose(f) != 0) {
         free(text);
         reply_internal(r, rq, "write /metrics");

@@ -38,6 +38,7 @@ struct conn_state {
     bool answered;      /* a response was queued before the body ended (413) */
     int denied;         /* 401 or 403: answered without routing, the body is dropped */
     bool ws_need_token; /* /execute/ws without a key in its headers: init must carry one */
+    struct ws_session *ws_pending; /* its session, until the 101 is sent (ws_upgrade) */
     const char *denied_msg;
 
     /* A request handled away from libmicrohttpd's threads, while the connection is suspended:
@@ -600,7 +601,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (rt && rt->run == RUN_INLINE) {
             rt->fn(&ctx, &cs->rq, &r);
         } else if (rt && rt->run == RUN_UPGRADE) {
-            if (ws_upgrade(s->ws, conn, &cs->rq, cs->ws_need_token, &r)) {
+            if (ws_upgrade(s->ws, conn, &cs->rq, cs->ws_need_token, &cs->ws_pending, &r)) {
                 log_request(cs->rid, method, url, &r, cs->t0);
                 cs->answered = true;
                 return MHD_YES;
@@ -633,6 +634,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct conn_state *cs = *con_cls;
     if (cs) {
         atomic_fetch_sub(&s->active, 1);
+        if (cs->ws_pending)
+            ws_upgrade_abandon(cs->ws_pending);
         drop_body(cs);
         exec_job_free(cs->job);
         json_decref(cs->reply.json);

@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -67,6 +69,7 @@ struct ws_session {
     char rid[REQUEST_ID_MAX + 1];
     int fd;
     struct MHD_UpgradeResponseHandle *urh;
+    struct ws_session **pending; /* the connection's hold on s until the 101 is sent */
     wslay_event_context_ptr ws;
     char *extra; /* bytes that came with the handshake, read before the socket */
     size_t extra_len, extra_off;
@@ -113,13 +116,14 @@ struct ws_hub {
     struct ws_session *posted;   /* with events to read */
     unsigned runners;
     bool stopping;
-    atomic_uint open;
     /* the loop's own */
     struct ws_session *sessions;
     unsigned queued;
     uint64_t next_positions;
     struct ws_session *dead;
 };
+
+static atomic_uint open_sessions; /* ws_open_sessions */
 
 /* ---- handshake ---------------------------------------------------------------------------- */
 
@@ -161,7 +165,7 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
 static void session_free(struct ws_session *s);
 
 bool ws_upgrade(struct ws_hub *h, struct MHD_Connection *conn, const struct request *rq,
-                bool need_token, struct reply *r)
+                bool need_token, struct ws_session **pending, struct reply *r)
 {
     const char *up = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Upgrade");
     const char *co = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Connection");
@@ -210,8 +214,16 @@ bool ws_upgrade(struct ws_hub *h, struct MHD_Connection *conn, const struct requ
         reply_internal(r, rq, "queue the upgrade response");
         return false;
     }
+    s->pending = pending;
+    *pending = s;
     r->status = 101;
     return true;
+}
+
+void ws_upgrade_abandon(struct ws_session *s)
+{
+    /* nothing but the session itself: the hub never saw it (and may be gone already) */
+    free(s);
 }
 
 /* ---- events from other threads ------------------------------------------------------------ */
@@ -544,7 +556,7 @@ static void session_free(struct ws_session *s)
     free(s->in_buf);
     struct ws_event *ev = s->pending_end;
     free(ev);
-    atomic_fetch_sub(&s->hub->open, 1);
+    atomic_fetch_sub(&open_sessions, 1);
     free(s);
 }
 
@@ -786,10 +798,12 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
                        void *user)
 {
-    (void)flags;
     struct ws_session *s = user;
+    /* wslay sends a frame's header and its payload in two calls: MSG_MORE makes them one
+     * segment (the socket has TCP_NODELAY, see on_upgraded) */
+    int more = flags & WSLAY_MSG_MORE ? MSG_MORE : 0;
     ssize_t n;
-    while ((n = send(s->fd, data, len, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+    while ((n = send(s->fd, data, len, MSG_NOSIGNAL | more)) < 0 && errno == EINTR)
         ;
     if (n >= 0)
         return n;
@@ -1042,16 +1056,24 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
     (void)conn, (void)con_cls;
     struct ws_session *s = cls;
     struct ws_hub *h = s->hub;
+    *s->pending = NULL; /* the hub's from now on */
+    s->pending = NULL;
     s->fd = sock;
     s->urh = urh;
     int fl = fcntl(sock, F_GETFL);
     if (fl < 0 || fcntl(sock, F_SETFL, fl | O_NONBLOCK) < 0)
         fprintf(stderr, "req %s: ws: O_NONBLOCK: %s\n", s->rid, strerror(errno));
+    /* libmicrohttpd turns Nagle's algorithm back on for an upgraded socket; with it, a small
+     * message sent while the client's acknowledgement of the previous one is delayed waits
+     * for it (some 40 ms on Linux): every echo of an interactive program would */
+    int one = 1;
+    if (setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+        fprintf(stderr, "req %s: ws: TCP_NODELAY: %s\n", s->rid, strerror(errno));
     if (extra_len && (s->extra = malloc(extra_len)) != NULL) {
         memcpy(s->extra, extra, extra_len);
         s->extra_len = extra_len;
     }
-    atomic_fetch_add(&h->open, 1);
+    atomic_fetch_add(&open_sessions, 1);
     pthread_mutex_lock(&h->mu);
     s->incoming_next = h->incoming;
     h->incoming = s;
@@ -1198,7 +1220,7 @@ void ws_hub_stop(struct ws_hub *h)
     free(h);
 }
 
-unsigned ws_hub_open(struct ws_hub *h)
+unsigned ws_open_sessions(void)
 {
-    return h ? atomic_load(&h->open) : 0;
+    return atomic_load(&open_sessions);
 }

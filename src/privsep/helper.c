@@ -332,16 +332,16 @@ static int stdin_for_box(int src, struct ev_err *err)
     return steal_fd(&fd);
 }
 
-/* The program's stdout when it is not captured: the write end of a pipe (to an interactor),
- * given to the box as it is. */
-static int check_stdout(int fd, struct ev_err *err)
+/* The program's stdout or stderr (name) when it is not captured: the write end of a pipe (to an
+ * interactor, or to the server that streams it), given to the box as it is. */
+static int check_output(int fd, const char *name, struct ev_err *err)
 {
     struct stat st;
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fstat(fd, &st) < 0)
-        return ev_fail(err, errno, "run: stdout: the descriptor");
+        return ev_fail(err, errno, "run: %s: the descriptor", name);
     if (!S_ISFIFO(st.st_mode) || (fl & O_PATH) || (fl & O_ACCMODE) != O_WRONLY)
-        return ev_fail(err, 0, "run: stdout: not the write end of a pipe");
+        return ev_fail(err, 0, "run: %s: not the write end of a pipe", name);
     return 0;
 }
 
@@ -424,14 +424,14 @@ static void do_run(struct ps_request *req, int *fds, int n_fds, struct ps_reply 
         cfg.stdin_fd = in_fd;
     }
     if (r->flags & PS_RUN_STDOUT_FD) {
-        if (check_stdout(fds[next], &err) < 0) {
+        if (check_output(fds[next], "stdout", &err) < 0) {
             reply_error(rep, err.msg);
             goto out;
         }
         cfg.stdout_fd = fds[next++];
     }
     if (r->flags & PS_RUN_STDERR_FD) {
-        if (check_stdout(fds[next], &err) < 0) {
+        if (check_output(fds[next], "stderr", &err) < 0) {
             reply_error(rep, err.msg);
             goto out;
         }

@@ -3,12 +3,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <dirent.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -608,6 +610,33 @@ void cg_run_kill(const struct cg_host *h, struct cg_run *r)
         write_file_at(r->v2_fd, "cgroup.kill", "1", &ignored);
 }
 
+/* Whether /proc/<pid>/cgroup puts pid in the cgroup at dir_path (its directory's absolute path):
+ * a line's path is the cgroup's path under its hierarchy's root, so dir_path ends with it. */
+static bool proc_in_cgroup(pid_t pid, const char *dir_path)
+{
+    char path[32], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d", (int)pid);
+    cleanup_close int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct ev_err ignored;
+    ssize_t n = dir >= 0 ? read_file_at(dir, "cgroup", buf, sizeof(buf), &ignored) : -1;
+    if (n <= 0)
+        return false;
+    size_t dl = strlen(dir_path);
+    for (char *line = buf, *end; line && *line; line = end ? end + 1 : NULL) {
+        end = strchr(line, '\n');
+        if (end)
+            *end = '\0';
+        char *cg = strchr(line, ':');
+        cg = cg ? strchr(cg + 1, ':') : NULL;
+        if (!cg || cg[1] != '/' || strcmp(cg + 1, "/") == 0)
+            continue;
+        size_t cl = strlen(cg + 1);
+        if (cl <= dl && strcmp(dir_path + dl - cl, cg + 1) == 0)
+            return true;
+    }
+    return false;
+}
+
 int cg_run_signal(const struct cg_run *r, int sig, pid_t except)
 {
     /* any hierarchy the run is in lists all of its processes */
@@ -622,10 +651,28 @@ int cg_run_signal(const struct cg_run *r, int sig, pid_t except)
         close(fd);
         return 0;
     }
+    char self[64], dir_path[PATH_MAX];
+    snprintf(self, sizeof(self), "/proc/self/fd/%d", dir);
+    ssize_t dl = readlink(self, dir_path, sizeof(dir_path) - 1);
+    if (dl <= 0)
+        return 0;
+    dir_path[dl] = '\0';
+    /* A pid read from cgroup.procs may belong to another process by the time it is signalled
+     * (the box's process ended and was reaped, and the number was given out again). So the
+     * signal goes through a pidfd, which names one process for good: the process is checked to
+     * be in the run's cgroup only after the pidfd pins it. If the pidfd's process ends between
+     * the check and the signal, /proc/<pid> may show a newer process of that number, but the
+     * signal still reaches only the pidfd's process, which is then gone (ESRCH) or a zombie. */
     int pid, n = 0;
-    while (fscanf(f, "%d", &pid) == 1)
-        if (pid != except && kill(pid, sig) == 0)
+    while (fscanf(f, "%d", &pid) == 1) {
+        if (pid == except)
+            continue;
+        cleanup_close int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (pfd < 0 || !proc_in_cgroup(pid, dir_path))
+            continue;
+        if (syscall(SYS_pidfd_send_signal, pfd, sig, NULL, 0) == 0)
             n++;
+    }
     return n;
 }
 

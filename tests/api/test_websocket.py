@@ -2,6 +2,7 @@
 (python3-websocket)."""
 import json
 import os
+import signal
 import socket
 import struct
 import threading
@@ -281,3 +282,57 @@ def test_malformed_frame_closes_only_that_connection(one, frame):
     other.send(json.dumps({"type": "eof"}))
     assert until_close(other)[1] == 1000
     assert one.get("/health").status_code == 200
+
+
+def gauge(s, name):
+    for line in s.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    raise AssertionError(name + " not in /metrics")
+
+
+def wait_gauge(s, name, value, timeout=30):
+    deadline = time.time() + timeout
+    while gauge(s, name) != value:
+        assert time.time() < deadline, (name, gauge(s, name), value)
+        time.sleep(0.02)
+
+
+def test_open_sessions_gauge(one):
+    # earlier tests' sessions end on the server's side after their clients saw the close
+    wait_gauge(one, "envicutor_websockets_open", 0)
+    a = start(one, "Python 3", ECHO)  # holds the one slot until its eof
+    until_ready(a)  # the server answered: the session is the hub's and counted
+    b = start(one, "Python 3", "print(1)")
+    assert recv_json(b) == {"type": "queued", "position": 0}
+    assert gauge(one, "envicutor_websockets_open") == 2
+    a.send(json.dumps({"type": "eof"}))
+    assert until_close(a)[1] == 1000
+    assert until_close(b)[1] == 1000
+    a.close()
+    b.close()
+    wait_gauge(one, "envicutor_websockets_open", 0)
+
+
+def test_server_shutdown_closes_sessions_with_1001():
+    s = Server(MAX_CONCURRENT_SUBMISSIONS=1, SHUTDOWN_TIMEOUT=1).start()
+    try:
+        running = start(s, "Python 3", "import time\nprint('up', flush=True)\ntime.sleep(60)\n")
+        until_ready(running)
+        recv_json(running)  # stage
+        assert recv_json(running)["data"] == "up\n"
+        waiting = start(s, "Python 3", "print(1)")
+        assert recv_json(waiting) == {"type": "queued", "position": 0}
+    except BaseException:
+        s.stop()
+        raise
+    s.proc.send_signal(signal.SIGTERM)
+    msgs, code = until_close(waiting)
+    assert code == 1001 and msgs[-1]["type"] == "error", msgs
+    # the run outlives the one-second SHUTDOWN_TIMEOUT: it is killed, then its session closed
+    msgs, code = until_close(running)
+    assert code == 1001, msgs
+    assert s.proc.wait(timeout=30) == 0
+    s.log.close()
+    assert "killing it" in s.log_text()
+    assert wait_no_residue() == ([], [], [])

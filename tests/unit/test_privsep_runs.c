@@ -262,7 +262,49 @@ static void test_when_one_side_exits_the_other_ends(void **state)
     sbx_result_free(&inter.res);
 }
 
-/* A stdout descriptor must be a pipe's write end. */
+/* Runs script in boxes[0] with stdout to a pipe, and sends sig once the program wrote "up". */
+static void signal_run(const char *script, int sig, struct sbx_result *res)
+{
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    struct side prog = {.box = boxes[0], .script = script, .out = p[1]};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, run_side, &prog), 0);
+    /* once it wrote, the program runs: a signal sent before its exec would be dropped */
+    char buf[8] = "";
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof(buf) - 1)) < 0 && errno == EINTR)
+        ;
+    assert_int_equal(n, 3);
+    psc_signal(client, boxes[0], sig);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    close(p[0]);
+    *res = prog.res;
+}
+
+/* psc_signal during a run reaches every process of the run (the program's child too) but the
+ * box's init, which reports how the program ended. */
+static void test_a_signal_reaches_every_process_of_the_run(void **state)
+{
+    (void)state;
+    struct sbx_result res;
+    /* the shell traps it and reports how its child, the sleep, ended: by the same signal */
+    signal_run("trap 'echo trapped >&2' TERM; sleep 60 & echo up; wait; wait $!; "
+               "echo \"sleep: $?\" >&2",
+               SIGTERM, &res);
+    assert_int_equal(res.status, SBX_OK);
+    /* (the shell may also report the ended job as "Terminated", or not: it depends on when it
+     * notices it) */
+    assert_true(strncmp(res.err.data, "trapped\n", 8) == 0);
+    assert_non_null(strstr(res.err.data, "\nsleep: 143\n"));
+    sbx_result_free(&res);
+    signal_run("echo up; sleep 60", SIGKILL, &res);
+    assert_int_equal(res.status, SBX_SG);
+    assert_int_equal(res.exit_signal, SIGKILL);
+    sbx_result_free(&res);
+}
+
+/* A stdout or stderr descriptor must be a pipe's write end. */
 static void test_stdout_must_be_the_write_end_of_a_pipe(void **state)
 {
     (void)state;
@@ -278,6 +320,24 @@ static void test_stdout_must_be_the_write_end_of_a_pipe(void **state)
         struct ev_err err;
         assert_int_equal(psc_run(client, boxes[0], &opt, NULL, NULL, &res, &aborted, &err), -1);
         assert_non_null(strstr(err.msg, "run: stdout: not the write end of a pipe"));
+    }
+    /* the same for a stderr descriptor, named as such (stdout a good pipe's write end) */
+    for (int i = 0; i < 2; i++) {
+        int q[2];
+        assert_int_equal(pipe2(q, O_CLOEXEC), 0);
+        char *const argv[] = {"echo", "hi", NULL};
+        struct psc_run opt = {.argv = argv,
+                              .envp = env,
+                              .limits = limits(),
+                              .output_fd = q[1],
+                              .error_fd = i ? open(ro_path, O_RDONLY | O_CLOEXEC) : q[0]};
+        struct sbx_result res;
+        bool aborted;
+        struct ev_err err;
+        assert_int_equal(psc_run(client, boxes[0], &opt, NULL, NULL, &res, &aborted, &err), -1);
+        assert_non_null(strstr(err.msg, "run: stderr: not the write end of a pipe"));
+        if (i)
+            close(q[0]);
     }
     close(p[1]);
 }
@@ -337,6 +397,7 @@ static int client_main(int sock)
         cmocka_unit_test(test_a_stored_file_as_stdin_is_not_copied),
         cmocka_unit_test(test_an_interactor_and_a_program_talk),
         cmocka_unit_test(test_when_one_side_exits_the_other_ends),
+        cmocka_unit_test(test_a_signal_reaches_every_process_of_the_run),
         cmocka_unit_test(test_stdout_must_be_the_write_end_of_a_pipe),
     };
     int rc = cmocka_run_group_tests(tests, open_boxes, close_boxes);
