@@ -31,6 +31,7 @@
 #include "http/auth.h"
 #include "http/mhd_loader.h"
 #include "http/server.h"
+#include "http/submissions_cluster.h"
 #include "http/submissions_local.h"
 #include "pipeline/catalog.h"
 #include "pipeline/config.h"
@@ -445,6 +446,7 @@ static int serve_or_work(int argc, char **argv, bool worker)
     bool pipeline_ready = false, files_ready = false;
     struct submissions *subs = NULL;
     struct local_runner *async_runner = NULL;
+    struct cluster_runner *cluster_runner = NULL;
     if (drop_privileges(uid, gid, &err) < 0) {
         fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         goto out;
@@ -501,8 +503,24 @@ static int serve_or_work(int argc, char **argv, bool worker)
                 (int)helper);
     } else {
         subs = subs_open(&cfg, &err);
-        if (!subs || !(async_runner = local_runner_start(subs, &pipeline, &cfg, &err)) ||
-            subs_start(subs, &err) < 0) {
+        if (!subs) {
+            fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
+            goto out;
+        }
+        /* An API node runs no code: its submissions go to the cluster's workers, through the
+         * queue its /execute uses, made here so that both have it from the first request. */
+        if (cfg.redis_url[0]) {
+            http.cluster = cluster_api_start(&cfg, &err);
+            if (!http.cluster ||
+                !(cluster_runner = cluster_runner_start(subs, http.cluster, &err))) {
+                fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
+                goto out;
+            }
+        } else if (!(async_runner = local_runner_start(subs, &pipeline, &cfg, &err))) {
+            fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
+            goto out;
+        }
+        if (subs_start(subs, &err) < 0) {
             fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
             goto out;
         }
@@ -549,10 +567,24 @@ static int serve_or_work(int argc, char **argv, bool worker)
     } else {
         if (graceful)
             shut_down_gently(&http, &pipeline, cfg.shutdown_timeout);
+        /* submissions out in the cluster get SHUTDOWN_TIMEOUT to come back; the rest are
+         * withdrawn and recorded as stopped, before http_stop stops the cluster's side */
+        if (graceful && !cluster_runner_drain(
+                            cluster_runner, monotonic_ns() + cfg.shutdown_timeout * 1000000000ull))
+            fprintf(stderr, "envicutor: submissions still out in the cluster after "
+                            "SHUTDOWN_TIMEOUT; withdrawing them\n");
+        cluster_runner_stop(cluster_runner);
+        cluster_runner = NULL;
         pipeline_stop(&pipeline);
         http_stop(&http);
     }
 out:
+    /* a start that failed: the cluster's side was not handed to a running server */
+    cluster_runner_stop(cluster_runner);
+    if (http.cluster && !http.daemon) {
+        cluster_api_stop(http.cluster);
+        http.cluster = NULL;
+    }
     /* after the pipeline's stop: the async workers record what was refused or cut short */
     if (async_runner)
         pipeline_stop(&pipeline);

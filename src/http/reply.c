@@ -41,6 +41,12 @@ bool request_flag(const struct request *rq, const char *name)
     return v && strcasecmp(v, "true") == 0;
 }
 
+void request_flags_text(const struct request *rq, char *out, size_t size)
+{
+    snprintf(out, size, "%s%s", request_flag(rq, "is_project") ? "is_project," : "",
+             request_flag(rq, "base64_output") ? "base64_output," : "");
+}
+
 void reply_message(struct reply *r, int status, const char *fmt, ...)
 {
     char buf[1024];

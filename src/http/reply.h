@@ -63,6 +63,9 @@ bool request_aborted(void *rq);
 
 /* Whether the query string sets name to "true" (in any case), as in ?is_project=true. */
 bool request_flag(const struct request *rq, const char *name);
+/* The query's flags that /execute reads (is_project, base64_output) as a job of the cluster
+ * carries them to its worker, the form rq->flags has there: "is_project,base64_output,". */
+void request_flags_text(const struct request *rq, char *out, size_t size);
 
 void reply_message(struct reply *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

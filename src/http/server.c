@@ -257,11 +257,8 @@ static void on_cluster_answer(void *ctx, int status, char *json, size_t len)
  * checks again against its own runtimes. */
 static void queue_cluster(struct http_server *s, struct conn_state *cs)
 {
-    char flags[64] = ""; /* the query's flags, as the worker's request_flag reads them */
-    if (request_flag(&cs->rq, "is_project"))
-        strcat(flags, "is_project,");
-    if (request_flag(&cs->rq, "base64_output"))
-        strcat(flags, "base64_output,");
+    char flags[64];
+    request_flags_text(&cs->rq, flags, sizeof(flags));
     cs->suspended = true;
     MHD_suspend_connection(cs->conn);
     watch_add(s, cs);
@@ -712,7 +709,7 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
         if (e)
             return ev_fail(err, e, "start the HTTP server's workers");
     }
-    if (cfg->redis_url[0]) {
+    if (cfg->redis_url[0] && !s->cluster) {
         s->cluster = cluster_api_start(cfg, err);
         if (!s->cluster)
             return -1;

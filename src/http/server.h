@@ -44,8 +44,10 @@ struct http_server {
     int wake_fd;  /* eventfd that stops the watcher */
     pthread_t watcher;
     bool watcher_started;
-    struct ws_hub *ws;           /* /execute/ws (ws.h) */
-    struct cluster_api *cluster; /* an API node's queue (REDIS_URL set), or NULL */
+    struct ws_hub *ws; /* /execute/ws (ws.h) */
+    /* an API node's queue (REDIS_URL set), or NULL: given before http_start (asynchronous
+     * submissions use it too) or made by it; stopped by http_stop */
+    struct cluster_api *cluster;
 };
 
 int http_start(struct http_server *s, int listen_fd, struct pipeline *p,

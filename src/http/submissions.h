@@ -6,8 +6,8 @@
  *   - what RUNS a submission (struct sub_runner): given a checked-for-nothing /execute request
  *     and a token, it checks the request as /execute does and starts it, then reports through
  *     subs_running and subs_finished. On one node, submissions_local.c runs it through the
- *     pipeline and its scheduler; an API node of a cluster would put it on a Redis stream and
- *     report what its workers answer.
+ *     pipeline and its scheduler; on an API node of a cluster, submissions_cluster.c puts it on
+ *     the cluster's stream and reports what its workers answer.
  *   - what KEEPS submissions (struct submissions, here): their state in SQLite under the data
  *     directory, each result in a file of its own (never held in memory once written), the
  *     RESULT_TTL expiry, the RESULT_STORE_SIZE bound, and the callbacks' delivery on threads of

@@ -38,6 +38,10 @@
 #define CHUNK 16384
 #define POSITION_EVERY_MS 100
 
+#define CLUSTER_NO_WS                                                                              \
+    "Interactive execution (/execute/ws) is not available on an API node of a cluster: this "      \
+    "node runs no code. Use POST /execute or POST /submissions, which the cluster's workers run"
+
 enum phase { P_INIT, P_QUEUED, P_RUNNING, P_FINISHED };
 enum watch_kind { W_SOCK, W_IN, W_OUT, W_ERR, W_KINDS };
 
@@ -1046,6 +1050,11 @@ static void adopt(struct ws_hub *h, struct ws_session *s)
     wslay_event_config_set_max_recv_msg_length(s->ws, h->ctx.cfg->max_request_bytes + 4096);
     if (h->stopping)
         send_error(s, "The server is shutting down", 1001);
+    /* An API node runs no code, and a job on the cluster's stream has no way to carry stdin
+     * and signals in or output out as it happens (docs/cluster.md); said in the protocol's own
+     * terms, after the upgrade, so that a browser's page can show why. */
+    else if (h->ctx.cluster)
+        send_error(s, CLUSTER_NO_WS, 1011);
     else if (s->extra_len)
         on_socket(s, EPOLLIN);
 }

@@ -527,3 +527,144 @@ def test_accepted_job_survives_a_redis_crash_with_aof(cluster):
     assert r.status_code == 200, r.text
     assert r.json()["run"]["stdout"].startswith("start ")
     assert "lost" not in api.log_text()
+
+
+# ---- asynchronous submissions and /execute/ws on an API node -------------------------------
+
+def hold_the_slot(api, worker):
+    """A synchronous /execute of a long sleep on a raw socket, taken by the worker: its one slot
+    is held until the socket is closed, which cancels the job (test_cancel_on_disconnect)."""
+    seen = worker.log_text().count("attempt 1 started")
+    body = json.dumps({"runtime_id": RUNTIME_ID, "source_code": TIMED, "input": "60"}).encode()
+    s = socket.create_connection(("127.0.0.1", api.port))
+    s.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.time() + 30
+    while worker.log_text().count("attempt 1 started") == seen:
+        assert time.time() < deadline, worker.log_text()
+        time.sleep(0.05)
+    return s
+
+
+def wait_submission(api, token, bound=60):
+    deadline = time.time() + bound
+    while time.time() < deadline:
+        r = api.get("/submissions/" + token)
+        assert r.status_code == 200, r.text
+        if r.json()["status"] == "done":
+            return r.json()
+        assert r.json()["status"] in ("queued", "running"), r.json()
+        time.sleep(0.05)
+    raise AssertionError(f"{token} not done within {bound} s")
+
+
+def test_async_submission_through_a_worker_with_callback(cluster):
+    """Queued while the only worker slot is held (by construction: nothing else can take it),
+    then run by the worker, recorded on the API node, and POSTed to the callback by it."""
+    from test_submissions import Receiver
+    redis, api, ws = cluster(workers=1, slots=1, api_env={"CALLBACK_ALLOW_PRIVATE": "1"})
+    w = ws[0]
+    rec = Receiver()
+    try:
+        hold = hold_the_slot(api, w)
+        r = api.post("/submissions", {"runtime_id": RUNTIME_ID, "callback_url": rec.url,
+                                      "source_code": "read x; echo \"got $x\"; echo e >&2",
+                                      "input": "abc\n"})
+        assert r.status_code == 201, r.text
+        token = r.json()["token"]
+        rid = r.headers["X-Request-Id"]
+        assert api.get("/submissions/" + token).json() == {"status": "queued"}
+        assert not rec.arrived.is_set()
+        hold.close()
+        doc = wait_submission(api, token)
+        assert doc["token"] == token and doc["result_status"] == 200, doc
+        assert doc["result"]["run"]["stdout"] == "got abc\n"
+        assert doc["result"]["run"]["stderr"] == "e\n"
+        assert doc["result"]["run"]["exit_code"] == 0
+        # run by the worker (its log carries the request id), not by the API node
+        assert f"req {rid} job" in w.log_text(), w.log_text()
+        assert rec.arrived.wait(30)
+        assert json.loads(rec.bodies[0]) == doc
+        assert rec.headers[0]["X-Envicutor-Token"] == token
+    finally:
+        rec.close()
+
+
+def test_async_submission_checked_on_the_api_node(cluster):
+    """A 400 at once, as on one node and as /execute on an API node: no token, no job."""
+    redis, api, ws = cluster(workers=1)
+    r = api.post("/submissions", {"runtime_id": 999999, "source_code": "x"})
+    assert r.status_code == 400 and "does not exist" in r.json()["message"], r.text
+    r = api.post("/submissions?is_project=true",
+                 {"runtime_id": RUNTIME_ID, "source_code": "echo x"})
+    assert r.status_code == 400, r.text
+    r = api.post("/submissions", {"runtime_id": RUNTIME_ID, "source_code": "echo x",
+                                  "callback_url": "http://127.0.0.1:9/"})
+    assert r.status_code == 400 and "CALLBACK_ALLOW_PRIVATE" in r.json()["message"], r.text
+    # a project body with its flag reaches the worker as /execute's does
+    r = api.post("/submissions?is_project=true",
+                 {"runtime_id": RUNTIME_ID, "source_code": zip_b64({"main.sh": "echo zipped"})})
+    assert r.status_code == 201, r.text
+    doc = wait_submission(api, r.json()["token"])
+    assert doc["result_status"] == 200 and doc["result"]["run"]["stdout"] == "zipped\n", doc
+    assert redis.cli("XLEN", "envicutor:jobs") == "0"
+
+
+def test_async_submission_withdrawn_when_the_api_node_stops(cluster):
+    """SIGTERM with a submission still waiting for a worker: after SHUTDOWN_TIMEOUT it is taken
+    off the stream (no worker ever runs it) and recorded done with the 503 of a stopping server,
+    which the API node answers after its restart. The worker is stopped meanwhile, so that
+    nothing can take the submission before the API node stops."""
+    redis, api, ws = cluster(workers=1, slots=1, SHUTDOWN_TIMEOUT=1)
+    w = ws[0]
+    hold = hold_the_slot(api, w)
+    r = api.post("/submissions", {"runtime_id": RUNTIME_ID, "source_code": "echo never"})
+    assert r.status_code == 201, r.text
+    token, rid = r.json()["token"], r.headers["X-Request-Id"]
+    assert api.get("/submissions/" + token).json() == {"status": "queued"}
+    assert w.stop() == 0, w.log_text()
+    hold.close()  # its job withdrawn by the API node: only the submission's is left
+    deadline = time.time() + 20
+    while "cancelled, its client went away" not in api.log_text():
+        assert time.time() < deadline, api.log_text()
+        time.sleep(0.05)
+    assert redis.cli("XLEN", "envicutor:jobs") == "1"
+    assert api.stop() == 0, api.log_text()
+    assert "withdrawing them" in api.log_text()
+    assert redis.cli("XLEN", "envicutor:jobs") == "0"
+    again = Server(data_dir=api.data_dir, REDIS_URL=redis.url,
+                   ENVICUTOR_CATALOG=api.env["ENVICUTOR_CATALOG"])
+    again.start()
+    try:
+        doc = again.get("/submissions/" + token).json()
+        assert doc["status"] == "done" and doc["result_status"] == 503, doc
+        assert "shutting down" in doc["result"]["message"]
+        w.start()
+        r = again.post("/execute", {"runtime_id": RUNTIME_ID, "source_code": "echo after"})
+        assert r.status_code == 200 and r.json()["run"]["stdout"] == "after\n", r.text
+    finally:
+        assert again.stop() == 0, again.log_text()
+    assert f"req {rid} job" not in w.log_text()
+
+
+def test_websocket_refused_on_an_api_node(cluster):
+    """An API node runs no code: the upgrade succeeds so that the reason reaches a browser, then
+    one `error` message and a close 1011, before any init is read."""
+    import websocket
+    redis, api, ws = cluster(workers=1)
+    sock = websocket.create_connection(api.url.replace("http://", "ws://") + "/execute/ws",
+                                       timeout=30)
+    try:
+        op, data = sock.recv_data()
+        assert op == websocket.ABNF.OPCODE_TEXT
+        msg = json.loads(data)
+        assert msg["type"] == "error", msg
+        assert "not available on an API node of a cluster" in msg["message"]
+        assert "POST /submissions" in msg["message"]
+        op, data = sock.recv_data(control_frame=True)
+        assert op == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(data[:2], "big") == 1011
+    finally:
+        sock.close()
+    # nothing reached a worker
+    assert "attempt 1 started" not in ws[0].log_text()

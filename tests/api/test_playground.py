@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from conftest import ROOT, Server
+from test_cluster import cluster  # noqa: F401 (a fixture)
 
 WEB = os.path.join(ROOT, "web")
 OUTPUT_DIR = os.environ.get("TEST_OUTPUT_DIR") or os.path.join(ROOT, "tests", "output")
@@ -505,3 +506,27 @@ def test_eof_and_a_signal_from_the_page(keyed, browser):
     assert text_of(cdp, m % "exit_signal") == str(int(signal.SIGTERM))
     cdp.wait_for("document.getElementById('run').disabled === false", "the page to be idle")
     assert page_errors(cdp) == []
+
+
+def test_on_a_cluster_api_node_the_page_says_why_nothing_runs(cluster, browser):
+    """An API node of a cluster runs no code, so /execute/ws refuses with an `error` message
+    (docs/cluster.md): the page shows that message and an error state, not a bare close."""
+    from test_cluster import RUNTIME_ID
+    redis, api, ws = cluster(workers=1)
+    cdp = browser
+    open_page(cdp, api)
+    cdp.wait_for("[...document.getElementById('runtime').options].some(o => o.value === '%d') "
+                 "&& !document.getElementById('runtime').disabled" % RUNTIME_ID,
+                 "the runtime list")
+    cdp.evaluate(f"""(() => {{ const s = document.getElementById('runtime');
+        s.value = '{RUNTIME_ID}'; s.dispatchEvent(new Event('change')); }})()""")
+    put_program(cdp, "echo hi")
+    cdp.click("#run")
+    cdp.wait_for("document.getElementById('status').dataset.state === 'error'",
+                 "the refusal")
+    out = text_of(cdp, "#output")
+    assert "not available on an API node of a cluster" in out, out
+    assert "connection closed" not in out, out
+    assert text_of(cdp, "#status") == "Error"
+    cdp.wait_for("document.getElementById('run').disabled === false", "the page to be idle")
+    assert "attempt 1 started" not in ws[0].log_text()

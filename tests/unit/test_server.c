@@ -680,6 +680,29 @@ static void test_route_table(void **state)
     assert_int_equal(route_role("GET", "/nowhere"), AUTH_ADMIN);
 }
 
+/* The flags a cluster job carries are read back by the worker's request_flag: the text must
+ * name exactly the flags the query set, whatever their order or company. */
+static void test_job_flags_text(void **state)
+{
+    (void)state;
+    char out[64];
+    struct request rq = {.flags = "base64_output,is_project"};
+    request_flags_text(&rq, out, sizeof(out));
+    assert_string_equal(out, "is_project,base64_output,");
+    struct request back = {.flags = out};
+    assert_true(request_flag(&back, "is_project"));
+    assert_true(request_flag(&back, "base64_output"));
+    rq.flags = "is_projectx,base64";
+    request_flags_text(&rq, out, sizeof(out));
+    assert_string_equal(out, "");
+    rq.flags = NULL;
+    request_flags_text(&rq, out, sizeof(out));
+    assert_string_equal(out, "");
+    rq.flags = "base64_output";
+    request_flags_text(&rq, out, sizeof(out));
+    assert_string_equal(out, "base64_output,");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -696,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_unexpected_pipeline_status_never_logs_a_stale_error),
         cmocka_unit_test(test_store_with_a_stale_error_object),
         cmocka_unit_test(test_route_table),
+        cmocka_unit_test(test_job_flags_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
