@@ -537,11 +537,10 @@ json_t *cluster_health(struct cluster_api *a, struct ev_err *err)
             /* a heartbeat that expired between SCAN and GET is a worker gone */
             if (v && v->type == REDIS_REPLY_STRING &&
                 sscanf(v->str, "%u %u %lld", &slots, &fr, &version) >= 2) {
-                json_array_append_new(
-                    workers, json_pack("{s:s,s:I,s:I,s:I}", "name",
-                                       key + strlen(KEY_WORKER_PREFIX), "slots", (json_int_t)slots,
-                                       "free", (json_int_t)fr, "runtimes_version",
-                                       (json_int_t)version));
+                json_array_append_new(workers, json_pack("{s:s,s:I,s:I,s:I}", "name",
+                                                         key + strlen(KEY_WORKER_PREFIX), "slots",
+                                                         (json_int_t)slots, "free", (json_int_t)fr,
+                                                         "runtimes_version", (json_int_t)version));
                 free_slots += fr;
             }
             if (v)

@@ -41,8 +41,7 @@ struct registry {
     bool started;
 };
 
-struct registry *registry_open(const struct ev_config *cfg, const char *worker,
-                               struct ev_err *err)
+struct registry *registry_open(const struct ev_config *cfg, const char *worker, struct ev_err *err)
 {
     struct registry *g = calloc(1, sizeof(*g));
     if (!g) {
@@ -131,8 +130,9 @@ static const char add_script[] =
     "redis.call('HSET', KEYS[5] .. id, 'name', ARGV[1], 'def', ARGV[2], 'digest', ARGV[4])\n"
     "redis.call('SETNX', KEYS[7], ARGV[5])\n"
     "local v = redis.call('INCR', KEYS[4])\n"
-    "redis.call('SET', KEYS[6] .. v, 'add ' .. id, 'EX', " TO_STR(CHANGE_TTL) ")\n"
-    "return {'ok', id, tostring(v)}\n";
+    "redis.call('SET', KEYS[6] .. v, 'add ' .. id, 'EX', " TO_STR(
+        CHANGE_TTL) ")\n"
+                    "return {'ok', id, tostring(v)}\n";
 
 static const char delete_script[] =
     "local id = ARGV[1]\n"
@@ -142,8 +142,9 @@ static const char delete_script[] =
     "if name then redis.call('HDEL', KEYS[2], name) end\n"
     "redis.call('DEL', KEYS[5] .. id)\n"
     "local v = redis.call('INCR', KEYS[4])\n"
-    "redis.call('SET', KEYS[6] .. v, 'del ' .. id, 'EX', " TO_STR(CHANGE_TTL) ")\n"
-    "return {'ok', tostring(v)}\n";
+    "redis.call('SET', KEYS[6] .. v, 'del ' .. id, 'EX', " TO_STR(
+        CHANGE_TTL) ")\n"
+                    "return {'ok', tostring(v)}\n";
 
 #define SCRIPT_KEYS                                                                                \
     "7 " KEY_RT_IDS " " KEY_RT_NAMES " " KEY_RT_NEXT " " KEY_RT_VERSION " " KEY_RT_PREFIX          \
@@ -166,7 +167,8 @@ int registry_add(struct registry *g, const char *name, const char *def, size_t d
         return -1;
     int rc = 0;
     *c = REGISTRY_OK;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING)
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
         rc = ev_fail(err, 0, "Redis: unexpected answer to the registry's script");
     else if (strcmp(r->element[0]->str, "name") == 0)
         *c = REGISTRY_NAME_TAKEN;
@@ -190,7 +192,8 @@ int registry_delete(struct registry *g, int64_t id, bool *found, long long *vers
     if (!r)
         return -1;
     int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING)
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
         rc = ev_fail(err, 0, "Redis: unexpected answer to the registry's script");
     else if ((*found = strcmp(r->element[0]->str, "ok") == 0) && r->elements == 2)
         *version = reply_ll(r->element[1]);
@@ -213,9 +216,9 @@ json_t *registry_list(struct registry *g, struct ev_err *err)
         }
         /* deleted between the two commands: not listed */
         if (n->type == REDIS_REPLY_STRING)
-            json_array_append_new(arr, json_pack("{s:I,s:s}", "id",
-                                                 (json_int_t)reply_ll(r->element[i]), "name",
-                                                 n->str));
+            json_array_append_new(
+                arr,
+                json_pack("{s:I,s:s}", "id", (json_int_t)reply_ll(r->element[i]), "name", n->str));
         freeReplyObject(n);
     }
     freeReplyObject(r);
@@ -263,8 +266,8 @@ json_t *registry_live_workers(struct registry *g, struct ev_err *err)
         }
         snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str ? r->element[0]->str : "0");
         for (size_t i = 0; out && i < r->element[1]->elements; i++)
-            json_array_append_new(out, json_string(r->element[1]->element[i]->str +
-                                                   strlen(KEY_WORKER_PREFIX)));
+            json_array_append_new(
+                out, json_string(r->element[1]->element[i]->str + strlen(KEY_WORKER_PREFIX)));
         freeReplyObject(r);
     } while (strcmp(cursor, "0") != 0);
     return out;
@@ -365,9 +368,9 @@ json_t *registry_worker_hashes(struct registry *g, int64_t id, struct ev_err *er
             json_decref(names);
             return NULL;
         }
-        json_array_append_new(out, json_pack("{s:s,s:o}", "worker", json_string_value(v), "hash",
-                                             r->type == REDIS_REPLY_STRING ? json_string(r->str)
-                                                                           : json_null()));
+        json_array_append_new(
+            out, json_pack("{s:s,s:o}", "worker", json_string_value(v), "hash",
+                           r->type == REDIS_REPLY_STRING ? json_string(r->str) : json_null()));
         freeReplyObject(r);
     }
     json_decref(names);
@@ -595,12 +598,11 @@ static void publish(struct registry *g, struct sync_round *s)
         char h[72];
         if (!s->reg[i].here || local_hash(g, g->p, s->reg[i].id, h) < 0)
             continue;
-        r = cmd(g, &err, "HSET " KEY_WORKER_RT_PREFIX "%s %" PRId64 " %s", g->worker,
-                s->reg[i].id, h);
+        r = cmd(g, &err, "HSET " KEY_WORKER_RT_PREFIX "%s %" PRId64 " %s", g->worker, s->reg[i].id,
+                h);
         if (r)
             freeReplyObject(r);
-        r = cmd(g, &err,
-                "EVAL %s 1 " KEY_RT_PREFIX "%" PRId64 " %s", 
+        r = cmd(g, &err, "EVAL %s 1 " KEY_RT_PREFIX "%" PRId64 " %s",
                 "if redis.call('EXISTS', KEYS[1]) == 1 then "
                 "return redis.call('HSETNX', KEYS[1], 'hash', ARGV[1]) end return 0",
                 s->reg[i].id, h);
@@ -630,8 +632,9 @@ static void answer_change(struct registry *g, struct sync_round *s, long long u)
     bool add = strcmp(op, "add") == 0;
     const struct outcome *o = NULL;
     for (size_t i = s->n_done; i-- > 0;)
-        if (s->done[i].id == id && (strcmp(s->done[i].status, "failed") == 0 ||
-                                    strcmp(s->done[i].status, add ? "installed" : "deleted") == 0)) {
+        if (s->done[i].id == id &&
+            (strcmp(s->done[i].status, "failed") == 0 ||
+             strcmp(s->done[i].status, add ? "installed" : "deleted") == 0)) {
             o = &s->done[i];
             break;
         }
@@ -658,8 +661,8 @@ static void answer_change(struct registry *g, struct sync_round *s, long long u)
                                 json_string("deleted from the registry before it was installed"));
         }
     } else {
-        json_object_set_new(a, "status", json_string(local_hash(g, g->p, id, h) < 0 ? "deleted"
-                                                                                    : "failed"));
+        json_object_set_new(a, "status",
+                            json_string(local_hash(g, g->p, id, h) < 0 ? "deleted" : "failed"));
     }
     char *text = a ? json_dumps(a, JSON_COMPACT) : NULL;
     json_decref(a);
@@ -724,7 +727,6 @@ static int sync_once(struct registry *g, struct ev_err *err)
     round_free(&s);
     return 0;
 }
-
 
 static void *watch_main(void *arg)
 {
@@ -808,11 +810,10 @@ enum registry_check registry_check(struct registry *g, struct pipeline *p, int64
             return REGISTRY_ELSEWHERE;
         /* a change this worker is still carrying out (the job came before its install was
          * done): decided once it is */
-        uint64_t deadline =
-            monotonic_ns() + (g->cfg->installation_timeout + 60) * 1000000000ull;
+        uint64_t deadline = monotonic_ns() + (g->cfg->installation_timeout + 60) * 1000000000ull;
         pthread_mutex_lock(&g->mu);
-        while (!(g->applied >= v && strcmp(g->epoch, epoch) == 0) &&
-               monotonic_ns() < deadline && !atomic_load(g->stop)) {
+        while (!(g->applied >= v && strcmp(g->epoch, epoch) == 0) && monotonic_ns() < deadline &&
+               !atomic_load(g->stop)) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += 1;

@@ -27,8 +27,7 @@
 struct registry;
 
 /* worker: the worker's name (its heartbeat's), or NULL on an API node. */
-struct registry *registry_open(const struct ev_config *cfg, const char *worker,
-                               struct ev_err *err);
+struct registry *registry_open(const struct ev_config *cfg, const char *worker, struct ev_err *err);
 void registry_close(struct registry *g);
 
 /* ---- An API node's side ------------------------------------------------------------------ */
@@ -74,7 +73,12 @@ void registry_sync_stop(struct registry *g);
 /* The version the worker is in line with (for its heartbeat). */
 long long registry_applied(struct registry *g);
 
-enum registry_check { REGISTRY_FAILED = -1, REGISTRY_RUNS_HERE, REGISTRY_UNKNOWN, REGISTRY_ELSEWHERE };
+enum registry_check {
+    REGISTRY_FAILED = -1,
+    REGISTRY_RUNS_HERE,
+    REGISTRY_UNKNOWN,
+    REGISTRY_ELSEWHERE
+};
 /* Whether a job naming runtime id may run here: the registry has it and this worker's hash
  * of it is the registry's (waiting for a sync in progress first). REGISTRY_UNKNOWN: the
  * registry has no such runtime (the answer of a lone server's unknown id). */

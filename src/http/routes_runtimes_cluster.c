@@ -72,8 +72,8 @@ void cluster_runtimes_add(const struct route_ctx *s, struct request *rq, struct 
     int64_t id = 0;
     long long version = 0;
     enum registry_conflict c = REGISTRY_OK;
-    if (!live || registry_add(g, rt.name, rq->body, rq->body_len, rt.id, &id, &version, &c, &err) <
-                     0) {
+    if (!live ||
+        registry_add(g, rt.name, rq->body, rq->body_len, rt.id, &id, &version, &c, &err) < 0) {
         registry_down(r, &err);
         goto out;
     }
