@@ -48,10 +48,12 @@ def extra_worker(redis, **env):
 
 
 def remove_worker(w, catalog):
-    w.stop()
+    rc = w.stop()
+    log = w.log_text()
     os.unlink(w.log_path)
     shutil.rmtree(w.data_dir, ignore_errors=True)
     shutil.rmtree(catalog, ignore_errors=True)
+    assert rc == 0 and "Sanitizer" not in log, log[-3000:]
 
 
 def test_add_everywhere_late_worker_and_delete(cluster):
