@@ -105,7 +105,8 @@ static const char worker_usage[] =
     "(`envicutor serve` with REDIS_URL) put in Redis, up to MAX_CONCURRENT_SUBMISSIONS at once,\n"
     "and writes their answers back. Started as root like serve, with the same variables\n"
     "('envicutor serve --help'); REDIS_URL is required, PORT is not used. The runtimes are\n"
-    "those installed in its own ENVICUTOR_DATA_DIR.\n";
+    "the registry's in Redis (POST /runtimes on an API node), installed into its own\n"
+    "ENVICUTOR_DATA_DIR before it takes a job.\n";
 
 /* "serve" or "worker", for messages */
 static const char *command = "serve";

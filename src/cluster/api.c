@@ -14,6 +14,7 @@
 
 #include "cluster/keys.h"
 #include "cluster/redis.h"
+#include "cluster/registry.h"
 #include "common/fileutil.h"
 
 /* Connections for commands (enqueueing, cancelling, /health): libmicrohttpd's threads and the
@@ -45,7 +46,13 @@ struct cluster_api {
     atomic_bool stopping;
     pthread_t reader;
     bool reader_started;
+    struct registry *reg;
 };
+
+struct registry *cluster_registry(struct cluster_api *a)
+{
+    return a->reg;
+}
 
 static struct rconn *take_cmd(struct cluster_api *a)
 {
@@ -269,6 +276,11 @@ struct cluster_api *cluster_api_start(const struct ev_config *cfg, struct ev_err
         rconn_init(&a->cmd[i], &addr, CMD_TIMEOUT_MS);
     rconn_init(&a->res, &addr, 5000);
     pthread_mutex_init(&a->mu, NULL);
+    a->reg = registry_open(cfg, NULL, err);
+    if (!a->reg) {
+        cluster_api_stop(a);
+        return NULL;
+    }
     int e = pthread_create(&a->reader, NULL, reader_main, a);
     if (e) {
         ev_fail(err, e, "start the cluster's result thread");
@@ -304,6 +316,7 @@ void cluster_api_stop(struct cluster_api *a)
     for (int i = 0; i < CMD_CONNECTIONS; i++)
         rconn_close(&a->cmd[i]);
     rconn_close(&a->res);
+    registry_close(a->reg);
     pthread_mutex_destroy(&a->mu);
     free(a);
 }
@@ -520,11 +533,14 @@ json_t *cluster_health(struct cluster_api *a, struct ev_err *err)
             const char *key = keys->element[i]->str;
             redisReply *v = rconn_cmd(c, err, "GET %s", key);
             unsigned slots, fr;
+            long long version = -1;
             /* a heartbeat that expired between SCAN and GET is a worker gone */
-            if (v && v->type == REDIS_REPLY_STRING && sscanf(v->str, "%u %u", &slots, &fr) == 2) {
-                json_array_append_new(
-                    workers, json_pack("{s:s,s:I,s:I}", "name", key + strlen(KEY_WORKER_PREFIX),
-                                       "slots", (json_int_t)slots, "free", (json_int_t)fr));
+            if (v && v->type == REDIS_REPLY_STRING &&
+                sscanf(v->str, "%u %u %lld", &slots, &fr, &version) >= 2) {
+                json_array_append_new(workers, json_pack("{s:s,s:I,s:I,s:I}", "name",
+                                                         key + strlen(KEY_WORKER_PREFIX), "slots",
+                                                         (json_int_t)slots, "free", (json_int_t)fr,
+                                                         "runtimes_version", (json_int_t)version));
                 free_slots += fr;
             }
             if (v)

@@ -49,6 +49,9 @@ int cluster_execute(struct cluster_api *a, const char *rid, const char *flags, c
                     size_t len, bool (*cancelled)(void *ctx), void *ctx, int *status, char **json,
                     size_t *json_len, struct ev_err *err);
 
+/* The node's connection to the registry of runtimes (cluster/registry.h). */
+struct registry *cluster_registry(struct cluster_api *a);
+
 /* /health of an API node: {"status", "workers": [{"name", "slots", "free"}], "free_slots"},
  * or NULL with err when Redis cannot be read. */
 json_t *cluster_health(struct cluster_api *a, struct ev_err *err);

@@ -95,12 +95,18 @@ static int connect_now(struct rconn *r, struct ev_err *err)
 
 redisReply *rconn_cmd(struct rconn *r, struct ev_err *err, const char *fmt, ...)
 {
-    if (!r->c && connect_now(r, err) < 0)
-        return NULL;
     va_list ap;
     va_start(ap, fmt);
-    redisReply *rep = redisvCommand(r->c, fmt, ap);
+    redisReply *rep = rconn_vcmd(r, err, fmt, ap);
     va_end(ap);
+    return rep;
+}
+
+redisReply *rconn_vcmd(struct rconn *r, struct ev_err *err, const char *fmt, va_list ap)
+{
+    if (!r->c && connect_now(r, err) < 0)
+        return NULL;
+    redisReply *rep = redisvCommand(r->c, fmt, ap);
     if (!rep) {
         broke(r, r->c->errstr[0] ? r->c->errstr : "the connection broke");
         unreachable(r, err);

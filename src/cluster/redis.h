@@ -10,6 +10,7 @@
 
 #include <hiredis/hiredis.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 
 #include "common/error.h"
@@ -36,6 +37,7 @@ void rconn_close(struct rconn *r);
  * could not be reached or the connection broke: err then says so, and the connection is made
  * again by a later call. r->mu held by the caller. */
 redisReply *rconn_cmd(struct rconn *r, struct ev_err *err, const char *fmt, ...);
+redisReply *rconn_vcmd(struct rconn *r, struct ev_err *err, const char *fmt, va_list ap);
 
 /* Waits (at most max_ms) until the back-off allows another attempt: for a loop that has
  * nothing to do while Redis is away. */

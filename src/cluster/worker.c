@@ -10,6 +10,7 @@
 
 #include "cluster/keys.h"
 #include "cluster/redis.h"
+#include "cluster/registry.h"
 #include "common/fileutil.h"
 #include "common/request_id.h"
 #include "format/stage_json.h"
@@ -47,6 +48,7 @@ struct worker {
     pthread_cond_t cv;
     unsigned running;
     struct wjob *jobs;
+    struct registry *reg;
 };
 
 static const redisReply *field(const redisReply *fields, const char *name)
@@ -100,6 +102,10 @@ static bool finish_job(struct worker *w, struct wjob *j, int status, const char 
         ok = r != NULL;
         if (r)
             freeReplyObject(r);
+        r = ok ? rconn_cmd(&w->cmd, &err, "HDEL " KEY_SKIPS " %s", j->eid) : NULL;
+        ok = r != NULL;
+        if (r)
+            freeReplyObject(r);
         r = ok ? rconn_cmd(&w->cmd, &err, "EXEC") : NULL;
         ok = r && r->type == REDIS_REPLY_ARRAY;
         if (r)
@@ -140,6 +146,30 @@ static char *xx_answer(const char *why, size_t *len)
     return text;
 }
 
+/* The job names a runtime that this worker does not have as the registry defines it, and
+ * another live worker does: the job stays in the group's pending list, made idle at once (XCLAIM
+ * ... IDLE) so that the next XAUTOCLAIM of any worker takes it, and the pass is counted in
+ * envicutor:skips so that it is not counted as an attempt. Nothing is lost (it is never
+ * acknowledged here) and it cannot go round for ever: when no live worker has the registry's
+ * runtime, the worker that holds it answers it (run_job). */
+static void pass_on(struct worker *w, struct wjob *j, int64_t runtime)
+{
+    struct ev_err err;
+    pthread_mutex_lock(&w->cmd.mu);
+    redisReply *r = rconn_cmd(&w->cmd, &err, "HINCRBY " KEY_SKIPS " %s 1", j->eid);
+    if (r)
+        freeReplyObject(r);
+    r = rconn_cmd(&w->cmd, &err, "XCLAIM %s %s %s 0 %s IDLE %" PRIu64 " JUSTID", KEY_JOBS,
+                  JOBS_GROUP, w->name, j->eid, w->cfg->job_reclaim_seconds * 1000);
+    if (r)
+        freeReplyObject(r);
+    pthread_mutex_unlock(&w->cmd.mu);
+    fprintf(stderr,
+            "envicutor: worker: req %s job %s passed on: runtime %lld here is not the "
+            "registry's\n",
+            j->rid, j->job, (long long)runtime);
+}
+
 static void run_job(struct worker *w, struct wjob *j)
 {
     uint64_t t0 = monotonic_ns();
@@ -162,13 +192,17 @@ static void run_job(struct worker *w, struct wjob *j)
                          .flags = j->flags,
                          .cancelled = &j->cancelled};
     struct reply r = {0};
-    struct route_ctx ctx = {.pipeline = w->p, .cfg = w->cfg};
+    struct route_ctx ctx = {.pipeline = w->p, .cfg = w->cfg, .registry = w->reg};
     pipeline_set_request_id(j->rid);
-    /* Item 3 of the cluster's work, the registry of runtimes in Redis, is not built yet: the job
-     * runs on the runtime this worker has under the id the body names (checked here, as on one
-     * node). A check that the worker's runtime matches the registry's belongs here. */
+    /* each runtime the job names is checked against the registry (routes_execute.c's
+     * get_runtime, cluster_runtime) */
     execute_whole(&ctx, &rq, &r);
     pipeline_set_request_id(NULL);
+    if (r.elsewhere && registry_elsewhere(w->reg, r.elsewhere)) {
+        json_decref(r.json);
+        pass_on(w, j, r.elsewhere);
+        return;
+    }
     double ms = (double)(monotonic_ns() - t0) / 1e6;
     if (r.drop) {
         fprintf(stderr, "envicutor: worker: req %s job %s cancelled, its client went away %.1fms\n",
@@ -312,11 +346,17 @@ static void *beat_main(void *arg)
         }
         pthread_mutex_unlock(&w->mu);
         struct ev_err err;
-        char slots[32];
-        snprintf(slots, sizeof(slots), "%u %u", w->cfg->max_concurrent,
-                 w->cfg->max_concurrent - running);
+        char slots[64];
+        snprintf(slots, sizeof(slots), "%u %u %lld", w->cfg->max_concurrent,
+                 w->cfg->max_concurrent - running, registry_applied(w->reg));
         redisReply *r =
             rconn_cmd(&w->beat, &err, "SET %s %s PX %" PRIu64, w->beat_key, slots, ttl_ms);
+        if (r)
+            freeReplyObject(r);
+        /* the runtime-info hashes it published live as long as its heartbeat */
+        r = r ? rconn_cmd(&w->beat, &err, "PEXPIRE " KEY_WORKER_RT_PREFIX "%s %" PRIu64, w->name,
+                          ttl_ms)
+              : NULL;
         if (r)
             freeReplyObject(r);
         for (size_t i = 0; i < k && r; i++) {
@@ -343,7 +383,8 @@ static void *beat_main(void *arg)
         sleep_ms(BEAT_MS);
     }
     struct ev_err err;
-    redisReply *r = rconn_cmd(&w->beat, &err, "DEL %s", w->beat_key);
+    redisReply *r =
+        rconn_cmd(&w->beat, &err, "DEL %s " KEY_WORKER_RT_PREFIX "%s", w->beat_key, w->name);
     if (r)
         freeReplyObject(r);
     return NULL;
@@ -405,6 +446,12 @@ static bool take_one(struct worker *w, unsigned *group_gen, uint64_t *next_claim
                 return false;
             }
             unsigned n = deliveries(w, e->element[0]->str);
+            redisReply *sk = rconn_cmd(&w->rd, &err, "HGET " KEY_SKIPS " %s", e->element[0]->str);
+            unsigned skips = sk && sk->type == REDIS_REPLY_STRING ? (unsigned)atoi(sk->str) : 0;
+            if (sk)
+                freeReplyObject(sk);
+            /* passes by workers without the registry's runtime are not attempts */
+            n = n > skips ? n - skips : 1;
             fprintf(stderr, "envicutor: worker %s: claimed job entry %s of a silent worker\n",
                     w->name, e->element[0]->str);
             take_entry(w, r, e, n);
@@ -468,6 +515,17 @@ int worker_run(struct pipeline *p, const struct ev_config *cfg, atomic_bool *sto
     rconn_init(&w.beat, &addr, 5000);
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
+    /* the registry's runtimes first: no heartbeat (so no API node waits for this worker's
+     * answers) and no job before they are installed */
+    w.reg = registry_open(cfg, w.name, err);
+    if (!w.reg)
+        return -1;
+    if (registry_sync_start(w.reg, p, stop, err) < 0) {
+        registry_close(w.reg);
+        return atomic_load(stop) ? 0 : -1;
+    }
+    fprintf(stderr, "envicutor: worker %s: runtimes in line with the registry (version %lld)\n",
+            w.name, registry_applied(w.reg));
     pthread_t beat;
     int e = pthread_create(&beat, NULL, beat_main, &w);
     if (e)
@@ -494,6 +552,7 @@ int worker_run(struct pipeline *p, const struct ev_config *cfg, atomic_bool *sto
         pthread_cond_wait(&w.cv, &w.mu);
     pthread_mutex_unlock(&w.mu);
     pthread_join(beat, NULL);
+    registry_close(w.reg);
     rconn_close(&w.rd);
     rconn_close(&w.cmd);
     rconn_close(&w.beat);

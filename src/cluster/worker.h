@@ -8,7 +8,11 @@
  * holds is claimed again by it (XCLAIM ... JUSTID), which keeps the job's idle time near zero.
  * A worker that stops beating leaves its jobs idle; after JOB_RECLAIM_SECONDS another worker
  * takes them (XAUTOCLAIM) and runs them again, up to JOB_MAX_ATTEMPTS deliveries, after which
- * the job is answered with an XX result. docs/cluster.md says what that guarantees. */
+ * the job is answered with an XX result. docs/cluster.md says what that guarantees.
+ *
+ * Before its first job (and its first heartbeat) a worker makes its runtimes the registry's
+ * (cluster/registry.h), and it runs a job only with the registry's runtime: a job whose runtime
+ * here differs is passed on to a worker that has it. */
 #ifndef ENVICUTOR_CLUSTER_WORKER_H
 #define ENVICUTOR_CLUSTER_WORKER_H
 

@@ -56,6 +56,9 @@ struct reply {
         char *value;
     } headers[REPLY_MAX_HEADERS];
     size_t n_headers;
+    /* A worker of the cluster whose runtime of this id is not the registry's: the job is
+     * passed on to another worker (cluster/worker.c) rather than answered. 0: none. */
+    int64_t elsewhere;
 };
 
 /* Whether the client of rq has gone away (the pipeline's abort hook). */

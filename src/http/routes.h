@@ -19,6 +19,7 @@ struct route_ctx {
     const struct ev_config *cfg;
     struct submissions *subs;    /* asynchronous submissions; NULL when the server has none */
     struct cluster_api *cluster; /* an API node's queue (REDIS_URL), or NULL */
+    struct registry *registry;   /* a worker's runtime registry (cluster/registry.h), or NULL */
 };
 
 struct cluster_api;
@@ -73,6 +74,15 @@ void metrics_request(const char *method, const char *path, int status);
 
 /* routes_runtimes.c */
 route_fn route_runtimes_list, route_runtimes_add, route_runtimes_get, route_runtimes_delete;
+/* GET /runtimes/{id}'s description of rt with its hash. */
+json_t *runtime_describe(const struct runtime *rt, const struct ev_config *cfg, const char *hash);
+/* routes_runtimes_cluster.c: the same routes on an API node, on the registry in Redis. */
+route_fn cluster_runtimes_list, cluster_runtimes_add, cluster_runtimes_get, cluster_runtimes_delete;
+/* The runtime id that a job names, in a cluster: on an API node read from the registry; on a
+ * worker checked against it (false with the answer in r, r->elsewhere set when another worker
+ * should run it), then read from the worker's store by the caller. */
+bool cluster_runtime(const struct route_ctx *s, int64_t id, struct runtime *rt, bool *local,
+                     struct request *rq, struct reply *r);
 /* routes_files.c */
 route_fn route_files_post, route_files_get, route_files_delete;
 /* routes_submissions.c: asynchronous submissions (http/submissions.h) */

@@ -107,7 +107,13 @@ static bool get_runtime(const struct route_ctx *s, int64_t id, struct runtime *r
                         struct request *rq, struct reply *r)
 {
     struct ev_err gerr = {0};
-    bool found = false;
+    bool found = false, local = true;
+    if ((s->cluster || s->registry) && !cluster_runtime(s, id, rt, &local, rq, r)) {
+        memset(rt, 0, sizeof(*rt));
+        return false;
+    }
+    if (!local)
+        return true;
     int got = store_get(s->pipeline->store, id, rt, &found, &gerr);
     if (got < 0 || !found) {
         if (got < 0)

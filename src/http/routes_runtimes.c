@@ -11,6 +11,10 @@
 
 void route_runtimes_list(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
+    if (s->cluster) {
+        cluster_runtimes_list(s, rq, r);
+        return;
+    }
     struct runtime_summary *list;
     size_t n;
     struct ev_err err = {0};
@@ -38,6 +42,10 @@ void route_runtimes_list(const struct route_ctx *s, struct request *rq, struct r
 
 void route_runtimes_add(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
+    if (s->cluster) {
+        cluster_runtimes_add(s, rq, r);
+        return;
+    }
     struct runtime rt;
     struct ev_err err = {0};
     if (parse_runtime(rq->body, rq->body_len, nix_available(), &rt, &err) < 0) {
@@ -79,8 +87,34 @@ void route_runtimes_add(const struct route_ctx *s, struct request *rq, struct re
     runtime_free(&rt);
 }
 
+json_t *runtime_describe(const struct runtime *rt, const struct ev_config *cfg, const char *hash)
+{
+    struct ev_limits cl, rl;
+    runtime_limits(rt, cfg, &cl, &rl);
+    char created[32] = "";
+    if (rt->created_at > 0) {
+        time_t t = (time_t)rt->created_at;
+        struct tm tm;
+        if (gmtime_r(&t, &tm))
+            strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    return json_pack(
+        "{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:o?,s:o?,s:o?,s:o?,s:o?,s:o,s:o}", "id", (json_int_t)rt->id,
+        "name", rt->name, "provider", rt->provider, "nix_shell", rt->nix_shell, "compile_script",
+        rt->compile_script, "run_script", rt->run_script, "source_file_name", rt->source_file_name,
+        "env", env_json(rt->env, rt->env_len), "compile_limits", limits_json(&cl), "run_limits",
+        limits_json(&rl), "runtime_compile_limits", override_json(&rt->compile_limits),
+        "runtime_run_limits", override_json(&rt->run_limits), "created_at",
+        created[0] ? json_string(created) : json_null(), "hash",
+        hash && hash[0] ? json_string(hash) : json_null());
+}
+
 void route_runtimes_get(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
+    if (s->cluster) {
+        cluster_runtimes_get(s, rq, r);
+        return;
+    }
     const char *id_text = rq->rest;
     int64_t id = parse_id(id_text);
     if (id < 0) {
@@ -99,25 +133,10 @@ void route_runtimes_get(const struct route_ctx *s, struct request *rq, struct re
         reply_message(r, 404, "Could not find the specified runtime");
         return;
     }
-    struct ev_limits cl, rl;
-    runtime_limits(&rt, s->cfg, &cl, &rl);
-    char hash[72], created[32] = "";
-    if (rt.created_at > 0) {
-        time_t t = (time_t)rt.created_at;
-        struct tm tm;
-        if (gmtime_r(&t, &tm))
-            strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    }
+    char hash[72];
     json_t *j = NULL;
     if (runtime_hash(&rt, s->cfg, hash) == 0)
-        j = json_pack(
-            "{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:o?,s:o?,s:o?,s:o?,s:o?,s:o,s:s}", "id",
-            (json_int_t)rt.id, "name", rt.name, "provider", rt.provider, "nix_shell", rt.nix_shell,
-            "compile_script", rt.compile_script, "run_script", rt.run_script, "source_file_name",
-            rt.source_file_name, "env", env_json(rt.env, rt.env_len), "compile_limits",
-            limits_json(&cl), "run_limits", limits_json(&rl), "runtime_compile_limits",
-            override_json(&rt.compile_limits), "runtime_run_limits", override_json(&rt.run_limits),
-            "created_at", created[0] ? json_string(created) : json_null(), "hash", hash);
+        j = runtime_describe(&rt, s->cfg, hash);
     runtime_free(&rt);
     if (!j) {
         reply_internal(r, rq, "out of memory describing a runtime");
@@ -129,6 +148,10 @@ void route_runtimes_get(const struct route_ctx *s, struct request *rq, struct re
 
 void route_runtimes_delete(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
+    if (s->cluster) {
+        cluster_runtimes_delete(s, rq, r);
+        return;
+    }
     const char *id_text = rq->rest;
     int64_t id = parse_id(id_text);
     if (id < 0) {

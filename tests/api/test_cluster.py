@@ -59,22 +59,21 @@ class Redis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def install_runtime(data_dir, catalog):
-    """The runtime every node has under the same id, installed by a server of its own."""
-    s = Server(data_dir=data_dir, ENVICUTOR_CATALOG=catalog).start()
-    try:
-        r = s.post("/runtimes", {"id": RUNTIME_ID, "name": "Timed bash", "provider": "host",
-                                 "run_script": "bash main.sh", "compile_script": "",
-                                 "source_file_name": "main.sh"})
-        assert r.status_code == 200, r.text
-    finally:
-        assert s.stop() == 0, s.log_text()
+RUNTIME = {"id": RUNTIME_ID, "name": "Timed bash", "provider": "host",
+           "run_script": "bash main.sh", "compile_script": "", "source_file_name": "main.sh"}
+
+
+def add_runtime(api):
+    """The runtime the tests use, put in the cluster's registry through the API node: every
+    worker installs it (those started later at their start)."""
+    r = api.post("/runtimes", RUNTIME, timeout=120)
+    assert r.status_code == 200, r.text
+    return r
 
 
 class Worker:
     def __init__(self, redis, catalog, slots=1, **env):
         self.data_dir = tempfile.mkdtemp(prefix="envicutor-worker-", dir="/tmp")
-        install_runtime(self.data_dir, catalog)
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "REDIS_URL": redis.url,
                     "ENVICUTOR_DATA_DIR": self.data_dir, "ENVICUTOR_CATALOG": catalog,
                     "MAX_CONCURRENT_SUBMISSIONS": str(slots)}
@@ -115,15 +114,17 @@ def cluster(request):
     made, mounts = [], []
     catalog = tempfile.mkdtemp(prefix="envicutor-empty-catalog-")
 
-    def make(workers=2, slots=1, api_env=None, shared_files=False, aof=False, **env):
+    def make(workers=2, slots=1, api_env=None, shared_files=False, aof=False, with_runtime=True,
+             **env):
         redis = Redis(aof).start()
         made.append(redis)
         api_dir = tempfile.mkdtemp(prefix="envicutor-api-node-", dir="/tmp")
-        install_runtime(api_dir, catalog)
         api = Server(data_dir=api_dir, REDIS_URL=redis.url, ENVICUTOR_CATALOG=catalog,
                      **(api_env or {}), **env)
         made.append(api)
         api.start()
+        if with_runtime:
+            add_runtime(api)
         ws = []
         for _ in range(workers):
             w = Worker(redis, catalog, slots, **env)
@@ -131,6 +132,7 @@ def cluster(request):
             if shared_files:
                 # the file store of docs/cluster.md: one directory that every node mounts
                 target = os.path.join(w.data_dir, "files")
+                os.makedirs(target, exist_ok=True)
                 subprocess.run(["mount", "--bind", os.path.join(api_dir, "files"), target],
                                check=True)
                 mounts.append(target)
@@ -340,6 +342,11 @@ def test_redis_down_then_back(cluster):
     assert h.status_code == 503 and "Redis" in h.json()["message"]
     redis.start()
     deadline = time.time() + 30
+    # started without its data (no persistence here): the registry is gone with the jobs;
+    # the runtime added again, the worker finds it already installed from the same definition
+    while api.post("/runtimes", RUNTIME, timeout=60).status_code == 503:
+        assert time.time() < deadline
+        time.sleep(0.2)
     while True:
         r = run(api, 0)
         if r.status_code == 200:

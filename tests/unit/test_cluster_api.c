@@ -26,6 +26,7 @@
 
 #include "cluster/api.h"
 #include "cluster/keys.h"
+#include "cluster/registry.h"
 #include "pipeline/config.h"
 
 static pid_t redis_pid = -1;
@@ -220,6 +221,67 @@ static void cancelled_wait_takes_the_job_away(void **state)
     cluster_api_stop(a);
 }
 
+/* The registry's ids, names and versions are Redis's decisions: ids from its counter (never one
+ * taken, even by an explicit id above it), a name or an id taken is a conflict that changes
+ * nothing, and every change bumps the version the workers watch and records what it was. */
+static void registry_ids_names_and_versions(void **state)
+{
+    (void)state;
+    struct ev_err err;
+    struct registry *g = registry_open(&cfg, NULL, &err);
+    assert_non_null(g);
+    const char def[] = "{\"name\": \"a\"}";
+    int64_t id = 0;
+    long long v = 0;
+    enum registry_conflict c;
+    assert_int_equal(registry_add(g, "a", def, strlen(def), 0, &id, &v, &c, &err), 0);
+    assert_int_equal(c, REGISTRY_OK);
+    assert_int_equal(id, 1);
+    assert_int_equal(v, 1);
+    assert_int_equal(registry_add(g, "b", def, strlen(def), 7, &id, &v, &c, &err), 0);
+    assert_int_equal(c, REGISTRY_OK);
+    assert_int_equal(id, 7);
+    assert_int_equal(registry_add(g, "c", def, strlen(def), 0, &id, &v, &c, &err), 0);
+    assert_int_equal(id, 8); /* past the explicit 7 */
+    assert_int_equal(v, 3);
+    assert_int_equal(registry_add(g, "a", def, strlen(def), 0, &id, &v, &c, &err), 0);
+    assert_int_equal(c, REGISTRY_NAME_TAKEN);
+    assert_int_equal(registry_add(g, "d", def, strlen(def), 7, &id, &v, &c, &err), 0);
+    assert_int_equal(c, REGISTRY_ID_TAKEN);
+    bool found;
+    assert_int_equal(registry_delete(g, 7, &found, &v, &err), 0);
+    assert_true(found);
+    assert_int_equal(v, 4);
+    assert_int_equal(registry_delete(g, 7, &found, &v, &err), 0);
+    assert_false(found);
+    json_t *list = registry_list(g, &err);
+    assert_non_null(list);
+    char *text = json_dumps(list, JSON_COMPACT);
+    assert_string_equal(text, "[{\"id\":1,\"name\":\"a\"},{\"id\":8,\"name\":\"c\"}]");
+    free(text);
+    json_decref(list);
+    char *got = NULL, hash[72];
+    size_t len;
+    assert_int_equal(registry_get(g, 8, &got, &len, hash, &err), 0);
+    assert_non_null(got);
+    assert_memory_equal(got, def, sizeof(def));
+    assert_string_equal(hash, ""); /* no worker has installed it */
+    free(got);
+    assert_int_equal(registry_get(g, 7, &got, &len, hash, &err), 0);
+    assert_null(got);
+    /* the name of a deleted runtime is free again */
+    assert_int_equal(registry_add(g, "b", def, strlen(def), 0, &id, &v, &c, &err), 0);
+    assert_int_equal(c, REGISTRY_OK);
+    assert_int_equal(id, 9);
+    redisContext *rc = connect_redis();
+    assert_non_null(rc);
+    redisReply *r = redisCommand(rc, "GET " KEY_RT_CHANGE_PREFIX "4");
+    assert_string_equal(r->str, "del 7");
+    freeReplyObject(r);
+    redisFree(rc);
+    registry_close(g);
+}
+
 static void redis_away_is_a_prompt_error(void **state)
 {
     (void)state;
@@ -251,6 +313,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(execute_gets_the_workers_answer),
         cmocka_unit_test(cancelled_wait_takes_the_job_away),
+        cmocka_unit_test(registry_ids_names_and_versions),
         cmocka_unit_test(redis_away_is_a_prompt_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
