@@ -719,14 +719,8 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
     if (!s->ws)
         return -1;
     s->max_connections = connection_limit();
-    /* poll, not epoll: libmicrohttpd 0.9.75's MHD_quiesce_daemon, in epoll mode with a thread
-     * pool, removes the listening socket from each worker's epoll set while that worker may be
-     * removing it itself, and aborts the process when it loses that race ("Failed to remove
-     * listen FD from epoll set"); in poll mode it only wakes the workers. poll has no
-     * descriptor bound (unlike select) and costs one pass over a thread's connections per
-     * wake-up. */
     s->daemon = MHD_start_daemon(
-        MHD_USE_POLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE |
+        MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE |
             MHD_USE_ERROR_LOG,
         0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, NULL,
         MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
