@@ -126,17 +126,6 @@ static void answer_job(struct cluster_api *a, const char *job, int status, char 
     free(w);
 }
 
-static const redisReply *field(const redisReply *fields, const char *name)
-{
-    if (!fields || fields->type != REDIS_REPLY_ARRAY)
-        return NULL;
-    for (size_t i = 0; i + 1 < fields->elements; i += 2)
-        if (fields->element[i]->type == REDIS_REPLY_STRING &&
-            strcmp(fields->element[i]->str, name) == 0)
-            return fields->element[i + 1];
-    return NULL;
-}
-
 /* The entries of an XREAD's answer for our one stream: dispatched, deleted, *last updated. */
 static void take_results(struct cluster_api *a, redisReply *rep, char *last, size_t last_size)
 {
@@ -153,9 +142,9 @@ static void take_results(struct cluster_api *a, redisReply *rep, char *last, siz
             e->element[0]->type != REDIS_REPLY_STRING)
             continue;
         snprintf(last, last_size, "%s", e->element[0]->str);
-        const redisReply *job = field(e->element[1], "job");
-        const redisReply *st = field(e->element[1], "status");
-        redisReply *body = (redisReply *)field(e->element[1], "body");
+        const redisReply *job = stream_field(e->element[1], "job");
+        const redisReply *st = stream_field(e->element[1], "status");
+        redisReply *body = (redisReply *)stream_field(e->element[1], "body");
         if (job && st && body && job->type == REDIS_REPLY_STRING &&
             st->type == REDIS_REPLY_STRING && body->type == REDIS_REPLY_STRING) {
             /* the body is taken from the reply rather than copied: it may be megabytes */

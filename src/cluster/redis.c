@@ -122,3 +122,14 @@ void rconn_wait_retry(struct rconn *r, unsigned max_ms)
     uint64_t ms = (r->retry_at_ns - now) / 1000000ull + 1;
     sleep_ms(ms < max_ms ? (unsigned)ms : max_ms);
 }
+
+const redisReply *stream_field(const redisReply *fields, const char *name)
+{
+    if (!fields || fields->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (fields->element[i]->type == REDIS_REPLY_STRING &&
+            strcmp(fields->element[i]->str, name) == 0)
+            return fields->element[i + 1];
+    return NULL;
+}

@@ -38,6 +38,9 @@ void rconn_close(struct rconn *r);
  * again by a later call. r->mu held by the caller. */
 redisReply *rconn_cmd(struct rconn *r, struct ev_err *err, const char *fmt, ...);
 redisReply *rconn_vcmd(struct rconn *r, struct ev_err *err, const char *fmt, va_list ap);
+/* The value of a stream entry's field (the flat array of names and values an XREAD or
+ * XREADGROUP gives), or NULL. */
+const redisReply *stream_field(const redisReply *fields, const char *name);
 
 /* Waits (at most max_ms) until the back-off allows another attempt: for a loop that has
  * nothing to do while Redis is away. */

@@ -51,20 +51,9 @@ struct worker {
     struct registry *reg;
 };
 
-static const redisReply *field(const redisReply *fields, const char *name)
-{
-    if (!fields || fields->type != REDIS_REPLY_ARRAY)
-        return NULL;
-    for (size_t i = 0; i + 1 < fields->elements; i += 2)
-        if (fields->element[i]->type == REDIS_REPLY_STRING &&
-            strcmp(fields->element[i]->str, name) == 0)
-            return fields->element[i + 1];
-    return NULL;
-}
-
 static void copy_field(char *dst, size_t size, const redisReply *fields, const char *name)
 {
-    const redisReply *v = field(fields, name);
+    const redisReply *v = stream_field(fields, name);
     snprintf(dst, size, "%s", v && v->type == REDIS_REPLY_STRING ? v->str : "");
 }
 
@@ -266,7 +255,7 @@ static void take_entry(struct worker *w, redisReply *owner, redisReply *e, unsig
     copy_field(j->rid, sizeof(j->rid), fields, "rid");
     copy_field(j->reply, sizeof(j->reply), fields, "reply");
     copy_field(j->flags, sizeof(j->flags), fields, "flags");
-    const redisReply *body = field(fields, "body");
+    const redisReply *body = stream_field(fields, "body");
     j->body = body && body->type == REDIS_REPLY_STRING ? body->str : "";
     j->len = body && body->type == REDIS_REPLY_STRING ? body->len : 0;
     if (!j->job[0] || !j->reply[0]) {
