@@ -234,11 +234,16 @@ def test_per_worker_concurrency(cluster):
 
 
 def test_worker_killed_mid_job(cluster):
+    """Prints its timeline (pytest -s): the job's start on one worker, that worker's kill -9,
+    the job's start on the other, the answer."""
     redis, api, ws = cluster(workers=2, slots=1, JOB_RECLAIM_SECONDS=2)
     box = {}
+    t0 = time.monotonic()
+    timeline = []
 
     def go():
         box["r"] = run(api, 4)
+        timeline.append((time.monotonic() - t0, f"answer {box['r'].status_code}"))
 
     t = threading.Thread(target=go)
     t.start()
@@ -250,15 +255,22 @@ def test_worker_killed_mid_job(cluster):
             if "attempt 1 started" in w.log_text():
                 runner = w
         time.sleep(0.05)
+    timeline.append((time.monotonic() - t0, "job started on worker A (attempt 1)"))
     other = ws[1] if runner is ws[0] else ws[0]
     runner.proc.kill()
     runner.proc.wait(10)
+    timeline.append((time.monotonic() - t0, "worker A killed (kill -9)"))
+    while "attempt 2 started" not in other.log_text() and t.is_alive():
+        time.sleep(0.02)
+    timeline.append((time.monotonic() - t0, "job started on worker B (attempt 2)"))
     t.join(120)
     r = box["r"]
     assert r.status_code == 200, r.text
     assert r.json()["run"]["exit_code"] == 0
     assert "claimed job entry" in other.log_text()
     assert "attempt 2 started" in other.log_text()
+    for at, what in sorted(timeline):
+        print(f"{at:6.2f} s  {what}")
     # the dead worker's heartbeat expired: /health lists the other alone
     deadline = time.time() + 10
     while len(api.get("/health").json()["workers"]) != 1:
