@@ -7,7 +7,8 @@ fail() { echo "tests/package: FAILED: $*" >&2; exit 1; }
 
 step "build the package"
 apt-get update -qq
-build="build-essential pkg-config libjansson-dev libseccomp-dev libmicrohttpd-dev libsqlite3-dev"
+build="build-essential pkg-config libjansson-dev libseccomp-dev libmicrohttpd-dev libsqlite3-dev
+       libwslay-dev libhiredis-dev"
 apt-get install -y -qq --no-install-recommends $build >/dev/null
 make -j"$(nproc)" deb >/dev/null
 deb=$(ls build/envicutor_*.deb)
@@ -17,9 +18,9 @@ deb=/tmp/$(basename "$deb")
 step "remove the build dependencies: the package must bring what it needs"
 # the libraries only Envicutor needs go too (autoremove alone may keep them: apt counts
 # recommendations), so that only the package's Depends can bring them back
-apt-get purge -y -qq $build libjansson4 libmicrohttpd12 >/dev/null
+apt-get purge -y -qq $build libjansson4 libmicrohttpd12 libwslay1 libhiredis0.14 >/dev/null
 apt-get autoremove --purge -y -qq >/dev/null
-for lib in libjansson4 libmicrohttpd12; do
+for lib in libjansson4 libmicrohttpd12 libwslay1 libhiredis0.14; do
     ! dpkg -s "$lib" >/dev/null 2>&1 || fail "$lib survived the purge; the test would prove nothing"
 done
 mv build /tmp/build-tree   # nothing of the tree's build is reachable any more
