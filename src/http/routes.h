@@ -83,6 +83,11 @@ route_fn cluster_runtimes_list, cluster_runtimes_add, cluster_runtimes_get, clus
  * should run it), then read from the worker's store by the caller. */
 bool cluster_runtime(const struct route_ctx *s, int64_t id, struct runtime *rt, bool *local,
                      struct request *rq, struct reply *r);
+/* routes_runtimes.c: a POST /runtimes body checked into *rt (nix_ok: Nix runtimes accepted);
+ * -1 with the 400 in r. */
+struct runtime;
+int runtime_from_body(const struct route_ctx *s, struct request *rq, bool nix_ok,
+                      struct runtime *rt, struct reply *r);
 /* routes_files.c */
 route_fn route_files_post, route_files_get, route_files_delete;
 /* routes_submissions.c: asynchronous submissions (http/submissions.h) */

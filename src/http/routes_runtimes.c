@@ -40,6 +40,23 @@ void route_runtimes_list(const struct route_ctx *s, struct request *rq, struct r
     r->json = arr;
 }
 
+int runtime_from_body(const struct route_ctx *s, struct request *rq, bool nix_ok,
+                      struct runtime *rt, struct reply *r)
+{
+    struct ev_err err = {0};
+    if (parse_runtime(rq->body, rq->body_len, nix_ok, rt, &err) < 0) {
+        reply_message(r, 400, "%s", err.msg);
+        return -1;
+    }
+    if (parse_runtime_options(rq->body, rq->body_len, &s->cfg->compile, &s->cfg->run, rt, &err) <
+        0) {
+        reply_message(r, 400, "%s", err.msg);
+        runtime_free(rt);
+        return -1;
+    }
+    return 0;
+}
+
 void route_runtimes_add(const struct route_ctx *s, struct request *rq, struct reply *r)
 {
     if (s->cluster) {
@@ -48,16 +65,8 @@ void route_runtimes_add(const struct route_ctx *s, struct request *rq, struct re
     }
     struct runtime rt;
     struct ev_err err = {0};
-    if (parse_runtime(rq->body, rq->body_len, nix_available(), &rt, &err) < 0) {
-        reply_message(r, 400, "%s", err.msg);
+    if (runtime_from_body(s, rq, nix_available(), &rt, r) < 0)
         return;
-    }
-    if (parse_runtime_options(rq->body, rq->body_len, &s->cfg->compile, &s->cfg->run, &rt, &err) <
-        0) {
-        reply_message(r, 400, "%s", err.msg);
-        runtime_free(&rt);
-        return;
-    }
     int64_t wanted_id = rt.id;
     char *out = NULL, *errout = NULL;
     enum pipe_status st =

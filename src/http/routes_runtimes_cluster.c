@@ -55,16 +55,8 @@ void cluster_runtimes_add(const struct route_ctx *s, struct request *rq, struct 
     struct runtime rt;
     struct ev_err err = {0};
     /* Nix is the workers' business: each reports whether it could install the runtime */
-    if (parse_runtime(rq->body, rq->body_len, true, &rt, &err) < 0) {
-        reply_message(r, 400, "%s", err.msg);
+    if (runtime_from_body(s, rq, true, &rt, r) < 0)
         return;
-    }
-    if (parse_runtime_options(rq->body, rq->body_len, &s->cfg->compile, &s->cfg->run, &rt, &err) <
-        0) {
-        reply_message(r, 400, "%s", err.msg);
-        runtime_free(&rt);
-        return;
-    }
     struct registry *g = cluster_registry(s->cluster);
     /* listed before the change: a worker that comes up later installs the runtime at its
      * start, before it takes jobs, and is not waited for */
