@@ -28,9 +28,11 @@ class ValgrindServer(Server):
         while time.time() < deadline:
             assert self.proc.poll() is None, self.log_text()
             try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                # the first answers of a server under valgrind can be slow: a read that times
+                # out is one more try, not a failure
+                if requests.get(self.url + "/health", timeout=10).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.2)
         raise RuntimeError("server did not start under valgrind: " + self.log_text())
