@@ -531,7 +531,7 @@ static int serve_or_work(int argc, char **argv, bool worker)
             fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
             goto out;
         }
-        lfd = -1; /* the daemon owns it now */
+        lfd = -1; /* the server owns it now */
         fprintf(stderr, "envicutor: listening on port %u (server uid %u, helper pid %d)\n",
                 cfg.port, (unsigned)uid, (int)helper);
     }

@@ -23,7 +23,8 @@ static struct {
     struct MHD_Daemon *(*start_daemon_va)(unsigned int, uint16_t, MHD_AcceptPolicyCallback, void *,
                                           MHD_AccessHandlerCallback, void *, va_list);
     void (*stop_daemon)(struct MHD_Daemon *);
-    MHD_socket (*quiesce_daemon)(struct MHD_Daemon *);
+    enum MHD_Result (*add_connection)(struct MHD_Daemon *, MHD_socket, const struct sockaddr *,
+                                      socklen_t);
     const char *(*lookup_connection_value)(struct MHD_Connection *, enum MHD_ValueKind,
                                            const char *);
     enum MHD_Result (*queue_response)(struct MHD_Connection *, unsigned int, struct MHD_Response *);
@@ -61,7 +62,7 @@ static void load(void)
     }
     mhd.start_daemon_va = symbol("MHD_start_daemon_va");
     mhd.stop_daemon = symbol("MHD_stop_daemon");
-    mhd.quiesce_daemon = symbol("MHD_quiesce_daemon");
+    mhd.add_connection = symbol("MHD_add_connection");
     mhd.lookup_connection_value = symbol("MHD_lookup_connection_value");
     mhd.queue_response = symbol("MHD_queue_response");
     mhd.create_response_from_buffer = symbol("MHD_create_response_from_buffer");
@@ -111,10 +112,11 @@ void MHD_stop_daemon(struct MHD_Daemon *daemon)
     mhd.stop_daemon(daemon);
 }
 
-MHD_socket MHD_quiesce_daemon(struct MHD_Daemon *daemon)
+enum MHD_Result MHD_add_connection(struct MHD_Daemon *daemon, MHD_socket client_socket,
+                                   const struct sockaddr *addr, socklen_t addrlen)
 {
     need();
-    return mhd.quiesce_daemon(daemon);
+    return mhd.add_connection(daemon, client_socket, addr, addrlen);
 }
 
 const char *MHD_lookup_connection_value(struct MHD_Connection *connection, enum MHD_ValueKind kind,

@@ -9,10 +9,12 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -673,6 +675,54 @@ static unsigned connection_limit(void)
     return n > 2 * FD_RESERVE ? (unsigned)(n - FD_RESERVE) : (unsigned)(n / 2);
 }
 
+/* What the acceptor does while the process is out of descriptors (or memory): waits this
+ * long before it tries again, leaving the connections in the listening socket's backlog. */
+#define ACCEPT_BACKOFF_MS 100
+
+static void *acceptor_main(void *arg)
+{
+    struct http_server *s = arg;
+    struct pollfd pf[2] = {{.fd = s->listen_fd, .events = POLLIN},
+                           {.fd = s->accept_wake, .events = POLLIN}};
+    int timeout = -1;
+    unsigned long refused = 0;
+    for (;;) {
+        /* during a back-off only the wake-up is watched: the backlog stays readable */
+        int n = poll(timeout < 0 ? pf : pf + 1, timeout < 0 ? 2 : 1, timeout);
+        if (n < 0 && errno != EINTR) {
+            fprintf(stderr, "envicutor: http: poll the listening socket: %s\n", strerror(errno));
+            timeout = ACCEPT_BACKOFF_MS;
+            continue;
+        }
+        if (pf[1].revents & POLLIN)
+            return NULL;
+        timeout = -1;
+        for (;;) {
+            struct sockaddr_storage addr;
+            socklen_t len = sizeof(addr);
+            int fd =
+                accept4(s->listen_fd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    break;
+                if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                    continue;
+                /* EMFILE, ENFILE, ENOBUFS, ENOMEM: try again when some are freed */
+                fprintf(stderr, "envicutor: http: accept a connection: %s (again in %d ms)\n",
+                        strerror(errno), ACCEPT_BACKOFF_MS);
+                timeout = ACCEPT_BACKOFF_MS;
+                break;
+            }
+            /* libmicrohttpd owns fd from here, and closes it when it refuses it (every thread
+             * holds its share of MHD_OPTION_CONNECTION_LIMIT) */
+            if (MHD_add_connection(s->daemon, fd, (struct sockaddr *)&addr, len) != MHD_YES &&
+                (refused++ & 1023) == 0)
+                fprintf(stderr, "envicutor: http: a connection was refused: %s (%lu so far)\n",
+                        strerror(errno), refused);
+        }
+    }
+}
+
 /* libmicrohttpd's threads: its epoll loop and the access handler never block for long, so one
  * per core is enough. */
 #define MHD_THREADS 2
@@ -719,27 +769,54 @@ int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
     if (!s->ws)
         return -1;
     s->max_connections = connection_limit();
+    /* The server accepts connections itself and hands them to libmicrohttpd, rather than give
+     * it the listening socket: libmicrohttpd 0.9.75's MHD_quiesce_daemon races with its own
+     * epoll threads over removing that socket from their sets, and aborts the process
+     * ("Failed to remove listen FD from epoll set") when it loses, at a graceful stop under
+     * load. Stopping a thread of our own has no such race. */
     s->daemon = MHD_start_daemon(
-        MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE |
-            MHD_USE_ERROR_LOG,
+        MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC |
+            MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG,
         0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, NULL,
-        MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)MHD_THREADS, MHD_OPTION_CONNECTION_LIMIT,
-        s->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout,
-        MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)MHD_THREADS, MHD_OPTION_CONNECTION_LIMIT, s->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout, MHD_OPTION_END);
     if (!s->daemon)
         return ev_fail(err, errno, "start the HTTP server");
+    int fl = fcntl(listen_fd, F_GETFL);
+    if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return ev_fail(err, errno, "make the listening socket non-blocking");
+    s->accept_wake = eventfd(0, EFD_CLOEXEC);
+    if (s->accept_wake < 0)
+        return ev_fail(err, errno, "eventfd");
+    s->listen_fd = listen_fd;
+    e = pthread_create(&s->acceptor, NULL, acceptor_main, s);
+    if (e) {
+        s->listen_fd = -1;
+        return ev_fail(err, e, "start the HTTP server's acceptor");
+    }
+    s->acceptor_started = true;
     fprintf(stderr, "envicutor: up to %u connections\n", s->max_connections);
     return 0;
 }
 
 void http_quiesce(struct http_server *s)
 {
-    if (!s->daemon)
+    if (!s->acceptor_started)
         return;
-    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
-    if (fd != MHD_INVALID_SOCKET && close(fd) < 0)
+    uint64_t one = 1;
+    if (write(s->accept_wake, &one, sizeof(one)) != sizeof(one)) {
+        /* an eventfd's counter cannot overflow from one write: this does not happen */
+        fprintf(stderr, "envicutor: http: wake the acceptor: %s\n", strerror(errno));
+        abort();
+    }
+    pthread_join(s->acceptor, NULL);
+    s->acceptor_started = false;
+    if (close(s->listen_fd) < 0)
         fprintf(stderr, "envicutor: http: close the listening socket: %s\n", strerror(errno));
+    s->listen_fd = -1;
+    close(s->accept_wake);
+    s->accept_wake = -1;
 }
 
 bool http_wait_answered(struct http_server *s, uint64_t deadline_ns)
@@ -755,6 +832,7 @@ bool http_wait_answered(struct http_server *s, uint64_t deadline_ns)
 
 void http_stop(struct http_server *s)
 {
+    http_quiesce(s); /* when the stop was not a graceful one: no new connection from here */
     /* The pipeline was stopped: every waiting job was refused and handed to the workers. */
     pthread_mutex_lock(&s->mu);
     s->closing = true;

@@ -48,8 +48,15 @@ struct http_server {
     /* an API node's queue (REDIS_URL set), or NULL: given before http_start (asynchronous
      * submissions use it too) or made by it; stopped by http_stop */
     struct cluster_api *cluster;
+    /* the listening socket and the thread that accepts on it (libmicrohttpd is handed each
+     * connection) */
+    int listen_fd;
+    int accept_wake; /* eventfd that stops the acceptor */
+    pthread_t acceptor;
+    bool acceptor_started;
 };
 
+/* On success the server owns listen_fd. */
 int http_start(struct http_server *s, int listen_fd, struct pipeline *p,
                const struct ev_config *cfg, struct ev_err *err);
 /* Stops accepting connections: the listening socket is closed, so new ones are refused;
