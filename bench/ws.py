@@ -3,7 +3,9 @@
 
 - memory of the server per open WebSocket: RSS of the server process (the one that listens)
   before and after N sessions wait in the queue behind a session that holds the only turn,
-  divided by N; then the same for M sessions each running an interactive program;
+  divided by N, next to the same for N /execute requests waiting behind it (the goal: a
+  waiting WebSocket costs no more than a waiting request); then per session for M sessions
+  each running an interactive program;
 - the latency of one echo round trip through the WebSocket (a `data` line in, the program's
   echoed line out) next to the same program started directly with pipes (subprocess), the two
   interleaved round by round in the same run: medians, p99 and their ratios.
@@ -13,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -74,24 +77,51 @@ def running_echo(s):
     return ws
 
 
-def memory(n, m):
+def waiting_execute(s, n):
+    """n /execute requests of the same program, sent on raw sockets, left waiting."""
+    data = json.dumps({"runtime_id": s.runtimes()["Python 3"], "source_code": "print(1)",
+                       "run_limits": {"wall_time": 60}}).encode()
+    req = (b"POST /execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(data)) + data
+    socks = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(n)]
+    for c in socks:
+        c.sendall(req)
+    return socks
+
+
+def waiting_cost(n, kind):
+    """KB of the server's RSS per waiting WebSocket or /execute request, on a fresh server
+    (a heap that grew for one kind would be reused by the other)."""
     s = Server(MAX_CONCURRENT_SUBMISSIONS=1).start()
     socks = []
     try:
         pid = listener_pid(s.port)
         holder = running_echo(s)
         before = settle(pid)
-        socks = [open_session(s, "print(1)", "queued") for _ in range(n)]
+        if kind == "ws":
+            socks = [open_session(s, "print(1)", "queued") for _ in range(n)]
+        else:
+            socks = waiting_execute(s, n)
         after = settle(pid)
-        print(f"{n} WebSockets waiting in the queue: server RSS {before} KB -> {after} KB, "
-              f"{(after - before) / n:.1f} KB per waiting WebSocket")
-        for ws in socks + [holder]:
-            ws.close()
-        socks = []
+        holder.close()
+        return before, after, (after - before) / n
     finally:
-        for ws in socks:
-            ws.close()
+        for c in socks:
+            c.close()
         stop(s)
+
+
+def memory(n, m):
+    """Per waiting WebSocket and per waiting /execute of the same program (connection
+    included), each behind a session that holds the only turn."""
+    ws = waiting_cost(n, "ws")
+    print(f"{n} WebSockets waiting in the queue: server RSS {ws[0]} KB -> {ws[1]} KB, "
+          f"{ws[2]:.2f} KB per waiting WebSocket")
+    http = waiting_cost(n, "http")
+    print(f"{n} /execute requests waiting in the queue: server RSS {http[0]} KB -> {http[1]} KB, "
+          f"{http[2]:.2f} KB per waiting request (connection included)")
+    if http[2] > 0:
+        print(f"waiting WebSocket / waiting request: {ws[2] / http[2]:.2f} (goal: at most 1)")
     s = Server(MAX_CONCURRENT_SUBMISSIONS=m).start()
     try:
         pid = listener_pid(s.port)

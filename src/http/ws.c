@@ -73,8 +73,10 @@ struct ws_session {
     char rid[REQUEST_ID_MAX + 1];
     int fd;
     struct MHD_UpgradeResponseHandle *urh;
-    struct ws_session **pending; /* the connection's hold on s until the 101 is sent */
-    wslay_event_context_ptr ws;
+    struct ws_session **pending;            /* the connection's hold on s until the 101 is sent */
+    wslay_event_context_ptr ws;             /* NULL while the session is idle (ws_ctx) */
+    uint64_t rx_bytes, rx_framed, rx_frame; /* what the context read, and framed */
+    bool rx_msg_open;                       /* a fragmented message is under way */
     char *extra; /* bytes that came with the handshake, read before the socket */
     size_t extra_len, extra_off;
     bool need_token;
@@ -412,10 +414,11 @@ static void close_pipe(struct ws_session *s, enum watch_kind k)
 /* ---- sending ----------------------------------------------------------------------------- */
 
 static void session_gone(struct ws_session *s);
+static bool ws_ctx(struct ws_session *s);
 
 static void send_text(struct ws_session *s, const char *text, size_t len)
 {
-    if (s->gone || s->closing)
+    if (s->gone || s->closing || !ws_ctx(s))
         return;
     struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
     if (wslay_event_queue_msg(s->ws, &m) != 0)
@@ -555,6 +558,8 @@ static void session_free(struct ws_session *s)
         wslay_event_context_free(s->ws);
     if (s->urh)
         MHD_upgrade_action(s->urh, MHD_UPGRADE_ACTION_CLOSE);
+    else if (s->fd >= 0)
+        close(s->fd);
     exec_job_free(s->job);
     free(s->extra);
     free(s->in_buf);
@@ -733,6 +738,81 @@ static void on_running_message(struct ws_session *s, const char *type, json_t *m
     }
 }
 
+/* ---- the framing context ------------------------------------------------------------------ */
+
+/* wslay's context holds some 9 KB of buffers, which a session that waits (for its init, or in
+ * the queue) needs only while a frame comes in or a message goes out. So the context is made
+ * when there is something to read or to send, and freed once the session is idle again with
+ * nothing of a frame or a message held in it: a waiting WebSocket then costs about what a
+ * waiting HTTP request does. A running session keeps its context. */
+
+static void on_frame_start(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *arg, void *user)
+{
+    (void)ctx;
+    struct ws_session *s = user;
+    uint64_t n = arg->payload_length;
+    /* a client's frame is masked (4 bytes) and gives its length in the fewest bytes (RFC 6455
+     * 5.2; a longer form only makes the sum fall short, and the context is then kept) */
+    s->rx_frame = 2 + 4 + n + (n >= 65536 ? 8 : n >= 126 ? 2 : 0);
+    if (arg->opcode == WSLAY_CONTINUATION_FRAME || arg->opcode == WSLAY_TEXT_FRAME ||
+        arg->opcode == WSLAY_BINARY_FRAME)
+        s->rx_msg_open = !arg->fin;
+}
+
+static void on_frame_end(wslay_event_context_ptr ctx, void *user)
+{
+    (void)ctx;
+    struct ws_session *s = user;
+    s->rx_framed += s->rx_frame;
+    s->rx_frame = 0;
+}
+
+static void on_message(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                       void *user);
+static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                       void *user);
+static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                       void *user);
+
+/* The session's context, made if it has none; false (and the session gone) without memory. */
+static bool ws_ctx(struct ws_session *s)
+{
+    if (s->ws)
+        return true;
+    if (s->gone)
+        return false;
+    struct wslay_event_callbacks cb = {.recv_callback = on_recv,
+                                       .send_callback = on_send,
+                                       .on_frame_recv_start_callback = on_frame_start,
+                                       .on_frame_recv_end_callback = on_frame_end,
+                                       .on_msg_recv_callback = on_message};
+    if (wslay_event_context_server_init(&s->ws, &cb, s) != 0) {
+        s->ws = NULL;
+        session_gone(s);
+        return false;
+    }
+    /* init carries the source: as large as an /execute body; later messages are stdin,
+     * signals and eof */
+    wslay_event_config_set_max_recv_msg_length(
+        s->ws, s->phase == P_INIT ? s->hub->ctx.cfg->max_request_bytes + 4096 : MAX_MSG);
+    s->rx_bytes = s->rx_framed = s->rx_frame = 0;
+    s->rx_msg_open = false;
+    return true;
+}
+
+/* Frees the context of a waiting session that holds nothing in it. */
+static void ws_ctx_release(struct ws_session *s)
+{
+    if (!s->ws || s->gone || s->closing || s->close_code ||
+        (s->phase != P_INIT && s->phase != P_QUEUED) || wslay_event_want_write(s->ws) ||
+        !wslay_event_want_read(s->ws) || s->rx_bytes != s->rx_framed || s->rx_msg_open ||
+        s->extra_len)
+        return;
+    wslay_event_context_free(s->ws);
+    s->ws = NULL;
+}
+
 static void on_message(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                        void *user)
 {
@@ -786,13 +866,21 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
         size_t n = s->extra_len - s->extra_off < len ? s->extra_len - s->extra_off : len;
         memcpy(buf, s->extra + s->extra_off, n);
         s->extra_off += n;
+        if (s->extra_off == s->extra_len) {
+            free(s->extra);
+            s->extra = NULL;
+            s->extra_len = s->extra_off = 0;
+        }
+        s->rx_bytes += n;
         return (ssize_t)n;
     }
     ssize_t n;
     while ((n = recv(s->fd, buf, len, 0)) < 0 && errno == EINTR)
         ;
-    if (n > 0)
+    if (n > 0) {
+        s->rx_bytes += (uint64_t)n;
         return n;
+    }
     wslay_event_set_error(ctx, n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
                                    ? WSLAY_ERR_WOULDBLOCK
                                    : WSLAY_ERR_CALLBACK_FAILURE);
@@ -977,7 +1065,9 @@ static void process_events(struct ws_session *s)
 /* After anything happened to s: sends what waits, and watches what it now may. */
 static void settle(struct ws_session *s)
 {
-    for (int round = 0; !s->gone && round < 2; round++) {
+    if (!s->gone && s->close_code)
+        ws_ctx(s); /* a close to send */
+    for (int round = 0; s->ws && !s->gone && round < 2; round++) {
         if (wslay_event_want_write(s->ws) && wslay_event_send(s->ws) != 0) {
             session_gone(s);
         } else if (s->close_code && !wslay_event_get_queued_msg_count(s->ws)) {
@@ -992,19 +1082,20 @@ static void settle(struct ws_session *s)
         }
         break;
     }
+    ws_ctx_release(s);
     if (s->gone) {
         watch_set(s, W_SOCK, 0);
     } else {
         /* A hang-up is watched even while the socket is not read (stdin is full), so that a
          * client that leaves still kills its run. */
         uint32_t m = EPOLLRDHUP;
-        if (wslay_event_want_read(s->ws) && s->in_len < IN_HIGH)
+        if ((!s->ws || wslay_event_want_read(s->ws)) && s->in_len < IN_HIGH)
             m |= EPOLLIN;
-        if (wslay_event_want_write(s->ws))
+        if (s->ws && wslay_event_want_write(s->ws))
             m |= EPOLLOUT;
         watch_set(s, W_SOCK, m);
     }
-    bool room = !s->gone && wslay_event_get_queued_msg_length(s->ws) < OUT_HIGH;
+    bool room = !s->gone && (!s->ws || wslay_event_get_queued_msg_length(s->ws) < OUT_HIGH);
     watch_set(s, W_OUT, room || s->gone ? EPOLLIN : 0);
     watch_set(s, W_ERR, room || s->gone ? EPOLLIN : 0);
     watch_set(s, W_IN, s->in_len || s->eof_wanted ? EPOLLOUT : 0);
@@ -1020,6 +1111,8 @@ static void on_socket(struct ws_session *s, uint32_t events)
         return;
     }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
+        if (!ws_ctx(s))
+            return;
         if (wslay_event_recv(s->ws) != 0) {
             session_gone(s);
             return;
@@ -1030,8 +1123,6 @@ static void on_socket(struct ws_session *s, uint32_t events)
 
 static void adopt(struct ws_hub *h, struct ws_session *s)
 {
-    struct wslay_event_callbacks cb = {
-        .recv_callback = on_recv, .send_callback = on_send, .on_msg_recv_callback = on_message};
     for (int k = 0; k < W_KINDS; k++) {
         s->w[k] = (struct watch){.s = s, .kind = k};
         s->pipe_fd[k] = -1;
@@ -1040,14 +1131,6 @@ static void adopt(struct ws_hub *h, struct ws_session *s)
     if (h->sessions)
         h->sessions->prev = s;
     h->sessions = s;
-    if (wslay_event_context_server_init(&s->ws, &cb, s) != 0) {
-        s->ws = NULL;
-        s->gone = true;
-        s->phase = P_FINISHED;
-        return;
-    }
-    /* init carries the source: as large as an /execute body */
-    wslay_event_config_set_max_recv_msg_length(s->ws, h->ctx.cfg->max_request_bytes + 4096);
     if (h->stopping)
         send_error(s, "The server is shutting down", 1001);
     /* An API node runs no code, and a job on the cluster's stream has no way to carry stdin
@@ -1067,8 +1150,15 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
     struct ws_hub *h = s->hub;
     *s->pending = NULL; /* the hub's from now on */
     s->pending = NULL;
-    s->fd = sock;
-    s->urh = urh;
+    /* The hub keeps a duplicate of the socket and hands the connection back to libmicrohttpd
+     * at once, which frees it and its memory pool (some 26 KB that a waiting session would
+     * otherwise hold) and closes its descriptor without a shutdown(): the TCP connection
+     * lives on in the duplicate. Without a descriptor to spare, the session keeps libmicrohttpd's
+     * connection until it ends. The bytes that came with the handshake are copied below, before
+     * the pool they sit in goes. */
+    int fd = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+    s->fd = fd >= 0 ? fd : sock;
+    s->urh = fd >= 0 ? NULL : urh;
     int fl = fcntl(sock, F_GETFL);
     if (fl < 0 || fcntl(sock, F_SETFL, fl | O_NONBLOCK) < 0)
         fprintf(stderr, "req %s: ws: O_NONBLOCK: %s\n", s->rid, strerror(errno));
@@ -1082,6 +1172,8 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
         memcpy(s->extra, extra, extra_len);
         s->extra_len = extra_len;
     }
+    if (!s->urh)
+        MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
     atomic_fetch_add(&open_sessions, 1);
     pthread_mutex_lock(&h->mu);
     s->incoming_next = h->incoming;

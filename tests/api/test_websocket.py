@@ -263,6 +263,90 @@ def closed_with(sock):
     return data
 
 
+def client_frame(opcode, payload, fin=True):
+    """A client's frame, masked as RFC 6455 asks (mask key 1 2 3 4)."""
+    key = b"\x01\x02\x03\x04"
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def server_frame(sock):
+    """(opcode, payload) of the next frame the server sends (unmasked)."""
+    def exactly(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "the server closed the connection"
+            data += chunk
+        return data
+    b0, b1 = exactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", exactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", exactly(8))[0]
+    return b0 & 0x0F, exactly(n)
+
+
+def server_json(sock):
+    """The next text message, past any pong."""
+    while True:
+        op, data = server_frame(sock)
+        if op == 1:
+            return json.loads(data)
+        assert op == 0xA, (op, data)
+
+
+def test_frames_in_pieces_while_waiting(one):
+    """A waiting session holds no framing state between frames (it is freed while the session
+    is idle): an init in three fragments, and a ping sent a few bytes at a time while the
+    session waits in the queue, each with pauses, are still read as one message and one
+    ping, and the run goes on as usual."""
+    t, out = http_hold(one, 3)
+    wait_running(one, 1)
+    sock = raw_upgrade(one)
+    init = json.dumps({"type": "init", "runtime_id": one.runtimes()["Python 3"],
+                       "source_code": "print(input()[::-1])"}).encode()
+    third = len(init) // 3
+    sock.sendall(client_frame(0x1, init[:third], fin=False))
+    time.sleep(0.3)
+    sock.sendall(client_frame(0x0, init[third:2 * third], fin=False))
+    time.sleep(0.3)
+    sock.sendall(client_frame(0x0, init[2 * third:]))
+    assert server_json(sock) == {"type": "queued", "position": 0}
+    ping = client_frame(0x9, b"are you there")
+    for i in range(0, len(ping), 4):
+        sock.sendall(ping[i:i + 4])
+        time.sleep(0.1)
+    while True:
+        op, data = server_frame(sock)
+        if op == 0xA:
+            break
+        assert op == 1 and json.loads(data)["type"] == "queued", (op, data)
+    assert data == b"are you there"
+    while server_json(sock)["type"] != "ready":
+        pass
+    sock.sendall(client_frame(0x1, json.dumps({"type": "data", "stream": "stdin",
+                                                "data": "olleh\n"}).encode()))
+    msgs = []
+    while not msgs or msgs[-1]["type"] != "exit":
+        msgs.append(server_json(sock))
+    assert {"type": "data", "stream": "stdout", "data": "hello\n"} in msgs, msgs
+    assert msgs[-1]["exit_code"] == 0
+    op, data = server_frame(sock)
+    assert op == 0x8 and struct.unpack("!H", data[:2])[0] == 1000
+    sock.close()
+    t.join()
+    assert out[0].status_code == 200
+
+
 @pytest.mark.parametrize("frame", [
     b"\x81\x05hello",                         # unmasked client frame
     # far over the maximum size (wslay judges a frame once some of its payload came)
