@@ -7,8 +7,11 @@ import shutil
 import subprocess
 import time
 
+import json
+
 import pytest
 import requests
+import websocket
 
 from conftest import BIN, Server
 
@@ -86,6 +89,25 @@ def test_no_leaks_and_no_memory_errors_in_the_server():
         new = [x["id"] for x in s.get("/runtimes").json() if x["name"] == "Leak check"][0]
         assert s.get(f"/runtimes/{new}").status_code == 200
         assert requests.delete(s.url + f"/runtimes/{new}").status_code == 200
+        # interactive sessions: one run to its end, one that leaves while it runs
+        ws_url = s.url.replace("http://", "ws://") + "/execute/ws"
+        ws = websocket.create_connection(ws_url, timeout=120)
+        ws.send(json.dumps({"type": "init", "runtime_id": py, "source_code": "print(input())"}))
+        ws.send(json.dumps({"type": "data", "stream": "stdin", "data": "hi\n"}))
+        seen = []
+        while True:
+            op, data = ws.recv_data(control_frame=True)
+            if op == websocket.ABNF.OPCODE_CLOSE:
+                break
+            seen.append(json.loads(data))
+        assert {"type": "data", "stream": "stdout", "data": "hi\n"} in seen, seen
+        ws.close()
+        ws = websocket.create_connection(ws_url, timeout=120)
+        ws.send(json.dumps({"type": "init", "runtime_id": py,
+                            "source_code": "print('up', flush=True)\ninput()"}))
+        while json.loads(ws.recv()).get("type") != "data":
+            pass
+        ws.close()
         with pytest.raises(requests.exceptions.Timeout):  # a client that goes away
             requests.post(s.url + "/execute", json={"runtime_id": py, "source_code":
                                                     "import time; time.sleep(30)"}, timeout=0.3)
