@@ -3,15 +3,15 @@
 
 CC      ?= gcc
 PKGS    := jansson libseccomp libmicrohttpd sqlite3 hiredis
-# libmicrohttpd is compiled against but loaded with dlopen by `serve` (src/http/mhd_loader.c).
-LINK_PKGS := jansson libseccomp sqlite3 hiredis
+# libmicrohttpd, SQLite, hiredis and wslay are compiled against but loaded with dlopen when
+# first used (src/common/lazylib.h): the one-shot `envicutor sandbox` uses none of them.
+LINK_PKGS := jansson libseccomp
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
            -Wpointer-arith -Wundef -Wvla \
            -Wno-format-truncation  # messages are cut on purpose; path lengths are checked up front
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=gnu17 -D_GNU_SOURCE -Isrc $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
-# libwslay (WebSocket framing, src/http/ws.c) has no pkg-config file in Debian.
-LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lwslay -lm
+LIBS    := $(shell pkg-config --libs $(LINK_PKGS)) -lm
 
 # Layers, bottom up: common <- sandbox <- privsep <- pipeline <- http <- cli (docs/architecture.md).
 LIB_SRC     := $(filter-out src/cli/main.c,$(wildcard src/*/*.c))
@@ -142,7 +142,8 @@ uninstall:
 # A Debian package from the tree, with dpkg-deb alone (no debhelper): the files of
 # `make install PREFIX=/usr`, the unit where Debian 12's systemd looks for packages' units,
 # maintainer scripts from dist/debian. Shared library dependencies come from dpkg-shlibdeps;
-# libmicrohttpd is loaded with dlopen (src/http/mhd_loader.c), so it is named by hand.
+# libmicrohttpd, SQLite, hiredis and wslay are loaded with dlopen (src/common/lazylib.h), so
+# they are named by hand.
 DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_ROOT = $(B)/deb/envicutor_$(VERSION)_$(DEB_ARCH)
 DEB = $(B)/envicutor_$(VERSION)_$(DEB_ARCH).deb

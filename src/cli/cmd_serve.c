@@ -28,6 +28,7 @@
 #include "cluster/worker.h"
 #include "common/cleanup.h"
 #include "common/fileutil.h"
+#include "common/lazylib.h"
 #include "http/auth.h"
 #include "http/mhd_loader.h"
 #include "http/server.h"
@@ -360,7 +361,10 @@ static int serve_or_work(int argc, char **argv, bool worker)
         fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         return 2;
     }
-    if (mhd_load(&err) < 0) {
+    /* the libraries loaded on first use (common/lazylib.h), checked now so that a missing one
+     * is reported at start rather than by an abort at its first call */
+    if (mhd_load(&err) < 0 || sqlite_load(&err) < 0 || wslay_load(&err) < 0 ||
+        (cfg.redis_url[0] && hiredis_load(&err) < 0)) {
         fprintf(stderr, "envicutor %s: %s\n", command, err.msg);
         return 1;
     }

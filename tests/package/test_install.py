@@ -31,6 +31,21 @@ def test_version():
     assert p.returncode == 0 and p.stdout == f"envicutor {version}\n"
 
 
+SERVER_LIBS = ["libmicrohttpd.so", "libsqlite3.so", "libhiredis.so", "libwslay.so"]
+
+
+def test_the_sandbox_command_loads_none_of_the_servers_libraries():
+    """The server's libraries are loaded with dlopen on first use (src/common/lazylib.h): the
+    binary does not need them, the one-shot sandbox does not load them, a server does."""
+    needed = re.findall(r"\(NEEDED\).*\[(.+)\]", run("readelf", "-d", BIN).stdout)
+    assert needed and not [n for n in needed if any(n.startswith(l) for l in SERVER_LIBS)], needed
+    env = dict(os.environ, LD_DEBUG="files")
+    p = run(BIN, "sandbox", "--", "/bin/true", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "file=libjansson.so" in p.stderr, p.stderr[:2000]  # the debug output is there
+    assert not [l for l in SERVER_LIBS if f"file={l}" in p.stderr], p.stderr[:2000]
+
+
 def test_install_puts_every_file_under_destdir_and_prefix(dest):
     files = set()
     for base, _, names in os.walk(dest):
@@ -118,7 +133,8 @@ def test_make_deb_builds_a_package_of_the_installed_files(tmp_path):
     fields = run("dpkg-deb", "-f", deb).stdout
     assert "Package: envicutor\n" in fields
     depends = re.search(r"^Depends: (.*)$", fields, re.M).group(1)
-    for lib in ["libc6", "libjansson4", "libseccomp2", "libsqlite3-0", "libmicrohttpd12"]:
+    for lib in ["libc6", "libjansson4", "libseccomp2", "libsqlite3-0", "libmicrohttpd12",
+                "libhiredis0.14", "libwslay1"]:
         assert lib in depends, depends
     listing = run("dpkg-deb", "-c", deb).stdout
     for path in ["./usr/bin/envicutor", "./lib/systemd/system/envicutor.service",
