@@ -12,8 +12,16 @@ int ev_fail(struct ev_err *err, int errnum, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
     va_end(ap);
-    if (errnum && n >= 0 && (size_t)n < sizeof(err->msg))
-        snprintf(err->msg + n, sizeof(err->msg) - (size_t)n, ": %s", strerror(errnum));
+    /* strerrordesc_np, not strerror: no locale, no lock, no allocation, since the sandbox's init
+     * fails with it while it shares the memory of a caller that keeps running (sandbox/run.c),
+     * and may be killed at any point; the text is strerror's in the C locale */
+    const char *desc = errnum ? strerrordesc_np(errnum) : NULL;
+    if (errnum && n >= 0 && (size_t)n < sizeof(err->msg)) {
+        if (desc)
+            snprintf(err->msg + n, sizeof(err->msg) - (size_t)n, ": %s", desc);
+        else
+            snprintf(err->msg + n, sizeof(err->msg) - (size_t)n, ": Unknown error %d", errnum);
+    }
     err->errnum = errnum;
     return -1;
 }

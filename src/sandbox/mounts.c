@@ -359,6 +359,10 @@ static int build_base(const struct root_plan *p, const char *root, struct ev_err
         if (make_dir(path, points[i].mode, err) < 0)
             return -1;
     }
+    /* What /proc/1/cmdline shows (mount_proc_and_tmp): empty, and hidden under /proc */
+    snprintf(path, sizeof(path), "%s/proc/cmdline", root);
+    if (make_file(path, err) < 0)
+        return -1;
     for (size_t i = 0; i < p->n_mounts; i++)
         if (make_target_dirs(root, p->mounts[i].target, err) < 0)
             return -1;
@@ -394,12 +398,44 @@ static int switch_root(const struct root_plan *p, const char *root, struct ev_er
     return 0;
 }
 
+/* The box's init shares the caller's memory (sandbox/run.c), so the kernel would show the
+ * caller's command line (the helper's names the host's data directory) as init's, and anyone may
+ * read a process's cmdline (the rest of what /proc shows of init's memory, environ, maps, mem,
+ * needs ptrace access, which the box's uid lacks). An empty file of the box's read-only tree
+ * (its own inode, no channel to another box), hidden under /proc, covers it under both of the
+ * names /proc gives it. */
+static int cover_init_cmdline(const struct root_plan *p, const char *root, int empty,
+                              struct ev_err *err)
+{
+    static const char *const names[] = {"1/cmdline", "1/task/1/cmdline"};
+    char src[512], path[512];
+    snprintf(src, sizeof(src), "%s/proc/self/fd/%d", root, empty);
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(path, sizeof(path), "%s/proc/%s", root, names[i]);
+        if (mount(src, path, NULL, MS_BIND, NULL) < 0)
+            return ev_fail(err, errno, "cover /proc/%s", names[i]);
+        /* without mount_setattr the tree is made read-only only at switch_root, root alone */
+        if (!p->host->have_mount_setattr &&
+            mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | RO_FLAGS, NULL) < 0)
+            return ev_fail(err, errno, "remount /proc/%s read-only", names[i]);
+    }
+    return 0;
+}
+
 static int mount_proc_and_tmp(const struct root_plan *p, const char *root, struct ev_err *err)
 {
     char path[512], opts[96];
+    snprintf(path, sizeof(path), "%s/proc/cmdline", root);
+    int empty = open(path, O_PATH | O_CLOEXEC | O_NOFOLLOW);
+    if (empty < 0)
+        return ev_fail(err, errno, "open %s", path);
     snprintf(path, sizeof(path), "%s/proc", root);
-    if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-        return ev_fail(err, errno, "mount /proc");
+    int rc = mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0
+                 ? ev_fail(err, errno, "mount /proc")
+                 : cover_init_cmdline(p, root, empty, err);
+    close(empty);
+    if (rc < 0)
+        return -1;
     snprintf(path, sizeof(path), "%s/tmp", root);
     snprintf(opts, sizeof(opts), "size=%lluk,mode=1777", (unsigned long long)p->tmp_kb);
     if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)

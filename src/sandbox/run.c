@@ -19,8 +19,10 @@
  * counter and wall clock checked between its steps; output goes to the capped buffers of the
  * result or to the run's on_output consumer.
  *
- * The child side runs between clone and execve in a copy of a possibly multi-threaded
- * process: it allocates nothing and calls only system calls and snprintf on stack buffers. */
+ * The child side shares the memory of the caller, a possibly multi-threaded process that keeps
+ * running (below, "init shares the caller's memory"): it allocates nothing, writes nothing of
+ * the caller's but its own stacks and thread-local block, and calls only system calls and
+ * snprintf on stack buffers. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/filter.h>
@@ -33,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -40,6 +43,10 @@
 #include <unistd.h>
 #include <grp.h>
 #include <linux/capability.h>
+
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include "common/cleanup.h"
 #include "common/fileutil.h"
@@ -91,8 +98,9 @@ struct child_ctx {
     int net_fd;   /* a fresh network namespace made ahead, loopback up; -1: clone made one */
     int root_fd;  /* the box's prepared root (borrowed); -1: init builds the tree */
     const char *workdir;
-    int cpu_dirfd; /* the cgroup directory holding the CPU counter */
-    bool cpu_v2;   /* cpu.stat usage_usec (v2) or cpuacct.usage in ns (v1) */
+    int cpu_dirfd;        /* the cgroup directory holding the CPU counter */
+    bool cpu_v2;          /* cpu.stat usage_usec (v2) or cpuacct.usage in ns (v1) */
+    char *main_stack_top; /* main's stack while it shares init's memory */
 };
 
 /* ---- child side ------------------------------------------------------------------------- */
@@ -284,10 +292,17 @@ static bool status_mask(const char *status, const char *key, uint64_t *mask)
  * from inside it would run a handler of the caller's, and an ignored one would stay ignored
  * through main's execve. init's dispositions are its own copy (no CLONE_SIGHAND), so the
  * kernel's list of those that are not the default (SigIgn, SigCgt) is exact, and one read of
- * it replaces 64 sigaction calls; all 64 are reset when it cannot be read. */
+ * it replaces 64 sigaction calls; all 64 are reset when it cannot be read. The raw system call:
+ * glibc's sigaction refuses its own two signals (32 and 33, whose handlers it installs once the
+ * caller has a thread), and they too must not keep a handler of the caller's. */
 static void reset_signals(void)
 {
-    struct sigaction sa = {.sa_handler = SIG_DFL};
+    struct { /* the kernel's struct sigaction */
+        void (*handler)(int);
+        unsigned long flags;
+        void (*restorer)(void);
+        uint64_t mask;
+    } sa = {.handler = SIG_DFL};
     uint64_t changed = ~0ull;
     char status[4096];
     int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
@@ -304,7 +319,7 @@ static void reset_signals(void)
     }
     for (int sig = 1; sig < NSIG && sig <= 64; sig++)
         if (changed & 1ull << (sig - 1))
-            sigaction(sig, &sa, NULL);
+            syscall(SYS_rt_sigaction, sig, &sa, NULL, sizeof(sa.mask));
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -333,54 +348,8 @@ static void close_all_except(int *keep, int n)
     syscall(SYS_close_range, from, ~0u, 0);
 }
 
-/* The box can read its init's /proc/1/cmdline and /proc/1/comm. init is a clone of the caller
- * without an exec, so they would be the caller's: the helper's command line names the host's
- * data directory, the sandbox command's the user's options and paths. The clone has its own
- * copy of the memory where the kernel finds the command line and the environment (their
- * bounds are in /proc/self/stat), so init overwrites it; PR_SET_MM, which would move the
- * bounds instead, needs CAP_SYS_RESOURCE. Best effort: it changes nothing the run needs.
- *
- * The bounds are the caller's and never move, so the caller reads them once, before its first
- * clone rather than each init reading /proc/self/stat again. */
-static unsigned long cmdline_bounds[4]; /* arg_start, arg_end, env_start, env_end */
-static bool cmdline_found;
+/* Read once by the caller, before its first clone. */
 static pthread_once_t caller_once = PTHREAD_ONCE_INIT;
-
-static void find_command_line(void)
-{
-    char buf[1024];
-    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    ssize_t n = read_full(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return;
-    buf[n] = '\0';
-    /* the name (field 2) is in parentheses and may hold anything; fields 48-51 are arg_start,
-     * arg_end, env_start and env_end */
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return;
-    unsigned long v[4];
-    int field = 2, got = 0;
-    for (p++; *p && got < 4; p++) {
-        if (*p != ' ')
-            continue;
-        field++;
-        if (field < 48)
-            continue;
-        v[got] = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++)
-            v[got] = v[got] * 10 + (unsigned long)(*p - '0');
-        got++;
-        p--;
-    }
-    if (got < 4 || v[1] <= v[0] || v[3] < v[2])
-        return;
-    memcpy(cmdline_bounds, v, sizeof(v));
-    cmdline_found = true;
-}
 
 static void read_cap_last(void)
 {
@@ -390,28 +359,8 @@ static void read_cap_last(void)
         cap_last = (int)v;
 }
 
-static void read_caller_once(void)
-{
-    find_command_line();
-    read_cap_last();
-}
-
-static void hide_command_line(void)
-{
-    (void)prctl(PR_SET_NAME, "init", 0, 0, 0); /* cannot fail for a valid pointer */
-    if (!cmdline_found)
-        return;
-    static const char name[] = "init";
-    const unsigned long *v = cmdline_bounds;
-    for (unsigned long i = 0; i < 2; i++) {
-        volatile char *a = (volatile char *)v[2 * i];
-        for (unsigned long j = 0; j < v[2 * i + 1] - v[2 * i]; j++)
-            a[j] = i == 0 && j < sizeof(name) ? name[j] : '\0';
-    }
-}
-
-/* main's stack while it shares init's memory: in the data segment, so each init's copy is its
- * own and the caller, which never touches it, pays nothing for it. */
+/* main's stack when init is a copy of the caller (no init slot, below): in the data segment, so
+ * each init's copy is its own and the caller, which never touches it, pays nothing for it. */
 static char main_stack[64 * 1024] __attribute__((aligned(16)));
 
 static int main_entry(void *arg)
@@ -435,7 +384,8 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
         ev_fail(&e, errno, "set the parent-death signal");
         child_fail(c, REPORT_SETUP, &e);
     }
-    hide_command_line();
+    /* The box reads /proc/1/comm; its /proc/1/cmdline is covered (sandbox/mounts.c). */
+    (void)prctl(PR_SET_NAME, "init", 0, 0, 0); /* cannot fail for a valid pointer */
     reset_signals();
     if (c->net_fd >= 0) {
         if (setns(c->net_fd, CLONE_NEWNET) < 0) {
@@ -473,14 +423,14 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
         child_fail(c, REPORT_SETUP, &e);
     }
     /* main shares init's memory and init sleeps until main's execve or exit (posix_spawn's
-     * way): a fork would copy init's page tables, themselves a copy of the caller's, and make
-     * the pages init writes afterwards fault once more (docs/performance.md). main writes
-     * nothing of init's but its own stack and errno, which init reads only when this clone
-     * fails; what main changes is its own (descriptor table, credentials, rlimits, seccomp,
-     * and oom_score_adj, which the kernel keeps to a vfork child alone, as it does not without
-     * CLONE_VFORK); and it is alone in the box until execve. */
-    pid_t pid = clone(main_entry, main_stack + sizeof(main_stack), CLONE_VM | CLONE_VFORK | SIGCHLD,
-                      (void *)c);
+     * way): a fork would copy the page tables of the memory init shares with the caller (or of
+     * init's copy of it) and make the pages init writes afterwards fault once more
+     * (docs/performance.md). main writes nothing of init's but its own stack and errno (in the
+     * thread-local block init uses, which init reads only when this clone fails); what main
+     * changes is its own (descriptor table, credentials, rlimits, seccomp, and oom_score_adj,
+     * which the kernel keeps to a vfork child alone, as it does not without CLONE_VFORK); and it
+     * is alone in the box until execve. */
+    pid_t pid = clone(main_entry, c->main_stack_top, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)c);
     if (pid < 0) {
         ev_fail(&e, errno, "fork the program");
         child_fail(c, REPORT_SETUP, &e);
@@ -507,25 +457,243 @@ static __attribute__((noreturn)) void run_init(const struct child_ctx *c)
 
 /* ---- caller side ------------------------------------------------------------------------ */
 
-static pid_t clone_init(const struct cg_run *cg, bool new_net, bool new_mnt, bool *joined)
+/* ---- init shares the caller's memory ----
+ *
+ * Cloning init as a copy of the caller copies the caller's page tables and, when init exits,
+ * frees them again: 1-2 ms of each run on a guest where page-table work is dear
+ * (docs/performance.md). So init is cloned with CLONE_VM, on a stack of its own, and shares the
+ * caller's memory as main shares init's; unlike main it runs alongside the caller (no
+ * CLONE_VFORK), with its own descriptor table and signal dispositions (no CLONE_FILES, no
+ * CLONE_SIGHAND), as before.
+ *
+ * What init must not share is the calling thread's thread-local block: glibc's wrappers write
+ * errno there, its cancellation points and locks go by it, and the calling thread keeps using
+ * it. init gets one of its own by CLONE_SETTLS: the block of a thread made for that alone
+ * (made by glibc like any thread's, so everything glibc and the sanitizers keep in it is
+ * there), which then waits forever in a system call with every signal blocked and never runs
+ * again. An init slot is such a block and the two stacks of init and main; a run holds one from
+ * before its clone until its init is reaped, and the slots are reused, one per run at a time.
+ * The kernel's pid namespace teardown ends every process of the box before init is reaped, main
+ * included, so nothing runs on a slot once it is given back.
+ *
+ * What init reads of the caller's memory (the run's configuration, the host's, the box's, the
+ * cgroup's descriptors) is the caller's sbx_run frame or outlives it, and does not change until
+ * init is reaped. Its writes: its stacks, its thread-local block, and the pipes.
+ *
+ * Where a slot cannot be had (another architecture, no thread, or a clone with CLONE_VM refused,
+ * as valgrind does), init is a copy of the caller as before. */
+#if defined(__x86_64__)
+#define INIT_SLOTS 1
+#endif
+
+#define INIT_STACK_SIZE (256 * 1024)
+#define MAIN_STACK_SIZE (128 * 1024)
+#define SLOT_GUARD 4096
+
+struct init_slot {
+    struct init_slot *next;
+    bool busy;
+    void *tls;        /* the thread pointer of the waiting thread */
+    char *init_stack; /* lowest address of init's stack (INIT_STACK_SIZE) */
+    char *main_stack; /* and of main's (MAIN_STACK_SIZE) */
+};
+
+static int init_entry(void *arg)
 {
-    *joined = false;
+    run_init(arg);
+}
+
+#ifdef INIT_SLOTS
+static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct init_slot *slots;
+
+/* The thread whose block a slot lends: it publishes its thread pointer, then waits in raw
+ * system calls (no errno, nothing of its own block touched) for a signal that never comes. */
+static void *slot_thread(void *arg)
+{
+    struct init_slot *s = arg;
+    __atomic_store_n(&s->tls, __builtin_thread_pointer(), __ATOMIC_RELEASE);
+    for (;;) {
+        long rax = SYS_pause;
+        __asm__ volatile("syscall" : "+a"(rax) : : "rcx", "r11", "memory");
+    }
+    return NULL;
+}
+
+static struct init_slot *slot_new(void)
+{
+    size_t size = SLOT_GUARD + INIT_STACK_SIZE + SLOT_GUARD + MAIN_STACK_SIZE;
+    char *m = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    struct init_slot *s = calloc(1, sizeof(*s));
+    if (!s || mprotect(m, SLOT_GUARD, PROT_NONE) < 0 ||
+        mprotect(m + SLOT_GUARD + INIT_STACK_SIZE, SLOT_GUARD, PROT_NONE) < 0) {
+        free(s);
+        munmap(m, size);
+        return NULL;
+    }
+    s->init_stack = m + SLOT_GUARD;
+    s->main_stack = m + SLOT_GUARD + INIT_STACK_SIZE + SLOT_GUARD;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    sigfillset(&all);
+    int rc = pthread_attr_init(&attr);
+    if (rc == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        /* the thread starts with every signal blocked (glibc keeps its two internal ones, whose
+         * handlers use raw system calls and atomics only) */
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_t t;
+        rc = pthread_create(&t, &attr, slot_thread, s);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0) {
+        free(s);
+        munmap(m, size);
+        return NULL;
+    }
+    while (!__atomic_load_n(&s->tls, __ATOMIC_ACQUIRE))
+        sched_yield();
+    return s;
+}
+
+static struct init_slot *slot_take(void)
+{
+    pthread_mutex_lock(&slots_lock);
+    struct init_slot *s = slots;
+    while (s && s->busy)
+        s = s->next;
+    if (s)
+        s->busy = true;
+    pthread_mutex_unlock(&slots_lock);
+    if (s)
+        return s;
+    s = slot_new();
+    if (!s)
+        return NULL;
+    s->busy = true;
+    pthread_mutex_lock(&slots_lock);
+    s->next = slots;
+    slots = s;
+    pthread_mutex_unlock(&slots_lock);
+    return s;
+}
+
+static void slot_give(struct init_slot *s)
+{
+#ifdef __SANITIZE_ADDRESS__
+    /* the frames of an init or main killed mid-call leave their redzones poisoned */
+    __asan_unpoison_memory_region(s->init_stack, INIT_STACK_SIZE);
+    __asan_unpoison_memory_region(s->main_stack, MAIN_STACK_SIZE);
+#endif
+    pthread_mutex_lock(&slots_lock);
+    s->busy = false;
+    pthread_mutex_unlock(&slots_lock);
+}
+
+/* clone3 with a stack of the child's own: the child must not return from the system call into
+ * a caller's frame it does not have (glibc has no clone3 of its own to call). Returns the pid
+ * or -errno; the child runs fn(arg) and exits with its result. */
+static long clone3_on_stack(struct clone_args *args, int (*fn)(void *), void *arg)
+{
+    register long rax __asm__("rax") = SYS_clone3;
+    register void *rdi __asm__("rdi") = args;
+    register long rsi __asm__("rsi") = (long)sizeof(*args);
+    register void *r12 __asm__("r12") = arg;
+    register void *r13 __asm__("r13") = (void *)fn;
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "xor %%ebp, %%ebp\n\t"
+                     "mov %%r12, %%rdi\n\t"
+                     "call *%%r13\n\t"
+                     "mov %%eax, %%edi\n\t"
+                     "mov %[nr_exit], %%eax\n\t"
+                     "syscall\n\t"
+                     "ud2\n"
+                     "1:"
+                     : "+r"(rax)
+                     : "r"(rdi), "r"(rsi), "r"(r12), "r"(r13), [nr_exit] "i"(SYS_exit)
+                     : "rcx", "r11", "memory");
+    return rax;
+}
+#else
+static struct init_slot *slot_take(void)
+{
+    return NULL;
+}
+
+static void slot_give(struct init_slot *s)
+{
+    (void)s;
+}
+#endif
+
+/* Clones init (born in the run's v2 cgroup by clone3 where it can be), sharing the caller's
+ * memory when *slot is given; when that is refused, *slot is given back and cleared, and init
+ * is a copy of the caller. */
+static pid_t clone_init(struct child_ctx *c, struct init_slot **slot, bool new_net, bool new_mnt)
+{
+    const struct cg_run *cg = c->cg;
     uint64_t flags = NS_FLAGS | (new_net ? CLONE_NEWNET : 0) | (new_mnt ? CLONE_NEWNS : 0);
-    if (cg->v2_fd >= 0) {
+    struct init_slot *s = *slot;
+    c->main_stack_top = s ? s->main_stack + MAIN_STACK_SIZE : main_stack + sizeof(main_stack);
+    bool try_clone3 = cg->v2_fd >= 0;
+#ifdef INIT_SLOTS
+    if (s) {
+        if (try_clone3) {
+            struct clone_args args = {
+                .flags = flags | CLONE_INTO_CGROUP | CLONE_VM | CLONE_SETTLS,
+                .exit_signal = SIGCHLD,
+                .stack = (uint64_t)(uintptr_t)s->init_stack,
+                .stack_size = INIT_STACK_SIZE,
+                .tls = (uint64_t)(uintptr_t)s->tls,
+                .cgroup = (uint64_t)cg->v2_fd,
+            };
+            c->joined = true;
+            long pid = clone3_on_stack(&args, init_entry, c);
+            if (pid >= 0)
+                return (pid_t)pid;
+            if (pid != -ENOSYS && pid != -E2BIG && pid != -EINVAL) {
+                errno = (int)-pid;
+                return -1;
+            }
+            try_clone3 = false; /* nor without CLONE_VM */
+        }
+        c->joined = false;
+        pid_t pid = clone(init_entry, s->init_stack + INIT_STACK_SIZE,
+                          (int)flags | CLONE_VM | CLONE_SETTLS | SIGCHLD, c, NULL, s->tls, NULL);
+        if (pid >= 0 || errno != EINVAL)
+            return pid;
+        slot_give(s); /* CLONE_VM refused (valgrind does): init is a copy */
+        *slot = NULL;
+        c->main_stack_top = main_stack + sizeof(main_stack);
+    }
+#endif
+    if (try_clone3) {
         struct clone_args args = {
             .flags = flags | CLONE_INTO_CGROUP,
             .exit_signal = SIGCHLD,
             .cgroup = (uint64_t)cg->v2_fd,
         };
+        c->joined = true;
         pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
-        if (pid >= 0) {
-            *joined = true;
+        if (pid == 0)
+            run_init(c);
+        if (pid > 0)
             return pid;
-        }
         if (errno != ENOSYS && errno != E2BIG && errno != EINVAL)
             return -1;
     }
-    return (pid_t)syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+    c->joined = false;
+    pid_t pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+    if (pid == 0)
+        run_init(c);
+    return pid;
 }
 
 /* What the caller sees of one run while it watches it. */
@@ -555,7 +723,9 @@ struct run {
     int root_fd;     /* the box's prepared root (the cache's); -1: init builds the tree */
     int pipes[4][2]; /* stdout (unless stdout_fd), stderr, report, status */
     struct cg_run cg;
-    pid_t init; /* -1: the clone failed */
+    pid_t init;             /* -1: the clone failed */
+    struct child_ctx child; /* what init reads */
+    struct init_slot *slot; /* init's thread-local block and stacks; NULL: init is a copy */
     /* stdout and stderr, each pumped into its buffer or handed to cfg->on_output */
     struct pump_stream streams[2];
     struct pump_buffer bufs[2];
@@ -693,7 +863,8 @@ static int output_tap(void *ctx, const char *buf, size_t n)
  * ends of stdout and stderr to the pump. */
 static int run_start(struct run *r, struct ev_err *err)
 {
-    struct child_ctx c = {
+    /* init reads it until it is reaped: it lives in sbx_run's frame, not this one */
+    r->child = (struct child_ctx){
         .host = r->host,
         .box = r->box,
         .cfg = r->cfg,
@@ -719,16 +890,17 @@ static int run_start(struct run *r, struct ev_err *err)
         .cpu_dirfd = r->host->cg.cpu == CG_V2 ? r->cg.v2_fd : r->cg.cpu_fd,
         .cpu_v2 = r->host->cg.cpu == CG_V2,
     };
-    c.root_fd = r->root_fd;
-    pthread_once(&caller_once, read_caller_once);
-    c.net_fd = r->host->netns ? netns_pool_take(r->host->netns) : -1;
-    bool joined;
-    r->init = clone_init(&r->cg, c.net_fd < 0, c.root_fd < 0, &joined);
-    if (r->init == 0) {
-        c.joined = joined;
-        run_init(&c);
-    }
+    struct child_ctx *c = &r->child;
+    c->root_fd = r->root_fd;
+    pthread_once(&caller_once, read_cap_last);
+    c->net_fd = r->host->netns ? netns_pool_take(r->host->netns) : -1;
+    r->slot = slot_take();
+    r->init = clone_init(c, &r->slot, c->net_fd < 0, c->root_fd < 0);
     int clone_errno = errno;
+    if (r->init < 0 && r->slot) {
+        slot_give(r->slot);
+        r->slot = NULL;
+    }
     for (int i = 0; i < 4; i++) {
         if (r->pipes[i][1] >= 0)
             close(r->pipes[i][1]);
@@ -747,8 +919,8 @@ static int run_start(struct run *r, struct ev_err *err)
         close(r->stderr_fd);
         r->stderr_fd = -1;
     }
-    if (c.net_fd >= 0)
-        close(c.net_fd);
+    if (c->net_fd >= 0)
+        close(c->net_fd);
     r->w.report_r = r->pipes[2][0];
     r->w.status_r = r->pipes[3][0];
 
@@ -934,6 +1106,10 @@ static int run_teardown(struct run *r, int rc, struct ev_err *err)
         int ist;
         while (waitpid(r->init, &ist, 0) < 0 && errno == EINTR)
             ;
+    }
+    if (r->slot) { /* init is gone, and every process of its box with it */
+        slot_give(r->slot);
+        r->slot = NULL;
     }
     /* Every writer is dead now; read what is left in the pipes. */
     for (int i = 0; i < 2; i++)

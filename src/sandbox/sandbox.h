@@ -142,9 +142,8 @@ struct sbx_file {
     int fd;
 };
 
-/* No string of a run may lie in the memory where the process's own command line and
- * environment were given to it: the box's init, a clone of the caller, overwrites its copy of
- * that memory so that the box cannot read it (/proc/1/cmdline). Copy them first. */
+/* What a run reads of it (strings, arrays, mounts, files) must stay unchanged until sbx_run
+ * returns: the box's init shares the caller's memory and reads it while the caller watches. */
 struct sbx_run_config {
     char *const *argv;      /* argv[0] is searched in the PATH of envp when it has no '/' */
     char *const *envp;      /* exactly the environment of the program */
