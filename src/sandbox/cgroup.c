@@ -160,7 +160,8 @@ static int detect_v1(const struct proc_text *pt, const char *controller, char *b
     if (!find_mount(pt, controller, &h) || !find_self(pt, controller, &h))
         return 0;
     hier_path(&h, SUBTREE, base, size);
-    if (make_dirs(base, 1, 0755, err) < 0)
+    /* there already but at a first start: one mkdir then, rather than one per component */
+    if (mkdir(base, 0755) < 0 && errno != EEXIST && make_dirs(base, 1, 0755, err) < 0)
         return -1;
     return 1;
 }

@@ -41,7 +41,7 @@ static int make_root_dir(const char *path, mode_t mode, struct ev_err *err)
         return ev_fail(err, errno, "stat %s", path);
     if (!S_ISDIR(st.st_mode) || st.st_uid != 0)
         return ev_fail(err, 0, "%s must be a directory owned by root", path);
-    if (chmod(path, mode) < 0)
+    if ((st.st_mode & 07777) != mode && chmod(path, mode) < 0)
         return ev_fail(err, errno, "chmod %s", path);
     return 0;
 }
