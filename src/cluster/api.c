@@ -16,6 +16,7 @@
 #include "cluster/redis.h"
 #include "cluster/registry.h"
 #include "common/fileutil.h"
+#include "common/metrics.h"
 
 /* Connections for commands (enqueueing, cancelling, /health): libmicrohttpd's threads and the
  * watcher each take a free one, so a large body being sent holds back no other request. */
@@ -540,4 +541,69 @@ json_t *cluster_health(struct cluster_api *a, struct ev_err *err)
     give_cmd(c);
     json_object_set_new(out, "free_slots", json_integer(free_slots));
     return out;
+}
+
+/* An integer answer of one command, or -1 (Redis unreachable, or an answer of another kind). */
+static long long cmd_integer(struct rconn *c, struct ev_err *err, const char *fmt, const char *key,
+                             const char *group)
+{
+    redisReply *r = rconn_cmd(c, err, fmt, key, group);
+    long long v = -1;
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        v = r->integer;
+    /* XPENDING's summary: [count, first id, last id, consumers]; no group yet: none taken */
+    else if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+             r->element[0]->type == REDIS_REPLY_INTEGER)
+        v = r->element[0]->integer;
+    else if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7) == 0)
+        v = 0;
+    if (r)
+        freeReplyObject(r);
+    return v;
+}
+
+void cluster_metrics(struct cluster_api *a, FILE *f)
+{
+    struct ev_err err;
+    json_t *h = cluster_health(a, &err);
+    long long len = -1, taken = -1;
+    if (h) {
+        struct rconn *c = take_cmd(a);
+        len = cmd_integer(c, &err, "XLEN %s", KEY_JOBS, NULL);
+        if (len >= 0)
+            taken = cmd_integer(c, &err, "XPENDING %s %s", KEY_JOBS, JOBS_GROUP);
+        give_cmd(c);
+    }
+    bool up = h && len >= 0 && taken >= 0;
+    metrics_family(f, "envicutor_cluster_redis_up", "gauge",
+                   "1 when this API node reached Redis for this answer, 0 when it did not (then "
+                   "no other envicutor_cluster_ figure follows)");
+    metrics_sample(f, "envicutor_cluster_redis_up", "", up ? 1 : 0);
+    if (!up) {
+        json_decref(h);
+        return;
+    }
+    json_t *workers = json_object_get(h, "workers");
+    uint64_t slots = 0;
+    size_t i;
+    json_t *w;
+    json_array_foreach(workers, i, w)
+    {
+        slots += (uint64_t)json_integer_value(json_object_get(w, "slots"));
+    }
+    metrics_family(f, "envicutor_cluster_workers", "gauge",
+                   "Workers alive (a heartbeat younger than JOB_RECLAIM_SECONDS)");
+    metrics_sample(f, "envicutor_cluster_workers", "", json_array_size(workers));
+    metrics_family(f, "envicutor_cluster_slots", "gauge",
+                   "Submission slots of the live workers: all of them, and those free now");
+    metrics_sample(f, "envicutor_cluster_slots", "state=\"all\"", slots);
+    metrics_sample(f, "envicutor_cluster_slots", "state=\"free\"",
+                   (uint64_t)json_integer_value(json_object_get(h, "free_slots")));
+    metrics_family(f, "envicutor_cluster_jobs", "gauge",
+                   "Jobs in the cluster's stream, of every API node: waiting for a worker, and "
+                   "taken by one (running, or held by a worker that died until it is reclaimed)");
+    metrics_sample(f, "envicutor_cluster_jobs", "state=\"waiting\"",
+                   (uint64_t)(len > taken ? len - taken : 0));
+    metrics_sample(f, "envicutor_cluster_jobs", "state=\"taken\"", (uint64_t)taken);
+    json_decref(h);
 }

@@ -9,6 +9,7 @@
 #define ENVICUTOR_CLUSTER_API_H
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -55,5 +56,8 @@ struct registry *cluster_registry(struct cluster_api *a);
 /* /health of an API node: {"status", "workers": [{"name", "slots", "free"}], "free_slots"},
  * or NULL with err when Redis cannot be read. */
 json_t *cluster_health(struct cluster_api *a, struct ev_err *err);
+/* The cluster's gauges for GET /metrics (Redis up, live workers, their slots, the jobs in the
+ * stream); only envicutor_cluster_redis_up = 0 when Redis cannot be reached. */
+void cluster_metrics(struct cluster_api *a, FILE *f);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster/api.h"
 #include "common/metrics.h"
 #include "http/routes.h"
 #include "http/submissions.h"
@@ -127,6 +128,8 @@ void route_metrics(const struct route_ctx *ctx, struct request *rq, struct reply
     metrics_family(f, "envicutor_websockets_open", "gauge",
                    "WebSocket sessions (/execute/ws) open now: waiting, running or closing");
     metrics_sample(f, "envicutor_websockets_open", "", ws_open_sessions());
+    if (ctx->cluster)
+        cluster_metrics(ctx->cluster, f);
     if (fclose(f) != 0) {
         free(text);
         reply_internal(r, rq, "write /metrics");

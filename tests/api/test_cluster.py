@@ -323,6 +323,51 @@ def test_health_lists_workers(cluster):
     assert box["r"].status_code == 200
 
 
+def cluster_gauges(api):
+    """{name{labels}: value} of the envicutor_cluster_ samples of /metrics."""
+    r = api.get("/metrics")
+    assert r.status_code == 200, r.text
+    return {line.split()[0]: int(float(line.split()[1])) for line in r.text.splitlines()
+            if line.startswith("envicutor_cluster_")}
+
+
+def wait_gauges(api, want, timeout=20):
+    deadline = time.time() + timeout
+    while True:
+        g = cluster_gauges(api)
+        if all(g.get(k) == v for k, v in want.items()):
+            return g
+        assert time.time() < deadline, (g, want)
+        time.sleep(0.05)
+
+
+def test_metrics_show_the_cluster(cluster):
+    """/metrics of an API node: Redis reached, the live workers and their slots, the jobs of
+    the stream waiting and taken, as they change; only redis_up = 0 while Redis is down."""
+    redis, api, ws = cluster(workers=2, slots=1)
+    wait_gauges(api, {"envicutor_cluster_redis_up": 1, "envicutor_cluster_workers": 2,
+                      'envicutor_cluster_slots{state="all"}': 2,
+                      'envicutor_cluster_slots{state="free"}': 2,
+                      'envicutor_cluster_jobs{state="waiting"}': 0,
+                      'envicutor_cluster_jobs{state="taken"}': 0})
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(run(api, 4))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    # two run, one per worker; the third waits in the stream
+    wait_gauges(api, {'envicutor_cluster_jobs{state="taken"}': 2,
+                      'envicutor_cluster_jobs{state="waiting"}': 1,
+                      'envicutor_cluster_slots{state="free"}': 0})
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in out] == [200, 200, 200]
+    wait_gauges(api, {'envicutor_cluster_jobs{state="taken"}': 0,
+                      'envicutor_cluster_jobs{state="waiting"}': 0})
+    redis.stop()
+    assert cluster_gauges(api) == {"envicutor_cluster_redis_up": 0}
+    redis.start()
+
+
 def test_queue_full(cluster):
     redis, api, ws = cluster(workers=1, slots=1, api_env={"MAX_QUEUE_SIZE": 1})
     threads, out = [], []
