@@ -543,15 +543,13 @@ json_t *cluster_health(struct cluster_api *a, struct ev_err *err)
     return out;
 }
 
-/* An integer answer of one command, or -1 (Redis unreachable, or an answer of another kind). */
-static long long cmd_integer(struct rconn *c, struct ev_err *err, const char *fmt, const char *key,
-                             const char *group)
+/* The count an answer gives (an integer, or XPENDING's summary [count, first id, last id,
+ * consumers]; no group yet: none taken), or -1 (Redis unreachable, or another answer). Frees r. */
+static long long reply_count(redisReply *r)
 {
-    redisReply *r = rconn_cmd(c, err, fmt, key, group);
     long long v = -1;
     if (r && r->type == REDIS_REPLY_INTEGER)
         v = r->integer;
-    /* XPENDING's summary: [count, first id, last id, consumers]; no group yet: none taken */
     else if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
              r->element[0]->type == REDIS_REPLY_INTEGER)
         v = r->element[0]->integer;
@@ -569,9 +567,9 @@ void cluster_metrics(struct cluster_api *a, FILE *f)
     long long len = -1, taken = -1;
     if (h) {
         struct rconn *c = take_cmd(a);
-        len = cmd_integer(c, &err, "XLEN %s", KEY_JOBS, NULL);
+        len = reply_count(rconn_cmd(c, &err, "XLEN %s", KEY_JOBS));
         if (len >= 0)
-            taken = cmd_integer(c, &err, "XPENDING %s %s", KEY_JOBS, JOBS_GROUP);
+            taken = reply_count(rconn_cmd(c, &err, "XPENDING %s %s", KEY_JOBS, JOBS_GROUP));
         give_cmd(c);
     }
     bool up = h && len >= 0 && taken >= 0;
